@@ -1,0 +1,84 @@
+"""Avro single-object encoding of task events.
+
+Wire format (Avro specification, "Single object encoding"): the marker ``C3 01``, the 8-byte
+little-endian CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body. Every
+record thus names the schema it was written with; records of any shipped version decode into
+the current event models.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fastavro import schemaless_writer
+from fastavro._read import schemaless_reader
+
+from ledger import schemas
+from ledger.events import EVENT_TYPES, TaskEvent
+
+MARKER = b"\xc3\x01"
+HEADER_SIZE = len(MARKER) + 8
+
+
+class DecodeError(ValueError):
+    """A record on the log cannot be turned into an event."""
+
+
+class UnknownSchema(DecodeError):
+    def __init__(self, fingerprint: bytes) -> None:
+        self.fingerprint = fingerprint
+        super().__init__(
+            f"record written with unknown schema fingerprint {fingerprint.hex()} "
+            "(not one of the shipped task_event.vN.avsc versions)"
+        )
+
+
+class CorruptRecord(DecodeError):
+    """The bytes are not a single-object-encoded task event."""
+
+
+class Codec:
+    """Encodes events with the current schema; decodes records of every shipped version."""
+
+    def __init__(self) -> None:
+        versions = schemas.versions()
+        self._writer = schemas.current()
+        self._header = MARKER + self._writer.fingerprint
+        self._readers: dict[bytes, dict[str, Any]] = {v.fingerprint: v.parsed for v in versions}
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self._writer.fingerprint
+
+    def encode(self, event: TaskEvent) -> bytes:
+        fields = dict(event.__dict__)
+        payload = {name: fields.pop(name) for name in event._payload_names}
+        fields["payload"] = (event.avro_name, payload)
+        buffer = io.BytesIO()
+        buffer.write(self._header)
+        schemaless_writer(buffer, self._writer.parsed, fields)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes) -> TaskEvent:
+        if len(data) < HEADER_SIZE or data[:2] != MARKER:
+            raise CorruptRecord(
+                f"not a single-object-encoded record ({len(data)} bytes, starts {data[:2].hex() or 'empty'})"
+            )
+        fingerprint = data[2:HEADER_SIZE]
+        writer = self._readers.get(fingerprint)
+        if writer is None:
+            raise UnknownSchema(fingerprint)
+        # Resolve only records of an older version: same-version reads skip schema resolution.
+        reader = None if writer is self._writer.parsed else self._writer.parsed
+        body = io.BytesIO(data)
+        body.seek(HEADER_SIZE)
+        try:
+            record = schemaless_reader(body, writer, reader, True)
+        except Exception as exc:  # fastavro raises a mix of EOFError/ValueError/IndexError/UnicodeError
+            raise CorruptRecord(f"Avro body does not decode with schema {fingerprint.hex()}: {exc!r}") from exc
+        if body.tell() != len(data):
+            raise CorruptRecord(f"{len(data) - body.tell()} trailing bytes after the Avro body")
+        name, payload = record.pop("payload")
+        record.update(payload)
+        return EVENT_TYPES[name].trusted(record)

@@ -1,0 +1,162 @@
+"""Task events: the immutable records every task transition is written as.
+
+Each class mirrors one record of the ``payload`` union in ``schemas/task_event.vN.avsc`` with the
+envelope fields (``event_id``, ``task_id``, ``occurred_at``, ``principal``, ``actor``) flattened
+in. ``tests/test_events.py`` proves the two agree field for field.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ResponseAction = Literal["accept", "decline", "cancel"]
+
+
+def _new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class TaskEvent(BaseModel):
+    """Envelope shared by every event. Subclasses add the payload of one transition."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    avro_name: ClassVar[str]
+    _field_names: ClassVar[frozenset[str]]
+    _payload_names: ClassVar[tuple[str, ...]]
+
+    event_id: str = Field(default_factory=_new_event_id, pattern=r"^[0-9a-f-]{36}$")
+    task_id: str = Field(min_length=1)
+    occurred_at: int = Field(default_factory=now_ms, description="Unix time in milliseconds.")
+    principal: str | None = None
+    actor: str = Field(min_length=1, description="server:<instance>, worker:<id> or cli:<host>.")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.avro_name = f"ledger.{cls.__name__}"
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._field_names = frozenset(cls.model_fields)
+        cls._payload_names = tuple(n for n in cls.model_fields if n not in TaskEvent.model_fields)
+
+    @classmethod
+    def trusted(cls, fields: dict[str, Any]) -> Self:
+        """Build an event from fields already typed by the Avro decoder, skipping validation.
+
+        The decode path runs for every record of every replay; pydantic's ``model_construct``
+        costs as much as the Avro decode itself, so this sets the instance state directly.
+        ``fields`` must hold exactly the model's fields (the writer schema, resolved to the
+        current one, guarantees it) and is taken over, not copied.
+        """
+        event = cls.__new__(cls)
+        object.__setattr__(event, "__dict__", fields)
+        object.__setattr__(event, "__pydantic_fields_set__", cls._field_names)
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", None)
+        return event
+
+    def payload(self) -> dict[str, Any]:
+        """The fields of this event's payload record (everything but the envelope)."""
+        return {name: self.__dict__[name] for name in self._payload_names}
+
+
+class TaskCreated(TaskEvent):
+    tool: str
+    arguments_json: str
+    ttl_ms: int | None = None
+    poll_interval_ms: int | None = None
+    protocol: str | None = None
+
+
+class TaskStarted(TaskEvent):
+    attempt: int = Field(ge=1)
+
+
+class ElicitationRequested(TaskEvent):
+    elicitation_id: str
+    sequence: int = Field(ge=0)
+    mode: Literal["form", "url"] = "form"
+    message: str
+    requested_schema_json: str
+    url: str | None = None
+
+
+class ResponseSubmitted(TaskEvent):
+    elicitation_id: str
+    action: ResponseAction
+    content_json: str | None = None
+    protocol: str | None = None
+
+
+class ProgressReported(TaskEvent):
+    progress: float
+    total: float | None = None
+    message: str | None = None
+
+
+class StepRecorded(TaskEvent):
+    name: str
+    sequence: int = Field(ge=0)
+    result_json: str
+
+
+class TaskCompleted(TaskEvent):
+    result_json: str
+    is_error: bool = False
+
+
+class TaskFailed(TaskEvent):
+    error_type: str
+    message: str
+
+
+class CancelRequested(TaskEvent):
+    reason: str | None = None
+    protocol: str | None = None
+
+
+class TaskCancelled(TaskEvent):
+    reason: str | None = None
+
+
+class TaskExpired(TaskEvent):
+    ttl_ms: int
+
+
+class RequestRejected(TaskEvent):
+    operation: str
+    elicitation_id: str | None = None
+    reason: str
+    payload_json: str | None = None
+    protocol: str | None = None
+
+
+EVENT_TYPES: dict[str, type[TaskEvent]] = {
+    cls.avro_name: cls
+    for cls in (
+        TaskCreated,
+        TaskStarted,
+        ElicitationRequested,
+        ResponseSubmitted,
+        ProgressReported,
+        StepRecorded,
+        TaskCompleted,
+        TaskFailed,
+        CancelRequested,
+        TaskCancelled,
+        TaskExpired,
+        RequestRejected,
+    )
+}
+
+TERMINAL_EVENTS: tuple[type[TaskEvent], ...] = (TaskCompleted, TaskFailed, TaskCancelled, TaskExpired)

@@ -1,0 +1,114 @@
+"""Reading the whole task-events topic (every partition, no consumer group), as projections do."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ledger.codec import Codec
+from ledger.records import DeadLetterSink, LogRecord, fetch_decoded, log_dead_letter
+from ledger.settings import Settings
+
+
+class LogReader:
+    """Reads every partition from a checkpoint (next offset per partition) or from the start.
+
+    Catch-up is judged against the high watermark each fetch reports, never against
+    ``end_offsets()``, which the embedded broker under-reports (TANSU.md).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        checkpoint: Mapping[int, int] | None = None,
+        codec: Codec | None = None,
+        dead_letters: DeadLetterSink = log_dead_letter,
+        client_id: str | None = None,
+        max_records: int = 5_000,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.events_topic
+        self.codec = codec or Codec()
+        self._checkpoint = dict(checkpoint or {})
+        self._dead_letters = dead_letters
+        self._max_records = max_records
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=client_id or f"{settings.client_id}-reader",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        self._partitions: list[TopicPartition] = []
+        self._positions: dict[int, int] = {}
+        self.dead_letter_count = 0
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await self._consumer.stop()
+            raise RuntimeError(f"topic {self.topic} does not exist; run ensure_topics first")
+        self._partitions = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(self._partitions)
+        for tp in self._partitions:
+            start = self._checkpoint.get(tp.partition, 0)
+            self._consumer.seek(tp, start)
+            self._positions[tp.partition] = start
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def __aenter__(self) -> LogReader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to read per partition: the checkpoint to resume from."""
+        return dict(self._positions)
+
+    def caught_up(self) -> bool:
+        """True when every partition has been read up to the high watermark of its last fetch."""
+        for tp in self._partitions:
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or self._positions[tp.partition] < highwater:
+                return False
+        return True
+
+    async def fetch(self, timeout_ms: int | None = None) -> list[LogRecord]:
+        """One fetch across all partitions; may be empty. Dead letters go to the sink."""
+        fetched = await fetch_decoded(
+            self._consumer,
+            self.codec,
+            self.topic,
+            timeout_ms=self.settings.fetch_max_wait_ms if timeout_ms is None else timeout_ms,
+            max_records=self._max_records,
+            dead_letters=self._dead_letters,
+        )
+        self.dead_letter_count += fetched.dead_letters
+        self._positions.update(fetched.next_offsets)
+        return fetched.records
+
+    async def follow(self) -> AsyncIterator[list[LogRecord]]:
+        """Fetch forever, yielding each non-empty batch."""
+        while True:
+            records = await self.fetch()
+            if records:
+                yield records
+
+    async def catch_up(self) -> AsyncIterator[list[LogRecord]]:
+        """Yield batches until every partition is read to its high watermark."""
+        while True:
+            records = await self.fetch()
+            if records:
+                yield records
+            if self.caught_up():
+                return

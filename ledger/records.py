@@ -1,0 +1,96 @@
+"""Records read from the log: decoded events with their position, or dead letters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaConsumer
+
+from ledger.codec import Codec, DecodeError, UnknownSchema
+from ledger.events import TaskEvent
+
+log = logging.getLogger(__name__)
+
+
+class Position(NamedTuple):
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    partition: int
+    offset: int
+    event: TaskEvent
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record on the log that does not decode: kept, reported and skipped, never fatal."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    reason: str
+    fingerprint: str | None  # hex, when the record named a schema we do not know
+
+    def describe(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}: {self.reason}"
+
+
+DeadLetterSink = Callable[[DeadLetter], Awaitable[None]]
+
+
+def decode_records(codec: Codec, topic: str, partition: int, raw: Iterable[Any]) -> tuple[list[LogRecord], list[DeadLetter]]:
+    """Decode consumer records of one partition; undecodable ones become dead letters."""
+    records: list[LogRecord] = []
+    dead: list[DeadLetter] = []
+    decode = codec.decode
+    for message in raw:
+        try:
+            records.append(LogRecord(partition, message.offset, decode(message.value)))
+        except DecodeError as exc:
+            fingerprint = exc.fingerprint.hex() if isinstance(exc, UnknownSchema) else None
+            dead.append(DeadLetter(topic, partition, message.offset, message.key, message.value or b"", str(exc), fingerprint))
+    return records, dead
+
+
+async def log_dead_letter(letter: DeadLetter) -> None:
+    log.error("skipped undecodable record %s", letter.describe())
+
+
+class Fetched(NamedTuple):
+    records: list[LogRecord]
+    next_offsets: dict[int, int]  # per partition that returned anything, dead letters included
+    dead_letters: int
+
+
+async def fetch_decoded(
+    consumer: AIOKafkaConsumer,
+    codec: Codec,
+    topic: str,
+    *,
+    timeout_ms: int,
+    max_records: int,
+    dead_letters: DeadLetterSink,
+) -> Fetched:
+    """One ``getmany`` decoded into events; undecodable records are handed to ``dead_letters``."""
+    fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    records: list[LogRecord] = []
+    next_offsets: dict[int, int] = {}
+    dead_count = 0
+    for tp, messages in fetched.items():
+        if not messages:
+            continue
+        decoded, dead = decode_records(codec, topic, tp.partition, messages)
+        records.extend(decoded)
+        for letter in dead:
+            await dead_letters(letter)
+        dead_count += len(dead)
+        next_offsets[tp.partition] = messages[-1].offset + 1
+    return Fetched(records, next_offsets, dead_count)

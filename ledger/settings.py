@@ -1,0 +1,112 @@
+"""Settings, read from ``LEDGER_*`` environment variables; ``ledger --help`` prints this table."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _setting(default: Any, env: str, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value ledger cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap: str = _setting(
+        DEFAULT_BOOTSTRAP, "LEDGER_BOOTSTRAP", "Kafka bootstrap servers, host:port[,host:port...]."
+    )
+    topic_prefix: str = _setting("ledger", "LEDGER_TOPIC_PREFIX", "Prefix of every topic name.")
+    partitions: int = _setting(
+        8, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism)."
+    )
+    replication_factor: int = _setting(
+        1, "LEDGER_REPLICATION_FACTOR", "Replication factor of created topics (3 on a production cluster)."
+    )
+    min_insync_replicas: int | None = _setting(
+        None,
+        "LEDGER_MIN_INSYNC_REPLICAS",
+        "min.insync.replicas of created topics; default: 2 when replicated, unset otherwise.",
+    )
+    linger_ms: int = _setting(
+        1, "LEDGER_LINGER_MS", "Producer linger: how long appends wait to be batched together."
+    )
+    fetch_max_wait_ms: int = _setting(
+        10, "LEDGER_FETCH_MAX_WAIT_MS", "Longest a consumer fetch waits for new events (latency bound)."
+    )
+    session_timeout_ms: int = _setting(
+        10_000, "LEDGER_SESSION_TIMEOUT_MS", "Group session timeout: how soon a dead worker's partitions move."
+    )
+    client_id: str = _setting("ledger", "LEDGER_CLIENT_ID", "Kafka client id prefix.")
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.task-events"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letters"
+
+    @property
+    def effective_min_insync_replicas(self) -> int | None:
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return 2 if self.replication_factor >= 3 else None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw.strip() != "":
+                values[f.name] = _parse(f.metadata["env"], f.type, raw.strip())
+        settings = cls(**values)
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.bootstrap or any(":" not in part for part in self.bootstrap.split(",")):
+            raise SettingsError(f"LEDGER_BOOTSTRAP must be host:port[,host:port...], got {self.bootstrap!r}")
+        for name in ("partitions", "replication_factor"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
+        mir = self.effective_min_insync_replicas
+        if mir is not None and not 1 <= mir <= self.replication_factor:
+            raise SettingsError(
+                f"LEDGER_MIN_INSYNC_REPLICAS must be between 1 and LEDGER_REPLICATION_FACTOR "
+                f"({self.replication_factor}), got {mir}"
+            )
+        for name in ("linger_ms", "fetch_max_wait_ms"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_env_name(name)} must not be negative, got {getattr(self, name)}")
+
+
+def _env_name(name: str) -> str:
+    return next(f.metadata["env"] for f in fields(Settings) if f.name == name)
+
+
+def _parse(env: str, annotation: str, raw: str) -> Any:
+    if annotation.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{env} must be a whole number, got {raw!r}") from None
+    return raw
+
+
+def describe() -> str:
+    """The settings as a table for ``--help``."""
+    rows = []
+    for f in fields(Settings):
+        default = "(see text)" if f.default is None else str(f.default)
+        rows.append(f"  {f.metadata['env']:<28} {f.metadata['doc']} [default: {default}]")
+    return "settings (environment variables):\n" + "\n".join(rows)

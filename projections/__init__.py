@@ -1,0 +1,1 @@
+"""Read models folded from the task-event log: pure functions ``state, event -> state``."""

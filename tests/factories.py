@@ -1,0 +1,88 @@
+"""Hypothesis strategies and plain builders for every event type."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from hypothesis import strategies as st
+
+from ledger.events import (
+    EVENT_TYPES,
+    CancelRequested,
+    ElicitationRequested,
+    ProgressReported,
+    RequestRejected,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskEvent,
+    TaskExpired,
+    TaskFailed,
+    TaskStarted,
+)
+
+text = st.text(max_size=40)
+optional_text = st.none() | text
+json_text = st.dictionaries(st.text(max_size=8), st.integers() | st.booleans() | st.text(max_size=8), max_size=3).map(json.dumps)
+longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+envelope = {
+    "event_id": st.uuids().map(str),
+    "task_id": st.text(min_size=1, max_size=40),
+    "occurred_at": st.integers(min_value=0, max_value=2**45),
+    "principal": optional_text,
+    "actor": st.text(min_size=1, max_size=30),
+}
+
+payloads: dict[type[TaskEvent], dict[str, st.SearchStrategy[Any]]] = {
+    TaskCreated: {"tool": text, "arguments_json": json_text, "ttl_ms": st.none() | longs,
+                  "poll_interval_ms": st.none() | longs, "protocol": optional_text},
+    TaskStarted: {"attempt": st.integers(min_value=1, max_value=2**31 - 1)},
+    ElicitationRequested: {"elicitation_id": text, "sequence": st.integers(min_value=0, max_value=2**31 - 1),
+                           "mode": st.sampled_from(["form", "url"]), "message": text,
+                           "requested_schema_json": json_text, "url": optional_text},
+    ResponseSubmitted: {"elicitation_id": text, "action": st.sampled_from(["accept", "decline", "cancel"]),
+                        "content_json": st.none() | json_text, "protocol": optional_text},
+    ProgressReported: {"progress": finite, "total": st.none() | finite, "message": optional_text},
+    StepRecorded: {"name": text, "sequence": st.integers(min_value=0, max_value=2**31 - 1), "result_json": json_text},
+    TaskCompleted: {"result_json": json_text, "is_error": st.booleans()},
+    TaskFailed: {"error_type": text, "message": text},
+    CancelRequested: {"reason": optional_text, "protocol": optional_text},
+    TaskCancelled: {"reason": optional_text},
+    TaskExpired: {"ttl_ms": longs},
+    RequestRejected: {"operation": text, "elicitation_id": optional_text, "reason": text,
+                      "payload_json": st.none() | json_text, "protocol": optional_text},
+}
+assert set(payloads) == set(EVENT_TYPES.values()), "every event type needs a strategy"
+
+
+def events_of(cls: type[TaskEvent]) -> st.SearchStrategy[TaskEvent]:
+    return st.builds(cls, **envelope, **payloads[cls])
+
+
+any_event = st.one_of(*(events_of(cls) for cls in payloads))
+
+
+def sample(cls: type[TaskEvent], task_id: str, **fields: Any) -> TaskEvent:
+    """A valid event of ``cls`` for ``task_id`` with plain example values."""
+    defaults: dict[type[TaskEvent], dict[str, Any]] = {
+        TaskCreated: {"tool": "approve_expense", "arguments_json": '{"amount": 42.0, "description": "taxi"}'},
+        TaskStarted: {"attempt": 1},
+        ElicitationRequested: {"elicitation_id": "e1", "sequence": 0, "message": "Approve?",
+                               "requested_schema_json": '{"type": "object"}'},
+        ResponseSubmitted: {"elicitation_id": "e1", "action": "accept", "content_json": '{"approved": true}'},
+        ProgressReported: {"progress": 1.0, "total": 3.0},
+        StepRecorded: {"name": "charge", "sequence": 0, "result_json": "{}"},
+        TaskCompleted: {"result_json": '{"content": []}'},
+        TaskFailed: {"error_type": "ValueError", "message": "boom"},
+        CancelRequested: {},
+        TaskCancelled: {},
+        TaskExpired: {"ttl_ms": 1000},
+        RequestRejected: {"operation": "respond", "reason": "unknown elicitation"},
+    }
+    return cls(task_id=task_id, actor="test:pytest", event_id=str(uuid.uuid4()), **{**defaults[cls], **fields})
