@@ -1,0 +1,42 @@
+"""An installed (non-editable) wheel carries the event contract and finds it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_ships_and_finds_the_schemas(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("ledger-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(p.name for p in (ROOT / "schemas").glob("*.avsc"))
+    assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("ledger/_schemas/")) == shipped
+    assert any(n.startswith("projections/") for n in names)
+
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ledger, ledger.schemas as s; print(ledger.__file__); print(s.schema_dir()); print(s.current().version)"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    module, schema_dir, version = probe.stdout.split()
+    assert module.startswith(str(target)) and schema_dir.startswith(str(target))
+    assert int(version) == len(shipped)

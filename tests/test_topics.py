@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ledger.settings import Settings
+from ledger.topics import TopicError, ensure_topics
+
+
+async def test_creates_topics_with_the_configured_partitions(settings: Settings) -> None:
+    partitions = await ensure_topics(settings)
+    assert partitions == {settings.events_topic: 4, settings.dead_letter_topic: 1}
+
+
+async def test_is_idempotent(settings: Settings) -> None:
+    assert await ensure_topics(settings) == await ensure_topics(settings)
+
+
+async def test_refuses_a_partition_count_that_differs_from_the_topic(settings: Settings) -> None:
+    await ensure_topics(settings)
+    with pytest.raises(TopicError, match="has 4 partitions but LEDGER_PARTITIONS is 6"):
+        await ensure_topics(replace(settings, partitions=6))
