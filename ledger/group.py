@@ -8,7 +8,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ledger.codec import Codec
-from ledger.records import DeadLetterSink, LogRecord, fetch_decoded, log_dead_letter
+from ledger.consumer import DecodingConsumer
+from ledger.records import DeadLetterSink, log_dead_letter
 from ledger.settings import Settings
 
 PartitionsCallback = Callable[[set[int]], Awaitable[None]]
@@ -30,7 +31,7 @@ class _Listener(ConsumerRebalanceListener):
         await self._assigned({tp.partition for tp in assigned})
 
 
-class GroupConsumer:
+class GroupConsumer(DecodingConsumer):
     """Owns a share of the partitions; resumes each from the group's committed offset.
 
     Nothing is committed automatically: the owner commits the offset below which every event's
@@ -49,13 +50,7 @@ class GroupConsumer:
         client_id: str | None = None,
         max_records: int = 1_000,
     ) -> None:
-        self.settings = settings
-        self.topic = settings.events_topic
-        self.codec = codec or Codec()
-        self._dead_letters = dead_letters
-        self._listener = _Listener(on_assigned, on_revoked)
-        self._max_records = max_records
-        self._consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
             client_id=client_id or f"{settings.client_id}-worker",
             group_id=group_id,
@@ -66,42 +61,18 @@ class GroupConsumer:
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 5),
             rebalance_timeout_ms=max(settings.session_timeout_ms, 10_000),
         )
-        self.dead_letter_count = 0
+        super().__init__(settings, consumer, codec, dead_letters, max_records)
+        self._listener = _Listener(on_assigned, on_revoked)
 
     async def start(self) -> None:
-        await self._consumer.start()
+        await super().start()
         self._consumer.subscribe([self.topic], listener=self._listener)
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
-    async def __aenter__(self) -> GroupConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
-
-    async def fetch(self, timeout_ms: int | None = None) -> list[LogRecord]:
-        fetched = await fetch_decoded(
-            self._consumer,
-            self.codec,
-            self.topic,
-            timeout_ms=self.settings.fetch_max_wait_ms if timeout_ms is None else timeout_ms,
-            max_records=self._max_records,
-            dead_letters=self._dead_letters,
-        )
-        self.dead_letter_count += fetched.dead_letters
-        return fetched.records
 
     async def commit(self, next_offsets: Mapping[int, int]) -> None:
         """Commit, per partition, the offset of the next event not yet fully handled."""
         await self._consumer.commit(
             {TopicPartition(self.topic, p): OffsetAndMetadata(o, "") for p, o in next_offsets.items()}
         )
-
-    async def committed(self, partition: int) -> int | None:
-        return await self._consumer.committed(TopicPartition(self.topic, partition))

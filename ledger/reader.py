@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator, Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.codec import Codec
-from ledger.records import DeadLetterSink, LogRecord, fetch_decoded, log_dead_letter
+from ledger.consumer import DecodingConsumer
+from ledger.records import DeadLetterSink, LogRecord, log_dead_letter
 from ledger.settings import Settings
 
 
-class LogReader:
+class LogReader(DecodingConsumer):
     """Reads every partition from a checkpoint (next offset per partition) or from the start.
 
     Catch-up is judged against the high watermark each fetch reports, never against
@@ -28,13 +29,7 @@ class LogReader:
         client_id: str | None = None,
         max_records: int = 5_000,
     ) -> None:
-        self.settings = settings
-        self.topic = settings.events_topic
-        self.codec = codec or Codec()
-        self._checkpoint = dict(checkpoint or {})
-        self._dead_letters = dead_letters
-        self._max_records = max_records
-        self._consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
             client_id=client_id or f"{settings.client_id}-reader",
             group_id=None,
@@ -44,12 +39,13 @@ class LogReader:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
+        super().__init__(settings, consumer, codec, dead_letters, max_records)
+        self._checkpoint = dict(checkpoint or {})
         self._partitions: list[TopicPartition] = []
         self._positions: dict[int, int] = {}
-        self.dead_letter_count = 0
 
     async def start(self) -> None:
-        await self._consumer.start()
+        await super().start()
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
             await self._consumer.stop()
@@ -60,16 +56,6 @@ class LogReader:
             start = self._checkpoint.get(tp.partition, 0)
             self._consumer.seek(tp, start)
             self._positions[tp.partition] = start
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
-    async def __aenter__(self) -> LogReader:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     def positions(self) -> dict[int, int]:
         """Next offset to read per partition: the checkpoint to resume from."""
@@ -83,19 +69,8 @@ class LogReader:
                 return False
         return True
 
-    async def fetch(self, timeout_ms: int | None = None) -> list[LogRecord]:
-        """One fetch across all partitions; may be empty. Dead letters go to the sink."""
-        fetched = await fetch_decoded(
-            self._consumer,
-            self.codec,
-            self.topic,
-            timeout_ms=self.settings.fetch_max_wait_ms if timeout_ms is None else timeout_ms,
-            max_records=self._max_records,
-            dead_letters=self._dead_letters,
-        )
-        self.dead_letter_count += fetched.dead_letters
-        self._positions.update(fetched.next_offsets)
-        return fetched.records
+    def _fetched(self, partition: int, next_offset: int) -> None:
+        self._positions[partition] = next_offset
 
     async def follow(self) -> AsyncIterator[list[LogRecord]]:
         """Fetch forever, yielding each non-empty batch."""

@@ -7,8 +7,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer
-
 from ledger.codec import Codec, DecodeError, UnknownSchema
 from ledger.events import TaskEvent
 
@@ -63,34 +61,3 @@ def decode_records(codec: Codec, topic: str, partition: int, raw: Iterable[Any])
 async def log_dead_letter(letter: DeadLetter) -> None:
     log.error("skipped undecodable record %s", letter.describe())
 
-
-class Fetched(NamedTuple):
-    records: list[LogRecord]
-    next_offsets: dict[int, int]  # per partition that returned anything, dead letters included
-    dead_letters: int
-
-
-async def fetch_decoded(
-    consumer: AIOKafkaConsumer,
-    codec: Codec,
-    topic: str,
-    *,
-    timeout_ms: int,
-    max_records: int,
-    dead_letters: DeadLetterSink,
-) -> Fetched:
-    """One ``getmany`` decoded into events; undecodable records are handed to ``dead_letters``."""
-    fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-    records: list[LogRecord] = []
-    next_offsets: dict[int, int] = {}
-    dead_count = 0
-    for tp, messages in fetched.items():
-        if not messages:
-            continue
-        decoded, dead = decode_records(codec, topic, tp.partition, messages)
-        records.extend(decoded)
-        for letter in dead:
-            await dead_letters(letter)
-        dead_count += len(dead)
-        next_offsets[tp.partition] = messages[-1].offset + 1
-    return Fetched(records, next_offsets, dead_count)
