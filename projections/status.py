@@ -1,0 +1,141 @@
+"""Task status: the fold of a task's events into the row that ``tasks/get`` and ``tasks/list`` read.
+
+``transition(row, event)`` is pure: the same events in the same order give the same row, which
+is what lets ``ledger replay`` rebuild live state from the log. Events that make no sense for
+the row (an answer to an elicitation that is not pending, anything after a terminal event) leave
+it unchanged; the history projection records them as rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ledger.events import (
+    CancelRequested,
+    ElicitationRequested,
+    ProgressReported,
+    RequestRejected,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskEvent,
+    TaskExpired,
+    TaskFailed,
+    TaskStarted,
+)
+
+Status = Literal["working", "input_required", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class PendingElicitation:
+    elicitation_id: str
+    mode: str
+    message: str
+    requested_schema_json: str
+    url: str | None
+    requested_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    task_id: str
+    principal: str | None
+    tool: str
+    status: Status
+    created_at: int
+    last_updated_at: int
+    ttl_ms: int | None
+    poll_interval_ms: int | None
+    status_message: str | None = None
+    pending: tuple[PendingElicitation, ...] = ()
+    cancel_requested: bool = False
+    result_json: str | None = None
+    is_error: bool = False
+    error: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
+    """The row after ``event``; ``None`` while the task does not exist (or after it expired)."""
+    if row is None:
+        if isinstance(event, TaskCreated):
+            return TaskRow(
+                task_id=event.task_id,
+                principal=event.principal,
+                tool=event.tool,
+                status="working",
+                created_at=event.occurred_at,
+                last_updated_at=event.occurred_at,
+                ttl_ms=event.ttl_ms,
+                poll_interval_ms=event.poll_interval_ms,
+            )
+        return None
+    if isinstance(event, TaskExpired):
+        return None
+    if row.terminal or isinstance(event, (TaskCreated, RequestRejected)):
+        return row
+    at = event.occurred_at
+    match event:
+        case TaskStarted():
+            return replace(row, last_updated_at=at)
+        case ElicitationRequested():
+            if any(p.elicitation_id == event.elicitation_id for p in row.pending):
+                return row
+            pending = row.pending + (
+                PendingElicitation(event.elicitation_id, event.mode, event.message,
+                                   event.requested_schema_json, event.url, at),
+            )
+            return replace(row, status="input_required", status_message=event.message, pending=pending, last_updated_at=at)
+        case ResponseSubmitted():
+            remaining = tuple(p for p in row.pending if p.elicitation_id != event.elicitation_id)
+            if len(remaining) == len(row.pending):
+                return row
+            if remaining:
+                return replace(row, pending=remaining, status_message=remaining[0].message, last_updated_at=at)
+            return replace(row, status="working", status_message=None, pending=(), last_updated_at=at)
+        case ProgressReported():
+            return replace(row, status_message=event.message or row.status_message, last_updated_at=at)
+        case StepRecorded():
+            return replace(row, last_updated_at=at)
+        case CancelRequested():
+            return replace(row, cancel_requested=True, last_updated_at=at)
+        case TaskCompleted():
+            return replace(row, status="completed", status_message=None, pending=(), result_json=event.result_json,
+                           is_error=event.is_error, last_updated_at=at)
+        case TaskFailed():
+            return replace(row, status="failed", status_message=event.message, pending=(), error=event.message,
+                           last_updated_at=at)
+        case TaskCancelled():
+            return replace(row, status="cancelled", status_message=event.reason, pending=(), last_updated_at=at)
+    raise TypeError(f"status projection has no rule for {type(event).__name__}")
+
+
+class StatusProjection:
+    """Every task's row, kept by folding events; de-duplicates on ``event_id``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, TaskRow] = {}
+        self._applied: set[str] = set()
+
+    def apply(self, event: TaskEvent) -> TaskRow | None:
+        """Fold one event in; returns the task's row afterwards."""
+        if event.event_id in self._applied:
+            return self.rows.get(event.task_id)
+        self._applied.add(event.event_id)
+        row = transition(self.rows.get(event.task_id), event)
+        if row is None:
+            self.rows.pop(event.task_id, None)
+        else:
+            self.rows[event.task_id] = row
+        return row
+
+    def get(self, task_id: str) -> TaskRow | None:
+        return self.rows.get(task_id)
