@@ -10,6 +10,7 @@ from ledger.codec import Codec
 from ledger.consumer import DecodingConsumer
 from ledger.records import DeadLetterSink, LogRecord, log_dead_letter
 from ledger.settings import Settings
+from ledger.topics import TopicError
 
 
 class LogReader(DecodingConsumer):
@@ -46,10 +47,12 @@ class LogReader(DecodingConsumer):
 
     async def start(self) -> None:
         await super().start()
+        # Refresh cluster metadata: the topic may have been created after this client connected.
+        await self._consumer.topics()
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
             await self._consumer.stop()
-            raise RuntimeError(f"topic {self.topic} does not exist; run ensure_topics first")
+            raise TopicError(f"topic {self.topic} does not exist; start `ledger broker` or create the topics first")
         self._partitions = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(self._partitions)
         for tp in self._partitions:

@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ledger.codec import Codec
@@ -21,6 +22,7 @@ from ledger.log import EventLog
 from ledger.reader import LogReader
 from ledger.records import DeadLetter, LogRecord
 from ledger.settings import Settings
+from ledger.topics import TopicError
 from tests.factories import sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,3 +166,9 @@ async def test_group_member_killed_hands_over_from_committed_offsets(settings: S
         assert successor.assignment() == set(range(settings.partitions))
     finally:
         await successor.stop()
+
+
+async def test_reading_a_topic_that_does_not_exist_is_a_clear_error(settings: Settings) -> None:
+    with pytest.raises(TopicError, match="does not exist"):
+        async with LogReader(settings):
+            pass
