@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from contextlib import nullcontext
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,12 +57,19 @@ def approve_expense_flow(task_id: str) -> list[TaskEvent]:
     ]
 
 
+@cache
+def _padding(size: int) -> int:
+    """Description length that makes a TaskCreated encode to about ``size`` bytes."""
+    probe = TaskCreated(task_id="task-000", principal="alice", actor="server:bench-1", tool="approve_expense",
+                        arguments_json=json.dumps({"description": ""}), protocol="mcp-2026-07-28/tasks")
+    return size - len(Codec().encode(probe))
+
+
 def sized_event(task_id: str, size: int = 500) -> TaskEvent:
     """A TaskCreated whose encoded form is about ``size`` bytes."""
-    base = TaskCreated(task_id=task_id, principal="alice", actor="server:bench-1", tool="approve_expense",
-                       arguments_json="", protocol="mcp-2026-07-28/tasks")
-    padding = size - len(Codec().encode(base)) - len('{"description": ""}') - 1
-    return base.model_copy(update={"arguments_json": json.dumps({"description": "x" * padding})})
+    return TaskCreated(task_id=task_id, principal="alice", actor="server:bench-1", tool="approve_expense",
+                       arguments_json=json.dumps({"description": "x" * _padding(size)}),
+                       protocol="mcp-2026-07-28/tasks")
 
 
 def rate(count: int, seconds: float) -> str:
