@@ -79,7 +79,7 @@ def rate(count: int, seconds: float) -> str:
 def bench_codec(n: int) -> list[tuple[str, str, str]]:
     codec = Codec()
     mix = [e for i in range(200) for e in approve_expense_flow(f"task-{uuid.uuid4().hex}")]
-    large = [sized_event(f"task-{uuid.uuid4().hex}") for _ in range(200)]
+    large = [sized_event(f"task-{i:03d}") for i in range(200)]
     rows = []
     for label, events in (("approve_expense flow mix", mix), ("~500-byte TaskCreated", large)):
         encoded = [codec.encode(e) for e in events]
