@@ -63,6 +63,7 @@ class GroupConsumer(DecodingConsumer):
         )
         super().__init__(settings, consumer, codec, dead_letters, max_records)
         self._listener = _Listener(on_assigned, on_revoked)
+        self._positions: dict[int, int] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -70,6 +71,18 @@ class GroupConsumer(DecodingConsumer):
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
+
+    def position(self, partition: int) -> int | None:
+        """Next offset to read in ``partition``, once something was fetched from it."""
+        return self._positions.get(partition)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the read positions of partitions this member no longer owns."""
+        for partition in partitions:
+            self._positions.pop(partition, None)
+
+    def _fetched(self, partition: int, next_offset: int) -> None:
+        self._positions[partition] = next_offset
 
     async def commit(self, next_offsets: Mapping[int, int]) -> None:
         """Commit, per partition, the offset of the next event not yet fully handled."""

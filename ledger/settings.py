@@ -45,6 +45,25 @@ class Settings:
         10_000, "LEDGER_SESSION_TIMEOUT_MS", "Group session timeout: how soon a dead worker's partitions move."
     )
     client_id: str = _setting("ledger", "LEDGER_CLIENT_ID", "Kafka client id prefix.")
+    worker_concurrency: int = _setting(
+        64, "LEDGER_WORKER_CONCURRENCY", "Tool runs a worker executes at once (waiting tasks do not count)."
+    )
+    hot_window_ms: int = _setting(
+        10_000,
+        "LEDGER_HOT_WINDOW_MS",
+        "How long a waiting tool stays in memory for an in-place resume before it is parked (0: park at once).",
+    )
+    max_hot_tasks: int = _setting(
+        1_000, "LEDGER_MAX_HOT_TASKS", "Waiting tools a worker keeps in memory; beyond this they park at once."
+    )
+    poll_interval_ms: int = _setting(
+        500, "LEDGER_POLL_INTERVAL_MS", "pollInterval suggested to clients in task responses."
+    )
+    read_timeout_ms: int = _setting(
+        10_000,
+        "LEDGER_READ_TIMEOUT_MS",
+        "Longest a server waits for its projection to show an event it just appended (read-your-writes).",
+    )
 
     @property
     def events_topic(self) -> str:
@@ -85,7 +104,10 @@ class Settings:
                 f"LEDGER_MIN_INSYNC_REPLICAS must be between 1 and LEDGER_REPLICATION_FACTOR "
                 f"({self.replication_factor}), got {mir}"
             )
-        for name in ("linger_ms", "fetch_max_wait_ms"):
+        for name in ("worker_concurrency", "read_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("linger_ms", "fetch_max_wait_ms", "hot_window_ms", "max_hot_tasks", "poll_interval_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env_name(name)} must not be negative, got {getattr(self, name)}")
 

@@ -42,6 +42,15 @@ class PendingElicitation:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer that resolved an elicitation (the first in log order)."""
+
+    elicitation_id: str
+    action: str
+    content_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRow:
     task_id: str
     principal: str | None
@@ -53,6 +62,7 @@ class TaskRow:
     poll_interval_ms: int | None
     status_message: str | None = None
     pending: tuple[PendingElicitation, ...] = ()
+    answers: tuple[Answer, ...] = ()
     cancel_requested: bool = False
     result_json: str | None = None
     is_error: bool = False
@@ -61,6 +71,12 @@ class TaskRow:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def answer(self, elicitation_id: str) -> Answer | None:
+        return next((a for a in self.answers if a.elicitation_id == elicitation_id), None)
+
+    def pending_elicitation(self, elicitation_id: str) -> PendingElicitation | None:
+        return next((p for p in self.pending if p.elicitation_id == elicitation_id), None)
 
 
 def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
@@ -98,9 +114,11 @@ def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
             remaining = tuple(p for p in row.pending if p.elicitation_id != event.elicitation_id)
             if len(remaining) == len(row.pending):
                 return row
+            answers = row.answers + (Answer(event.elicitation_id, event.action, event.content_json),)
             if remaining:
-                return replace(row, pending=remaining, status_message=remaining[0].message, last_updated_at=at)
-            return replace(row, status="working", status_message=None, pending=(), last_updated_at=at)
+                return replace(row, pending=remaining, answers=answers, status_message=remaining[0].message,
+                               last_updated_at=at)
+            return replace(row, status="working", status_message=None, pending=(), answers=answers, last_updated_at=at)
         case ProgressReported():
             return replace(row, status_message=event.message or row.status_message, last_updated_at=at)
         case StepRecorded():

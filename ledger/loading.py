@@ -1,0 +1,59 @@
+"""Finding the application a server or worker runs: ``module:attribute`` or a file path."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from ledger.app import App
+
+DEFAULT_ATTRIBUTE = "app"
+
+
+class AppNotFound(ValueError):
+    """APP does not name a loadable ledger application; the message says what was wrong."""
+
+
+def load_app(spec: str) -> App:
+    """``pkg.module:attr``, ``pkg.module`` (attribute ``app``), ``path/file.py[:attr]``."""
+    target, _, attribute = spec.partition(":")
+    if target.endswith(".py") or "/" in target:
+        module = _module_from_file(Path(target))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise AppNotFound(f"cannot import {target!r} ({exc}); give APP as module:attribute or a .py file") from None
+    attribute = attribute or DEFAULT_ATTRIBUTE
+    app = getattr(module, attribute, None)
+    if app is None:
+        raise AppNotFound(f"{target!r} has no attribute {attribute!r}")
+    if not isinstance(app, App):
+        raise AppNotFound(f"{spec!r} is a {type(app).__name__}, not a ledger App")
+    return app
+
+
+def default_app_path() -> Path:
+    """The demo tools: shipped inside the wheel, or ``examples/`` of a source checkout."""
+    package = Path(__file__).parent
+    for candidate in (package / "_examples" / "demo.py", package.parent / "examples" / "demo.py"):
+        if candidate.is_file():
+            return candidate
+    raise AppNotFound("the demo tools (examples/demo.py) are not installed; give APP explicitly")
+
+
+def _module_from_file(path: Path) -> object:
+    if not path.is_file():
+        raise AppNotFound(f"no such file: {path}")
+    name = f"ledger_app_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise AppNotFound(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    # Let the app import modules that sit beside it.
+    sys.path.insert(0, str(path.resolve().parent))
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,190 @@
+"""What a server does with tasks, whatever the wire: create, read, answer, cancel, list.
+
+Every change is an event appended (acks=all) before the caller hears back, and the caller then
+reads its own write from the live view. Refused answers and cancels are appended too, as
+``RequestRejected``, so the history holds every attempt (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ledger.app import App
+from ledger.elicitation import canonical_json, content_errors
+from ledger.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCancelled, TaskCreated, TaskEvent
+from ledger.log import EventLog
+from ledger.settings import Settings
+from ledger.view import ListKey, LiveView
+from projections.status import TaskRow
+
+ACTIONS = ("accept", "decline", "cancel")
+PAGE_SIZE = 50
+
+
+class TaskNotFound(LookupError):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"Failed to retrieve task: Task not found ({task_id!r})")
+
+
+class Refused(ValueError):
+    """A request that addresses a task but cannot be applied; it was recorded as rejected."""
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+class TaskService:
+    def __init__(self, app: App, settings: Settings, log: EventLog, view: LiveView, actor: str) -> None:
+        self.app = app
+        self.settings = settings
+        self.log = log
+        self.view = view
+        self.actor = actor
+        self._locks = _TaskLocks()
+
+    async def create(
+        self, tool_name: str, arguments: dict[str, Any] | None, *, principal: str | None,
+        ttl_ms: int | None, protocol: str,
+    ) -> TaskRow:
+        """Append the created event and return the task as every server will now show it."""
+        tool = self.app.get(tool_name)
+        tool.parse_arguments(arguments)
+        created = TaskCreated(
+            task_id=str(uuid.uuid4()), principal=principal, actor=self.actor, tool=tool.name,
+            arguments_json=canonical_json(arguments or {}), ttl_ms=ttl_ms,
+            poll_interval_ms=self.settings.poll_interval_ms, protocol=protocol,
+        )
+        return await self._append(created)
+
+    def get(self, task_id: str, principal: str | None) -> TaskRow:
+        row = self.view.get(task_id)
+        if row is None or row.principal != principal:
+            raise TaskNotFound(task_id)
+        return row
+
+    async def wait(self, task_id: str, principal: str | None, done: Callable[[TaskRow], bool],
+                   timeout: float | None) -> TaskRow:
+        """The task once ``done`` holds for it (or as it is at ``timeout``)."""
+        self.get(task_id, principal)
+        row = await self.view.wait(task_id, lambda r: r is None or done(r), timeout)
+        if row is None:
+            raise TaskNotFound(task_id)
+        return row
+
+    async def answer(
+        self, task_id: str, principal: str | None, elicitation_id: str, action: str,
+        content: Any, *, protocol: str,
+    ) -> TaskRow:
+        """Apply a person's answer; a repeat of an applied answer is acknowledged, not re-applied."""
+        async with self._locks.hold(task_id):
+            row = self.get(task_id, principal)
+            answered = {"action": action, "content": content}
+
+            async def refuse(reason: str) -> Refused:
+                await self._reject(row, "elicitation-response", reason, protocol, elicitation_id, answered)
+                return Refused(reason)
+
+            if action not in ACTIONS:
+                raise await refuse(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+            content_json = canonical_json(content) if action == "accept" else None
+            previous = row.answer(elicitation_id)
+            if previous is not None:
+                if previous.action == action and previous.content_json == content_json:
+                    await self._reject(row, "elicitation-response", "duplicate: this answer was already applied",
+                                       protocol, elicitation_id, answered)
+                    return row
+                raise await refuse(f"elicitation {elicitation_id} was already answered differently")
+            if row.terminal:
+                raise await refuse(f"task is already {row.status}")
+            pending = row.pending_elicitation(elicitation_id)
+            if pending is None:
+                raise await refuse(f"task has no pending elicitation {elicitation_id!r}")
+            if action == "accept":
+                problem = content_errors(pending.requested_schema_json, content)
+                if problem is not None:
+                    raise await refuse(f"content does not match the requested schema: {problem}")
+            return await self._append(ResponseSubmitted(
+                task_id=task_id, principal=principal, actor=self.actor, elicitation_id=elicitation_id,
+                action=action, content_json=content_json, protocol=protocol,
+            ))
+
+    async def cancel(self, task_id: str, principal: str | None, *, protocol: str, reason: str | None = None) -> TaskRow:
+        """Record the request and the cancellation together, so no worker needs to be alive for it."""
+        async with self._locks.hold(task_id):
+            row = self.get(task_id, principal)
+            if row.terminal:
+                await self._reject(row, "cancel", f"already {row.status}", protocol)
+                raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
+            requested = CancelRequested(task_id=task_id, principal=principal, actor=self.actor,
+                                        reason=reason, protocol=protocol)
+            cancelled = TaskCancelled(task_id=task_id, principal=principal, actor=self.actor,
+                                      reason=reason or "The task was cancelled by request.")
+            positions = await self.log.append_many([requested, cancelled])
+            await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
+            return self.get(task_id, principal)
+
+    def page(self, principal: str | None, cursor: str | None, limit: int = PAGE_SIZE) -> tuple[list[TaskRow], str | None]:
+        """One page of the principal's tasks, and the cursor of the next page (None at the end)."""
+        after = None if cursor is None else _decode_cursor(cursor)
+        rows = self.view.page(principal, after, limit + 1)
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, _encode_cursor((rows[-1].created_at, rows[-1].task_id))
+
+    async def _append(self, event: TaskEvent) -> TaskRow:
+        position = await self.log.append(event)
+        await self.view.reached(position, self.settings.read_timeout_ms / 1000)
+        row = self.view.get(event.task_id)
+        assert row is not None, "an applied event of an existing task leaves its row"
+        return row
+
+    async def _reject(self, row: TaskRow, operation: str, reason: str, protocol: str,
+                      elicitation_id: str | None = None, payload: Any = None) -> None:
+        await self.log.append(RequestRejected(
+            task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,
+            elicitation_id=elicitation_id, reason=reason,
+            payload_json=None if payload is None else canonical_json(payload), protocol=protocol,
+        ))
+
+
+
+class _TaskLocks:
+    """One lock per task, kept only while somebody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, task_id: str) -> AsyncIterator[None]:
+        lock, users = self._entries.setdefault(task_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._entries[task_id]
+
+
+def _encode_cursor(key: ListKey) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> ListKey:
+    try:
+        created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if isinstance(created_at, int) and isinstance(task_id, str):
+            return created_at, task_id
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise InvalidCursor(f"Invalid cursor: {cursor!r}")

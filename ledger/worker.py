@@ -1,0 +1,333 @@
+"""The worker: a consumer-group member that runs tools, parks them on elicitations and resumes them.
+
+For each partition it owns, the worker folds every task's events into a ``Journal`` and decides
+from the journal alone what the task needs: a run (created, or its last question was answered),
+nothing (waiting for a person), or to stop (ended). A waiting tool's coroutine is kept for the
+hot window so an answer resumes it in place; after that it is dropped and the answer re-runs the
+tool with the journal answering what was already asked (``ledger.context``).
+
+The committed offset of a partition never passes the created event of a task that has not ended,
+so whoever owns the partition next reads every event of every unfinished task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections import OrderedDict, deque
+
+from ledger.app import App, InvalidArguments, UnknownTool, tool_result
+from ledger.context import Context, NonDeterminismError
+from ledger.events import ResponseSubmitted, TaskCompleted, TaskCreated, TaskEvent, TaskFailed, TaskStarted
+from ledger.group import GroupConsumer
+from ledger.journal import Journal
+from ledger.log import EventLog
+from ledger.records import LogRecord
+from ledger.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.5
+RETRY_AFTER_S = 1.0
+REMEMBERED_ENDINGS = 50_000
+
+
+class Parked(BaseException):
+    """Unwinds a tool whose hot window passed; a BaseException so tools' ``except Exception`` let it by."""
+
+
+class Slots:
+    """Execution slots; a resumed run waiting for one goes before new runs."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.used < self.limit and not self._waiters:
+            self.used += 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.used -= 1
+
+
+class Run:
+    """One execution of a tool for a task, from a start (or replay) until it ends or parks."""
+
+    def __init__(self, worker: Worker, journal: Journal) -> None:
+        self.worker = worker
+        self.journal = journal
+        self.waiting: tuple[str, asyncio.Future[ResponseSubmitted]] | None = None
+        self.stopped = False
+        self.holding_slot = True
+        self.task: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        """Stop without recording anything: the task ended elsewhere or moved to another worker."""
+        self.stopped = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def append(self, event: TaskEvent) -> None:
+        await self.worker.append(self.journal, event)
+
+    async def answer(self, elicitation_id: str) -> ResponseSubmitted:
+        worker = self.worker
+        if worker.settings.hot_window_ms == 0 or worker.hot >= worker.settings.max_hot_tasks:
+            raise Parked
+        answered: asyncio.Future[ResponseSubmitted] = asyncio.get_running_loop().create_future()
+        self.waiting = (elicitation_id, answered)
+        worker.hot += 1
+        self.holding_slot = False
+        worker.release_slot()
+        try:
+            response = await asyncio.wait_for(answered, worker.settings.hot_window_ms / 1000)
+        except TimeoutError:
+            raise Parked from None
+        finally:
+            self.waiting = None
+            worker.hot -= 1
+        await worker.slots.take()
+        self.holding_slot = True
+        return response
+
+    async def execute(self) -> None:
+        journal, worker = self.journal, self.worker
+        try:
+            await self.append(self._event(TaskStarted, attempt=journal.attempts + 1))
+            outcome = await self._call()
+            if outcome is not None:
+                await self.append(outcome)
+        except (Parked, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("task %s: could not record its outcome; retrying", journal.task_id)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, worker.reconcile, journal)
+        finally:
+            worker.run_ended(self)
+
+    async def _call(self) -> TaskEvent | None:
+        """The event that ends the task, or None when the run parked or was stopped."""
+        journal, worker = self.journal, self.worker
+        try:
+            tool = worker.app.get(journal.created.tool)
+            arguments = json.loads(journal.created.arguments_json)
+            value = await tool.call(arguments, Context(journal, self, worker.actor))
+        except Parked:
+            return None
+        except asyncio.CancelledError:
+            if self.stopped:
+                return None
+            raise
+        except (NonDeterminismError, InvalidArguments, UnknownTool) as exc:
+            log.error("task %s failed: %s", journal.task_id, exc)
+            return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc))
+        except Exception as exc:
+            log.exception("task %s: tool %s raised", journal.task_id, journal.created.tool)
+            return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+        result = tool_result(value)
+        return self._event(TaskCompleted, result_json=json.dumps(result, separators=(",", ":")),
+                           is_error=bool(result.get("isError")))
+
+    def _event(self, cls: type[TaskEvent], **fields: object) -> TaskEvent:
+        created = self.journal.created
+        return cls(task_id=created.task_id, principal=created.principal, actor=self.worker.actor, **fields)
+
+
+class Worker:
+    """Runs the tools of ``app`` for the partitions the group gives it."""
+
+    def __init__(self, app: App, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.actor = f"worker:{self.worker_id}"
+        self.slots = Slots(settings.worker_concurrency)
+        self.hot = 0
+        self._log = EventLog(settings, client_id=f"{settings.client_id}-{self.worker_id}")
+        self._consumer = GroupConsumer(
+            settings,
+            group_id=f"{settings.topic_prefix}.workers",
+            on_assigned=self._assigned,
+            on_revoked=self._revoked,
+            client_id=f"{settings.client_id}-{self.worker_id}",
+        )
+        self._journals: dict[int, dict[str, Journal]] = {}
+        self._runs: dict[str, Run] = {}
+        self._ready: deque[Journal] = deque()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._committed: dict[int, int] = {}
+        self._last_commit = 0.0
+        self._ready_signal: asyncio.Event | None = None
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Consume and run until cancelled; on the way out stop runs and commit what is safe.
+
+        ``ready`` is set once the group has given this worker its first partitions.
+        """
+        await self._log.start()
+        try:
+            self._ready_signal = ready
+            await self._consumer.start()
+            try:
+                while True:
+                    await self._handle(await self._consumer.fetch())
+            finally:
+                for run in list(self._runs.values()):
+                    run.stop()
+                await self._commit(force=True)
+                await self._consumer.stop()
+        finally:
+            await self._log.stop()
+
+    def owned_partitions(self) -> set[int]:
+        return set(self._journals)
+
+    async def append(self, journal: Journal, event: TaskEvent) -> None:
+        await self._log.append(event)
+        journal.apply(event)
+
+    async def _handle(self, records: list[LogRecord]) -> None:
+        touched: dict[str, Journal] = {}
+        for record in records:
+            journal = self._fold(record)
+            if journal is not None:
+                touched[journal.task_id] = journal
+        for journal in touched.values():
+            self.reconcile(journal)
+        await self._commit()
+
+    def _fold(self, record: LogRecord) -> Journal | None:
+        journals = self._journals.get(record.partition)
+        if journals is None:
+            return None
+        event = record.event
+        journal = journals.get(event.task_id)
+        if journal is None:
+            if not isinstance(event, TaskCreated) or event.task_id in self._ended:
+                return None
+            journal = journals[event.task_id] = Journal(event, record.partition, record.offset)
+            return journal
+        return journal if journal.apply(event) else None
+
+    def reconcile(self, journal: Journal) -> None:
+        """Do what the journal says the task needs."""
+        if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
+            return
+        run = self._runs.get(journal.task_id)
+        if journal.ended:
+            del self._journals[journal.partition][journal.task_id]
+            self._remember_ended(journal.task_id)
+            if run is not None:
+                run.stop()
+            return
+        if journal.waiting_for is not None:
+            return
+        if run is None:
+            self._ready.append(journal)
+            self._start_ready()
+        elif run.waiting is not None:
+            elicitation_id, answered = run.waiting
+            response = journal.response(elicitation_id)
+            if response is not None and not answered.done():
+                answered.set_result(response)
+
+    def _start_ready(self) -> None:
+        while self._ready and self.slots.try_take():
+            journal = self._ready.popleft()
+            tracked = self._journals.get(journal.partition, {}).get(journal.task_id) is journal
+            if not tracked or journal.ended or journal.waiting_for is not None or journal.task_id in self._runs:
+                self.slots.give()
+                continue
+            run = Run(self, journal)
+            self._runs[journal.task_id] = run
+            run.task = asyncio.create_task(run.execute(), name=f"task {journal.task_id}")
+
+    def release_slot(self) -> None:
+        self.slots.give()
+        self._start_ready()
+
+    def run_ended(self, run: Run) -> None:
+        if self._runs.get(run.journal.task_id) is run:
+            del self._runs[run.journal.task_id]
+        if run.holding_slot:
+            self.release_slot()
+        if not run.stopped:
+            # An answer may have arrived between the hot window closing and the run unwinding.
+            self.reconcile(run.journal)
+
+    def _remember_ended(self, task_id: str) -> None:
+        # A producer retry can land a duplicate created event after the task ended.
+        self._ended[task_id] = None
+        if len(self._ended) > REMEMBERED_ENDINGS:
+            self._ended.popitem(last=False)
+
+    def _safe_offsets(self, partitions: set[int]) -> dict[int, int]:
+        offsets = {}
+        for partition in partitions:
+            position = self._consumer.position(partition)
+            if position is None:
+                continue
+            journals = self._journals.get(partition)
+            # Journals are kept in created-offset order, so the first is the oldest unfinished task.
+            oldest = next(iter(journals.values())).offset if journals else position
+            offsets[partition] = min(oldest, position)
+        return offsets
+
+    async def _commit(self, force: bool = False, partitions: set[int] | None = None) -> None:
+        now = asyncio.get_running_loop().time()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        self._last_commit = now
+        offsets = self._safe_offsets(partitions if partitions is not None else set(self._journals))
+        changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
+        if not changed:
+            return
+        try:
+            await self._consumer.commit(changed)
+        except Exception as exc:  # a rebalance in progress; the next commit carries it
+            log.warning("commit of %s deferred: %s", changed, exc)
+            return
+        self._committed.update(changed)
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._journals.setdefault(partition, {})
+        log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
+        if self._ready_signal is not None:
+            self._ready_signal.set()
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        await self._commit(force=True, partitions=partitions)
+        for partition in partitions:
+            for journal in self._journals.pop(partition, {}).values():
+                run = self._runs.get(journal.task_id)
+                if run is not None:
+                    run.stop()
+            self._committed.pop(partition, None)
+        self._consumer.forget(partitions)
