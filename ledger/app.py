@@ -20,7 +20,8 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -133,7 +134,7 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task
     context_parameter = None
     for parameter in inspect.signature(fn).parameters.values():
         annotation = hints.get(parameter.name, Any)
-        if annotation is Context:
+        if _is_context(annotation):
             context_parameter = parameter.name
             continue
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -142,6 +143,10 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task
         fields[parameter.name] = (annotation, default)
     model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
     return Tool(name, fn, description, task_support, model, context_parameter)
+
+
+def _is_context(annotation: Any) -> bool:
+    return annotation is Context or (get_origin(annotation) in (Union, UnionType) and Context in get_args(annotation))
 
 
 def tool_result(value: Any) -> dict[str, Any]:

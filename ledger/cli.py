@@ -8,11 +8,14 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker
+from ledger.loading import AppNotFound, default_app_path, load_app
+from ledger.roles import PortTaken, serve, serve_dev, work
 from ledger.settings import Settings, SettingsError, describe
 from ledger.topics import TopicError, ensure_topics
 
@@ -22,7 +25,7 @@ ledger: a Kafka event-sourced task ledger for MCP servers.
 Every task transition is an Avro event on the <prefix>.task-events topic; projections of that
 log answer tasks/get, and workers resume waiting tools from it."""
 
-EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError)
+EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +59,50 @@ def build_parser() -> argparse.ArgumentParser:
         "(durable; needs the AWS_* variables of your S3 API)",
     )
     broker.set_defaults(run=run_broker)
+
+    server = _role_parser(
+        commands, "server", "serve MCP over HTTP (streamable HTTP at /mcp)",
+        "Serve APP's tools over MCP at http://HOST:PORT/mcp. Task-augmented tool calls become tasks "
+        "on the log; any number of servers can run against the same Kafka.",
+    )
+    _http_arguments(server)
+    server.set_defaults(run=run_server)
+
+    worker = _role_parser(
+        commands, "worker", "run APP's tools for tasks on the log",
+        "Join the worker group and run APP's tools for the tasks in the partitions it is given; "
+        "waiting tasks are parked and resumed from the log. Run as many as you have partitions.",
+    )
+    worker.set_defaults(run=run_worker)
+
+    dev = commands.add_parser(
+        "dev",
+        help="everything in one command: embedded broker, server and worker",
+        description="Start the embedded Kafka broker, a server and a worker in one process, serving APP "
+        "(default: the demo tools in examples/demo.py) at http://HOST:PORT/mcp. Events are kept in "
+        "memory and lost on exit.",
+        epilog=describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dev.add_argument("app", nargs="?", metavar="APP", help="module:attribute or path/to/file.py[:attribute] "
+                     "(default: the demo tools)")
+    _http_arguments(dev)
+    dev.set_defaults(run=run_dev)
     return parser
+
+
+def _role_parser(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
+    role = commands.add_parser(name, help=summary, description=text, epilog=describe(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    role.add_argument("app", metavar="APP", help="the application: module:attribute, or path/to/file.py[:attribute] "
+                      "(attribute defaults to `app`)")
+    role.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (default: LEDGER_BOOTSTRAP)")
+    return role
+
+
+def _http_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +145,37 @@ def run_broker(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     print("broker stopped", flush=True)
+    return 0
+
+
+def run_server(args: argparse.Namespace) -> int:
+    _check_port(args.port)
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    return _run(serve(load_app(args.app), settings, args.host, args.port))
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    return _run(work(load_app(args.app), settings))
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    _check_port(args.port)
+    source = args.app or str(default_app_path())
+    return _run(serve_dev(load_app(source), source, args.host, args.port))
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise SettingsError(f"--port must be between 1 and 65535, got {port}")
+
+
+def _run(role: Coroutine[Any, Any, None]) -> int:
+    """Run a role until it ends or SIGINT/SIGTERM; a signal is a clean stop (exit 0)."""
+    try:
+        asyncio.run(role)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -1,0 +1,133 @@
+"""The long-running roles behind ``ledger server``, ``ledger worker`` and ``ledger dev``.
+
+Each runs until SIGINT or SIGTERM, then stops cleanly: the server finishes its responses, the
+worker stops its runs (another worker, or this one restarted, resumes them from the log) and
+commits what is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import uvicorn
+
+from ledger.app import App
+from ledger.broker import EmbeddedBroker, port_is_free
+from ledger.server import create_app
+from ledger.settings import Settings
+from ledger.topics import ensure_topics
+from ledger.worker import Worker
+
+
+class PortTaken(OSError):
+    pass
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The role owns SIGINT/SIGTERM so that the worker beside the server stops too.
+        yield
+
+
+def _stop_on_signal() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def _http_server(app: App, settings: Settings, host: str, port: int) -> _Uvicorn:
+    if not port_is_free(host, port):
+        raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
+    config = uvicorn.Config(create_app(app, settings), host=host, port=port, log_level="warning", lifespan="on")
+    return _Uvicorn(config)
+
+
+async def _until(stop: asyncio.Event, *roles: asyncio.Task[None]) -> None:
+    """Wait for a stop signal or for any role to end (an error), then stop the rest."""
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopped, *roles}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    for task in roles:
+        if task not in done:
+            task.cancel()
+    results = await asyncio.gather(*roles, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
+
+
+async def _serve(server: _Uvicorn) -> None:
+    try:
+        await server.serve()
+    except asyncio.CancelledError:
+        server.should_exit = True
+        raise
+
+
+async def serve(app: App, settings: Settings, host: str, port: int) -> None:
+    stop = _stop_on_signal()
+    await ensure_topics(settings)
+    server = _http_server(app, settings, host, port)
+    serving = asyncio.create_task(_serve(server))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        print(f"ledger server: serving {app.name} at http://{host}:{port}/mcp (Kafka {settings.bootstrap})", flush=True)
+    await _until(stop, serving)
+
+
+async def work(app: App, settings: Settings) -> None:
+    stop = _stop_on_signal()
+    await ensure_topics(settings)
+    worker = Worker(app, settings)
+    ready = asyncio.Event()
+    working = asyncio.create_task(worker.run(ready))
+    print(f"ledger worker {worker.worker_id}: running {', '.join(app.tools)} (Kafka {settings.bootstrap})", flush=True)
+    await _until(stop, working)
+
+
+async def serve_dev(app: App, source: str, host: str, port: int) -> None:
+    stop = _stop_on_signal()
+    if not port_is_free(host, port):
+        raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
+    broker = EmbeddedBroker(output=None)
+    await asyncio.to_thread(broker.start)
+    try:
+        settings = replace(Settings.from_env(), bootstrap=broker.bootstrap)
+        await ensure_topics(settings)
+        worker = Worker(app, settings, worker_id=f"dev-{socket.gethostname()}")
+        ready = asyncio.Event()
+        working = asyncio.create_task(worker.run(ready))
+        server = _http_server(app, settings, host, port)
+        serving = asyncio.create_task(_serve(server))
+        while not (server.started and ready.is_set()) and not serving.done() and not working.done():
+            await asyncio.sleep(0.05)
+        if server.started and ready.is_set():
+            print(_banner(app, source, host, port, broker.bootstrap), flush=True)
+        await _until(stop, serving, working)
+    finally:
+        broker.stop()
+    print("ledger dev: stopped", flush=True)
+
+
+def _banner(app: App, source: str, host: str, port: int, bootstrap: str) -> str:
+    url = f"http://{host}:{port}/mcp"
+    tools = ", ".join(app.tools)
+    return f"""ledger dev: ready
+  MCP endpoint     {url}   (streamable HTTP, MCP 2025-11-25 tasks)
+  tools            {tools}   (from {source})
+  embedded Kafka   {bootstrap}   (memory storage: events are lost on exit)
+
+Try it:
+  connect any MCP client to {url} and call approve_expense as a task;
+  it waits in input_required until you answer its elicitation. The history is on the
+  topic: other shells can read it with LEDGER_BOOTSTRAP={bootstrap}.
+Press Ctrl-C to stop."""

@@ -1,0 +1,49 @@
+"""Tools that exercise the worker: journaled steps, changing questions, failures, slow runs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ledger import App, Context
+
+app = App("engine-tests")
+
+YES = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+QUESTIONS_ASKED: dict[str, int] = {}
+
+
+@app.tool
+async def journaled(ledger_file: str, ctx: Context) -> str:
+    """Two side effects around a question; the file shows how often each really ran."""
+    path = Path(ledger_file)
+    first = await ctx.step("charge", lambda: _append(path, "charge"))
+    answer = await ctx.elicit("Ship it?", YES)
+    second = await ctx.step("ship", lambda: _append(path, "ship"))
+    return f"{first}+{second}:{answer.content['ok']}"
+
+
+@app.tool
+async def fickle(ctx: Context) -> str:
+    """Asks a different question each time it runs: a replay must notice."""
+    count = QUESTIONS_ASKED[ctx.task_id] = QUESTIONS_ASKED.get(ctx.task_id, 0) + 1
+    await ctx.elicit(f"Question number {count}?", YES)
+    return "unreachable after a replay"
+
+
+@app.tool
+async def broken(reason: str) -> str:
+    raise RuntimeError(reason)
+
+
+@app.tool
+async def sleepy(seconds: float, ctx: Context) -> str:
+    await ctx.report_progress(0, seconds, "started")
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def _append(path: Path, line: str) -> int:
+    with path.open("a") as f:
+        f.write(line + "\n")
+    return len(path.read_text().splitlines())

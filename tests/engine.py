@@ -1,0 +1,60 @@
+"""An engine in the test process: live view, task service and workers on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ledger.app import App
+from ledger.events import TaskEvent
+from ledger.log import EventLog
+from ledger.reader import LogReader
+from ledger.service import TaskService
+from ledger.settings import Settings
+from ledger.view import LiveView
+from ledger.worker import Worker
+from projections.status import TaskRow
+
+WAIT = 30.0
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    service: TaskService
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def settled(self, task_id: str, status: str | None = None) -> TaskRow:
+        """The task once it is waiting for input or ended (or has ``status``)."""
+        def done(row: TaskRow) -> bool:
+            return row.status == status if status else row.status != "working"
+        row = await self.service.wait(task_id, None, done, WAIT)
+        assert done(row), f"task {task_id} still {row.status} after {WAIT}s"
+        return row
+
+
+@asynccontextmanager
+async def running_engine(app: App, settings: Settings, workers: int = 1) -> AsyncIterator[Engine]:
+    async with EventLog(settings) as log:
+        view = LiveView(settings)
+        await view.start()
+        engine = Engine(settings, TaskService(app, settings, log, view, "server:test"))
+        try:
+            for i in range(workers):
+                ready = asyncio.Event()
+                engine.workers.append(asyncio.create_task(Worker(app, settings, worker_id=f"w{i}").run(ready)))
+                await asyncio.wait_for(ready.wait(), WAIT)
+            yield engine
+        finally:
+            for task in engine.workers:
+                task.cancel()
+            await asyncio.gather(*engine.workers, return_exceptions=True)
+            await view.stop()
+
+
+async def history(settings: Settings, task_id: str) -> list[TaskEvent]:
+    """Every event of a task, in log order."""
+    async with LogReader(settings) as reader:
+        return [r.event async for batch in reader.catch_up() for r in batch if r.event.task_id == task_id]

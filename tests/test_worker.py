@@ -1,0 +1,107 @@
+"""The worker on a real broker: runs, parks, resumes by replay, fails, cancels, hands over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ledger.events import ElicitationRequested, StepRecorded, TaskCancelled, TaskCompleted, TaskFailed, TaskStarted
+from ledger.settings import Settings
+from tests.apps.engine_app import app
+from tests.engine import history, running_engine
+
+
+def result_text(row) -> str:
+    return json.loads(row.result_json)["content"][0]["text"]
+
+
+@pytest.mark.parametrize("hot_window_ms", [10_000, 0], ids=["resumed in place", "resumed by replay"])
+async def test_steps_run_once_whether_resumed_in_place_or_replayed(
+    settings: Settings, topics: dict, tmp_path: Path, hot_window_ms: int
+) -> None:
+    settings = replace(settings, hot_window_ms=hot_window_ms)
+    effects = tmp_path / "effects"
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("journaled", {"ledger_file": str(effects)}, principal=None,
+                                          ttl_ms=None, protocol="test")
+        row = await engine.settled(row.task_id)
+        assert row.status == "input_required" and row.pending[0].message == "Ship it?"
+        await engine.service.answer(row.task_id, None, row.pending[0].elicitation_id, "accept", {"ok": True},
+                                    protocol="test")
+        row = await engine.settled(row.task_id, "completed")
+    assert result_text(row) == "1+2:True"
+    assert effects.read_text().splitlines() == ["charge", "ship"]
+    events = await history(settings, row.task_id)
+    starts = [e.attempt for e in events if isinstance(e, TaskStarted)]
+    assert starts == ([1] if hot_window_ms else [1, 2])
+    assert [e.name for e in events if isinstance(e, StepRecorded)] == ["charge", "ship"]
+    assert sum(isinstance(e, ElicitationRequested) for e in events) == 1
+    assert sum(isinstance(e, TaskCompleted) for e in events) == 1
+
+
+async def test_a_replay_that_asks_something_else_fails_with_a_named_error(settings: Settings, topics: dict) -> None:
+    settings = replace(settings, hot_window_ms=0)
+    async with running_engine(app, settings) as engine:
+        row = await engine.settled((await engine.service.create("fickle", {}, principal=None, ttl_ms=None,
+                                                                 protocol="test")).task_id)
+        assert row.pending[0].message == "Question number 1?"
+        await engine.service.answer(row.task_id, None, row.pending[0].elicitation_id, "accept", {"ok": True},
+                                    protocol="test")
+        row = await engine.settled(row.task_id, "failed")
+    assert "elicitation #0" in row.error and "Question number 2?" in row.error
+    failed = [e for e in await history(settings, row.task_id) if isinstance(e, TaskFailed)]
+    assert [e.error_type for e in failed] == ["NonDeterminismError"]
+
+
+async def test_an_exception_fails_the_task_with_its_message(settings: Settings, topics: dict) -> None:
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("broken", {"reason": "disk full"}, principal=None, ttl_ms=None,
+                                          protocol="test")
+        row = await engine.settled(row.task_id, "failed")
+    assert row.error == "disk full" and row.status_message == "disk full"
+    failed = [e for e in await history(settings, row.task_id) if isinstance(e, TaskFailed)]
+    assert [(e.error_type, e.message) for e in failed] == [("RuntimeError", "disk full")]
+
+
+@pytest.mark.parametrize("tool,arguments", [("sleepy", {"seconds": 30}), ("journaled", {"ledger_file": "/dev/null"})],
+                         ids=["running", "waiting"])
+async def test_cancel_stops_a_task_and_nothing_follows(settings: Settings, topics: dict, tool: str,
+                                                       arguments: dict) -> None:
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create(tool, arguments, principal=None, ttl_ms=None, protocol="test")
+        if tool == "sleepy":
+            await engine.service.wait(row.task_id, None, lambda r: r.status_message == "started", 30)
+        else:
+            await engine.settled(row.task_id, "input_required")
+        row = await engine.service.cancel(row.task_id, None, protocol="test")
+        assert row.status == "cancelled"
+        await asyncio.sleep(0.3)  # give a wrongly still-running tool the chance to record more
+    events = await history(settings, row.task_id)
+    assert isinstance(events[-1], TaskCancelled)
+    assert not any(isinstance(e, (TaskCompleted, TaskFailed)) for e in events)
+
+
+async def test_concurrency_is_bounded_and_waiting_tasks_do_not_hold_slots(settings: Settings, topics: dict) -> None:
+    settings = replace(settings, worker_concurrency=2)
+    async with running_engine(app, settings) as engine:
+        waiting = [await engine.service.create("journaled", {"ledger_file": "/dev/null"}, principal=None,
+                                               ttl_ms=None, protocol="test") for _ in range(5)]
+        for row in waiting:
+            assert (await engine.settled(row.task_id)).status == "input_required"
+        sleepers = [await engine.service.create("sleepy", {"seconds": 0.5}, principal=None, ttl_ms=None,
+                                                protocol="test") for _ in range(4)]
+        for row in sleepers:
+            await engine.settled(row.task_id, "completed")
+    starts = []
+    for row in sleepers:
+        events = await history(settings, row.task_id)
+        started = next(e for e in events if isinstance(e, TaskStarted))
+        ended = next(e for e in events if isinstance(e, TaskCompleted))
+        starts.append((started.occurred_at, ended.occurred_at))
+    # With two slots, at no moment are more than two sleepers between started and completed.
+    for at, _ in starts:
+        assert sum(1 for s, e in starts if s <= at < e) <= 2
