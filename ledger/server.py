@@ -1,0 +1,340 @@
+"""The HTTP app: MCP 2025-11-25 tasks at ``/mcp`` (streamable HTTP), served from the ledger.
+
+One Starlette app per server instance. Its lifespan starts the event log and the live view
+(caught up before the first request) and the MCP session manager. The protocol adapter turns
+MCP requests into ``TaskService`` calls and task rows into MCP results, for both seed patterns:
+
+* relay (fastmcp PR 3136): while a client waits on ``tasks/result`` (or a plain ``tools/call``),
+  each elicitation the task asks is sent to it as ``elicitation/create`` carrying the
+  related-task ``_meta``, and its answer becomes a response event;
+* non-blocking ``_meta`` (MCP issue 1869): task results carry the pending elicitations, and a
+  client answers inside ``tasks/get`` ``_meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import mcp_types as types
+from mcp.server.lowlevel.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from ledger.app import App, InvalidArguments, UnknownTool, error_result
+from ledger.log import EventLog
+from ledger.service import InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.settings import Settings
+from ledger.view import LiveView, ReadTimeout
+from projections.status import PendingElicitation, TaskRow
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "2025-11-25"
+RELATED_TASK = "io.modelcontextprotocol/related-task"
+PENDING_ELICITATIONS = "io.modelcontextprotocol/pending-elicitations"
+ELICITATION_RESPONSE = "io.modelcontextprotocol/elicitation-response"
+IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
+
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+
+class TaskParams(types.RequestParams):
+    task_id: str = Field(alias="taskId", min_length=1)
+
+
+class _TaskServer(Server[Any]):
+    """The low-level server, advertising the 2025-11-25 ``tasks`` capability on handshake sessions."""
+
+    def get_capabilities(self, *args: Any, protocol_version: str | None = None, **kwargs: Any) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(*args, protocol_version=protocol_version, **kwargs)
+        if protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return capabilities
+        tasks = types.ServerTasksCapability(
+            list=types.TasksListCapability(), cancel=types.TasksCancelCapability(),
+            requests=types.ServerTasksRequestsCapability(tools=types.TasksToolsCapability(call=types.TasksCallCapability())),
+        )
+        return capabilities.model_copy(update={"tasks": tasks})
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def task_status(row: TaskRow) -> str:
+    # 2025-11-25: a tool result with isError means the task failed.
+    return "failed" if row.status == "completed" and row.is_error else row.status
+
+
+def task_json(row: TaskRow) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "taskId": row.task_id,
+        "status": task_status(row),
+        "createdAt": iso(row.created_at),
+        "lastUpdatedAt": iso(row.last_updated_at),
+        "ttl": row.ttl_ms,
+    }
+    if row.status_message is not None:
+        task["statusMessage"] = row.status_message
+    if row.poll_interval_ms is not None:
+        task["pollInterval"] = row.poll_interval_ms
+    return task
+
+
+def pending_json(pending: PendingElicitation) -> dict[str, Any]:
+    return {
+        "elicitationId": pending.elicitation_id,
+        "mode": pending.mode,
+        "message": pending.message,
+        "requestedSchema": json.loads(pending.requested_schema_json),
+    }
+
+
+def with_pending(result: dict[str, Any], row: TaskRow) -> dict[str, Any]:
+    """Pattern B: a waiting task's results list what it waits for in ``_meta``."""
+    if row.pending and not row.terminal:
+        result["_meta"] = {PENDING_ELICITATIONS: [pending_json(p) for p in row.pending]}
+    return result
+
+
+def tool_call_result(row: TaskRow) -> dict[str, Any]:
+    """What the original ``tools/call`` would have returned, for a task that has ended."""
+    if row.status == "completed" and row.result_json is not None:
+        return json.loads(row.result_json)
+    if row.status == "cancelled":
+        return error_result(f"The task was cancelled: {row.status_message or 'by request'}")
+    return error_result(row.error or row.status_message or "The task failed.")
+
+
+def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The authenticated user the request comes from; None when the server runs without auth."""
+    request = ctx.request
+    if isinstance(request, Request) and "user" in request.scope:
+        user = request.scope["user"]
+        if getattr(user, "is_authenticated", False):
+            return str(user.display_name or user.identity)
+    return None
+
+
+def client_can_elicit(ctx: ServerRequestContext[Any, Any]) -> bool:
+    capabilities = ctx.session.client_capabilities
+    return capabilities is not None and capabilities.elicitation is not None
+
+
+class Adapter:
+    """MCP 2025-11-25 requests in, task service calls out."""
+
+    def __init__(self, app: App, service: TaskService, view: LiveView) -> None:
+        self.app = app
+        self.service = service
+        self.view = view
+
+    # tools
+
+    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        return {"tools": [tool.definition() for tool in self.app.tools.values()]}
+
+    async def call_tool_as_task(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        """A task-augmented ``tools/call``: CreateTaskResult once the created event is durable."""
+        params = types.CallToolRequestParams.model_validate(ctx.params, by_name=False)
+        tool = self._tool(params.name)
+        if tool.task_support == "forbidden":
+            raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} does not support task-augmented calls")
+        ttl = params.task.ttl if params.task is not None else None
+        row = await self._create(params, ctx, ttl)
+        result: dict[str, Any] = {"task": task_json(row)}
+        with_pending(result, row)
+        result.setdefault("_meta", {})[IMMEDIATE_RESPONSE] = (
+            f"Started {tool.name} as background task {row.task_id}; it may ask for input."
+        )
+        return result
+
+    async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
+        """A plain ``tools/call``: the tool still runs as a ledger task; the call waits for its result."""
+        tool = self._tool(params.name)
+        if tool.task_support == "required":
+            raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} must be called as a task (task augmentation required)")
+        row = await self._create(params, ctx, None)
+        row = await self._relay_until_ended(ctx, row.task_id, principal_of(ctx), related=False)
+        return tool_call_result(row)
+
+    async def _create(self, params: types.CallToolRequestParams, ctx: ServerRequestContext[Any, Any],
+                      ttl: int | None) -> TaskRow:
+        try:
+            return await self.service.create(params.name, params.arguments, principal=principal_of(ctx),
+                                             ttl_ms=ttl, protocol=PROTOCOL)
+        except InvalidArguments as exc:
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+        except ReadTimeout as exc:
+            raise MCPError(INTERNAL_ERROR, f"The task was recorded but is not visible yet: {exc}") from None
+
+    def _tool(self, name: str) -> Any:
+        try:
+            return self.app.get(name)
+        except UnknownTool as exc:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.name}") from None
+
+    # tasks
+
+    async def get_task(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        principal = principal_of(ctx)
+        answer = (params.meta or {}).get(ELICITATION_RESPONSE)
+        with self._errors():
+            if answer is None:
+                row = self.service.get(params.task_id, principal)
+            else:
+                row = await self._submit(params.task_id, principal, answer, PROTOCOL + "/meta")
+        return with_pending(task_json(row), row)
+
+    async def task_result(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        with self._errors():
+            row = await self._relay_until_ended(ctx, params.task_id, principal_of(ctx), related=True)
+        result = tool_call_result(row)
+        result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": row.task_id}}
+        return result
+
+    async def list_tasks(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
+        with self._errors():
+            rows, next_cursor = self.service.page(principal_of(ctx), params.cursor)
+        result: dict[str, Any] = {"tasks": [task_json(row) for row in rows]}
+        if next_cursor is not None:
+            result["nextCursor"] = next_cursor
+        return result
+
+    async def cancel_task(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        with self._errors():
+            row = await self.service.cancel(params.task_id, principal_of(ctx), protocol=PROTOCOL)
+        return task_json(row)
+
+    async def _submit(self, task_id: str, principal: str | None, answer: Any, protocol: str) -> TaskRow:
+        if not isinstance(answer, Mapping) or not isinstance(answer.get("elicitationId"), str):
+            raise MCPError(INVALID_PARAMS, f"{ELICITATION_RESPONSE} must be an object with elicitationId, action "
+                                           "and (when accepting) content")
+        return await self.service.answer(task_id, principal, answer["elicitationId"], answer.get("action"),
+                                         answer.get("content"), protocol=protocol)
+
+    async def _relay_until_ended(self, ctx: ServerRequestContext[Any, Any], task_id: str, principal: str | None,
+                                 *, related: bool) -> TaskRow:
+        """Wait for the task to end, relaying each elicitation it asks to this client (pattern A).
+
+        A client that cannot answer elicitations just waits: the task stays input_required and can
+        be answered through ``tasks/get`` ``_meta`` by any client of the same principal.
+        """
+        relay = client_can_elicit(ctx)
+        relayed: set[str] = set()
+
+        def needs_us(row: TaskRow) -> bool:
+            return row.terminal or (relay and any(p.elicitation_id not in relayed for p in row.pending))
+
+        while True:
+            row = await self.service.wait(task_id, principal, needs_us, None)
+            if row.terminal:
+                return row
+            for pending in row.pending:
+                if pending.elicitation_id not in relayed:
+                    relayed.add(pending.elicitation_id)
+                    await self._relay(ctx, row, pending, related)
+
+    async def _relay(self, ctx: ServerRequestContext[Any, Any], row: TaskRow, pending: PendingElicitation,
+                     related: bool) -> None:
+        meta = {RELATED_TASK: {"taskId": row.task_id}} if related else None
+        request = types.ElicitRequest(params=types.ElicitRequestFormParams(
+            message=pending.message, requested_schema=json.loads(pending.requested_schema_json), _meta=meta,
+        ))
+        try:
+            answer = await ctx.session.send_request(
+                request, types.ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+            )
+        except Exception as exc:  # the client went away or refused; the task stays answerable
+            log.info("task %s: relaying elicitation %s failed: %s", row.task_id, pending.elicitation_id, exc)
+            return
+        try:
+            await self.service.answer(row.task_id, row.principal, pending.elicitation_id, answer.action,
+                                      answer.content, protocol=PROTOCOL + "/relay")
+        except Refused as exc:
+            log.info("task %s: relayed answer refused: %s", row.task_id, exc)
+
+    @staticmethod
+    def _errors() -> _ErrorMapping:
+        return _ErrorMapping()
+
+
+class _ErrorMapping:
+    """Service errors as the JSON-RPC errors the 2025-11-25 tasks spec gives them."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, (TaskNotFound, Refused, InvalidCursor)):
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+        if isinstance(exc, ReadTimeout):
+            raise MCPError(INTERNAL_ERROR, str(exc)) from None
+
+
+def build_mcp_server(app: App, adapter: Adapter) -> _TaskServer:
+    server = _TaskServer(
+        app.name, version=app.version, instructions=app.instructions,
+        get_tool_input_schema=lambda name: app.tools[name].input_schema if name in app.tools else None,
+        on_list_tools=adapter.list_tools, on_call_tool=adapter.call_tool,
+    )
+    server.add_request_handler("tasks/get", TaskParams, adapter.get_task)
+    server.add_request_handler("tasks/result", TaskParams, adapter.task_result)
+    server.add_request_handler("tasks/list", types.PaginatedRequestParams, adapter.list_tasks)
+    server.add_request_handler("tasks/cancel", TaskParams, adapter.cancel_task)
+
+    async def task_augmented_calls(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        # The SDK validates tools/call results as CallToolResult; a CreateTaskResult is answered here.
+        if ctx.method == "tools/call" and isinstance(ctx.params, Mapping) and ctx.params.get("task") is not None \
+                and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return await adapter.call_tool_as_task(ctx)
+        return await call_next(ctx)
+
+    server.middleware.append(task_augmented_calls)
+    return server
+
+
+def create_app(app: App, settings: Settings, instance: str | None = None) -> Starlette:
+    """The ASGI app of one server instance: ``/mcp`` plus ``/healthz``."""
+    instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}")
+    view = LiveView(settings)
+    service = TaskService(app, settings, event_log, view, actor=f"server:{instance}")
+    server = build_mcp_server(app, Adapter(app, service, view))
+    mcp_app = server.streamable_http_app(streamable_http_path="/mcp")
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await event_log.start()
+        try:
+            await view.start()
+            try:
+                await view.caught_up.wait()
+                async with server.session_manager.run():
+                    yield
+            finally:
+                await view.stop()
+        finally:
+            await event_log.stop()
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "instance": instance, "tasks": len(view.projection.rows)})
+
+    return Starlette(routes=[Route("/healthz", healthz), Mount("/", app=mcp_app)], lifespan=lifespan)
+
