@@ -28,10 +28,11 @@ class PortTaken(OSError):
     pass
 
 
-class _Uvicorn(uvicorn.Server):
+class HttpServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: the role that runs it owns SIGINT/SIGTERM."""
+
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # The role owns SIGINT/SIGTERM so that the worker beside the server stops too.
         yield
 
 
@@ -43,11 +44,11 @@ def _stop_on_signal() -> asyncio.Event:
     return stop
 
 
-def _http_server(app: App, settings: Settings, host: str, port: int) -> _Uvicorn:
+def _http_server(app: App, settings: Settings, host: str, port: int) -> HttpServer:
     if not port_is_free(host, port):
         raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
     config = uvicorn.Config(create_app(app, settings), host=host, port=port, log_level="warning", lifespan="on")
-    return _Uvicorn(config)
+    return HttpServer(config)
 
 
 async def _until(stop: asyncio.Event, *roles: asyncio.Task[None]) -> None:
@@ -64,7 +65,7 @@ async def _until(stop: asyncio.Event, *roles: asyncio.Task[None]) -> None:
             raise result
 
 
-async def _serve(server: _Uvicorn) -> None:
+async def _serve(server: HttpServer) -> None:
     try:
         await server.serve()
     except asyncio.CancelledError:

@@ -13,6 +13,7 @@ MCP requests into ``TaskService`` calls and task rows into MCP results, for both
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -49,7 +50,9 @@ PENDING_ELICITATIONS = "io.modelcontextprotocol/pending-elicitations"
 ELICITATION_RESPONSE = "io.modelcontextprotocol/elicitation-response"
 IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 
-INVALID_REQUEST = -32600
+MAX_STATUS_SUBSCRIBERS = 10_000
+MAX_NOTIFICATIONS_IN_FLIGHT = 1_000
+
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -144,6 +147,33 @@ class Adapter:
         self.app = app
         self.service = service
         self.view = view
+        self._status_subscribers: dict[str, Any] = {}
+        self._notifying: set[asyncio.Task[None]] = set()
+        view.listen(self._notify_status)
+
+    def _notify_status(self, before: TaskRow | None, after: TaskRow | None) -> None:
+        """Send ``notifications/tasks/status`` to the session that created the task (best effort)."""
+        if after is None or before is None or after.task_id not in self._status_subscribers:
+            return
+        if (task_status(before), before.status_message) == (task_status(after), after.status_message):
+            return
+        session = self._status_subscribers[after.task_id]
+        if after.terminal:
+            del self._status_subscribers[after.task_id]
+        if len(self._notifying) >= MAX_NOTIFICATIONS_IN_FLIGHT:
+            return
+        notification = types.TaskStatusNotification(
+            params=types.TaskStatusNotificationParams.model_validate(task_json(after), by_name=False))
+        sending = asyncio.create_task(self._send_quietly(session, notification))
+        self._notifying.add(sending)
+        sending.add_done_callback(self._notifying.discard)
+
+    @staticmethod
+    async def _send_quietly(session: Any, notification: types.TaskStatusNotification) -> None:
+        try:
+            await session.send_notification(notification)
+        except Exception as exc:  # optional by the spec; a closed session must not matter
+            log.debug("status notification not delivered: %s", exc)
 
     # tools
 
@@ -158,6 +188,8 @@ class Adapter:
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} does not support task-augmented calls")
         ttl = params.task.ttl if params.task is not None else None
         row = await self._create(params, ctx, ttl)
+        if len(self._status_subscribers) < MAX_STATUS_SUBSCRIBERS:
+            self._status_subscribers[row.task_id] = ctx.session
         result: dict[str, Any] = {"task": task_json(row)}
         with_pending(result, row)
         result.setdefault("_meta", {})[IMMEDIATE_RESPONSE] = (

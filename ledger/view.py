@@ -39,7 +39,12 @@ class LiveView:
         self._offset_waiters: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
         self._tiebreak = itertools.count()
         self._listing: dict[str | None, list[ListKey]] = {}
+        self._listeners: list[Callable[[TaskRow | None, TaskRow | None], None]] = []
         self.caught_up = asyncio.Event()
+
+    def listen(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
+        """Call ``listener(before, after)`` for every row an event changes (live events only)."""
+        self._listeners.append(listener)
 
     async def start(self) -> None:
         await self._reader.start()
@@ -134,6 +139,9 @@ class LiveView:
             insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
         elif before is not None and after is None:
             self._listing[before.principal].remove((before.created_at, before.task_id))
+        if before is not after and self.caught_up.is_set():
+            for listener in self._listeners:
+                listener(before, after)
 
     def _release_offset_waiters(self) -> None:
         positions = self._reader.positions()

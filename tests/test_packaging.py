@@ -1,4 +1,4 @@
-"""An installed (non-editable) wheel carries the event contract and finds it."""
+"""An installed (non-editable) wheel carries the event contract and the demo tools, and finds them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_wheel_ships_and_finds_the_schemas(tmp_path: Path) -> None:
+def test_wheel_ships_and_finds_the_schemas_and_demo_tools(tmp_path: Path) -> None:
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
         capture_output=True, text=True, timeout=300,
@@ -33,10 +33,13 @@ def test_wheel_ships_and_finds_the_schemas(tmp_path: Path) -> None:
     )
     assert install.returncode == 0, install.stderr
     probe = subprocess.run(
-        [sys.executable, "-c", "import ledger, ledger.schemas as s; print(ledger.__file__); print(s.schema_dir()); print(s.current().version)"],
+        [sys.executable, "-c", "import ledger, ledger.schemas as s, ledger.loading as l; print(ledger.__file__); "
+         "print(s.schema_dir()); print(s.current().version); print(l.default_app_path()); "
+         "print(len(l.load_app(str(l.default_app_path())).tools))"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
-    module, schema_dir, version = probe.stdout.split()
+    module, schema_dir, version, demo, tools = probe.stdout.split()
     assert module.startswith(str(target)) and schema_dir.startswith(str(target))
     assert int(version) == len(shipped)
+    assert demo.startswith(str(target)) and int(tools) == 3

@@ -1,0 +1,68 @@
+"""Driving a ledger server with the real ``mcp`` SDK client (2025-11-25, legacy handshake)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import mcp_types as types
+from mcp import Client
+from pydantic import TypeAdapter
+
+RAW = TypeAdapter(dict[str, Any])
+Answer = Callable[[types.ElicitRequestFormParams], types.ElicitResult]
+
+
+@asynccontextmanager
+async def connect(url: str, answer: Answer | None = None, seen: list | None = None) -> AsyncIterator[Client]:
+    """A client; with ``answer`` it declares elicitation support and answers relayed elicitations."""
+    callback = None
+    if answer is not None:
+        async def callback(ctx: Any, params: types.ElicitRequestFormParams) -> types.ElicitResult:
+            if seen is not None:
+                seen.append(params)
+            return answer(params)
+    async with Client(url, mode="legacy", elicitation_callback=callback, read_timeout_seconds=60) as client:
+        yield client
+
+
+async def call_as_task(client: Client, name: str, arguments: dict[str, Any], ttl: int | None = None) -> dict[str, Any]:
+    # The SDK client validates every tools/call result as a CallToolResult and so rejects the
+    # CreateTaskResult a task-augmented call returns; this one request goes below that check.
+    params = {"name": name, "arguments": arguments, "task": {} if ttl is None else {"ttl": ttl}}
+    return await client.session._dispatcher.send_raw_request("tools/call", params, None)
+
+
+async def get_task(client: Client, task_id: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = types.GetTaskRequestParams(task_id=task_id, _meta=meta)
+    return await client.session.send_request(types.GetTaskRequest(params=params), RAW)
+
+
+async def task_result(client: Client, task_id: str) -> dict[str, Any]:
+    params = types.GetTaskPayloadRequestParams(task_id=task_id)
+    return await client.session.send_request(types.GetTaskPayloadRequest(params=params), RAW)
+
+
+async def list_tasks(client: Client, cursor: str | None = None) -> dict[str, Any]:
+    params = types.PaginatedRequestParams(cursor=cursor)
+    return await client.session.send_request(types.ListTasksRequest(params=params), RAW)
+
+
+async def cancel_task(client: Client, task_id: str) -> dict[str, Any]:
+    params = types.CancelTaskRequestParams(task_id=task_id)
+    return await client.session.send_request(types.CancelTaskRequest(params=params), RAW)
+
+
+async def poll_until(client: Client, task_id: str, done: Callable[[dict[str, Any]], bool],
+                     timeout: float = 30) -> dict[str, Any]:
+    """Poll ``tasks/get`` (at the task's pollInterval) until ``done(task)``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        task = await get_task(client, task_id)
+        if done(task):
+            return task
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s")
+        await asyncio.sleep(min(task.get("pollInterval", 100), 100) / 1000)

@@ -1,0 +1,60 @@
+"""Raw JSON-RPC over streamable HTTP, for checks of the wire itself."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2 as httpx
+
+PROTOCOL_VERSION = "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+
+
+class RawSession:
+    """initialize → ``Mcp-Session-Id`` → ``notifications/initialized``, then plain calls."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._ids = itertools.count(1)
+        self._http = httpx.AsyncClient(timeout=30)
+        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+
+    async def __aenter__(self) -> RawSession:
+        response = await self._post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "0"}}})
+        self.headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
+        self.headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
+        await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The JSON-RPC response (``result`` or ``error``) to one request."""
+        request_id = next(self._ids)
+        response = await self._post({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        for message in _messages(response):
+            if message.get("id") == request_id:
+                return message
+        raise AssertionError(f"no response to {method}: {response.text!r}")
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        """Messages the server sends on the standalone GET stream."""
+        async with self._http.stream("GET", self.url, headers={**self.headers, "Accept": "text/event-stream"}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and line[5:].strip():
+                    yield json.loads(line[5:])
+
+    async def _post(self, message: dict[str, Any]) -> httpx.Response:
+        return await self._http.post(self.url, json=message, headers=self.headers)
+
+
+def _messages(response: httpx.Response) -> list[dict[str, Any]]:
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return [response.json()]
+    return [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]

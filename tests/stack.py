@@ -1,0 +1,47 @@
+"""A server (uvicorn, real HTTP) and a worker in the test process, on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+
+from ledger.app import App
+from ledger.broker import free_port
+from ledger.roles import HttpServer
+from ledger.server import create_app
+from ledger.settings import Settings
+from ledger.worker import Worker
+
+
+@asynccontextmanager
+async def serving(app: App, settings: Settings, instance: str = "test") -> AsyncIterator[str]:
+    """Serve ``app`` over HTTP; yields the MCP endpoint URL."""
+    port = free_port()
+    server = HttpServer(uvicorn.Config(create_app(app, settings, instance), host="127.0.0.1", port=port,
+                                       log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def working(app: App, settings: Settings, worker_id: str = "w0") -> AsyncIterator[Worker]:
+    worker = Worker(app, settings, worker_id=worker_id)
+    ready = asyncio.Event()
+    task = asyncio.create_task(worker.run(ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        yield worker
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
