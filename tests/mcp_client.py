@@ -18,12 +18,12 @@ Answer = Callable[[types.ElicitRequestFormParams], types.ElicitResult]
 @asynccontextmanager
 async def connect(url: str, answer: Answer | None = None, seen: list | None = None) -> AsyncIterator[Client]:
     """A client; with ``answer`` it declares elicitation support and answers relayed elicitations."""
-    callback = None
-    if answer is not None:
-        async def callback(ctx: Any, params: types.ElicitRequestFormParams) -> types.ElicitResult:
-            if seen is not None:
-                seen.append(params)
-            return answer(params)
+    async def elicited(ctx: Any, params: types.ElicitRequestFormParams) -> types.ElicitResult:
+        if seen is not None:
+            seen.append(params)
+        return answer(params)
+
+    callback = elicited if answer is not None else None
     async with Client(url, mode="legacy", elicitation_callback=callback, read_timeout_seconds=60) as client:
         yield client
 

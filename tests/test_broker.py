@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ledger.broker import EmbeddedBroker, answers_metadata, free_port, port_is_free
+from tests.spawn import LEDGER, wait_for_line
 
-LEDGER = [sys.executable, "-m", "ledger.cli"]
 
 
 def test_starts_answers_and_stops() -> None:
@@ -28,19 +26,6 @@ def test_starts_answers_and_stops() -> None:
 
 def test_nothing_listening_is_not_a_broker() -> None:
     assert not answers_metadata("127.0.0.1", free_port())
-
-
-def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 30) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not printed; got {lines}")
 
 
 def test_ledger_broker_serves_until_sigterm() -> None:

@@ -1,0 +1,53 @@
+"""Running ledger commands as separate processes, as users and compose run them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ledger.settings import Settings
+
+LEDGER = [sys.executable, "-m", "ledger.cli"]
+
+
+def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 30) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not printed; got {lines}")
+
+
+def role_environment(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LEDGER_BOOTSTRAP": settings.bootstrap,
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "LEDGER_PARTITIONS": str(settings.partitions),
+        "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "LEDGER_HOT_WINDOW_MS": str(settings.hot_window_ms),
+    }
+
+
+@contextmanager
+def spawned(args: list[str], settings: Settings, ready: str) -> Iterator[subprocess.Popen[str]]:
+    """``ledger ARGS`` in its own process, once it printed ``ready``; killed on the way out."""
+    process = subprocess.Popen(LEDGER + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=role_environment(settings))
+    try:
+        wait_for_line(process, ready, timeout=60)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait(30)

@@ -1,0 +1,145 @@
+"""The roles as separate processes: ``ledger dev`` as a new user runs it, servers and workers that
+share one broker, and a worker SIGKILLed while one task waits and another runs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import uuid
+from dataclasses import replace
+
+import mcp_types as types
+import pytest
+
+from ledger.broker import free_port
+from ledger.events import TaskCompleted, TaskStarted
+from ledger.settings import Settings
+from ledger.topics import ensure_topics
+from tests.engine import history
+from tests.mcp_client import call_as_task, connect, get_task, poll_until, task_result
+from tests.spawn import LEDGER, spawned, wait_for_line
+
+pytestmark = pytest.mark.slow
+
+PENDING = "io.modelcontextprotocol/pending-elicitations"
+RESPONSE = "io.modelcontextprotocol/elicitation-response"
+DEMO = "examples/demo.py"
+
+
+def approve(params: types.ElicitRequestFormParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"approved": True})
+
+
+async def answer_first_pending(client, task_id: str, content: dict) -> None:
+    task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
+    elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
+    await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept", "content": content}})
+
+
+async def test_ledger_dev_as_a_new_user_runs_it() -> None:
+    port = free_port()
+    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
+        url = f"http://127.0.0.1:{port}/mcp"
+        assert url in banner and "approve_expense, plan_trip, count_slowly" in banner
+        async with connect(url, approve) as client:
+            relayed = await call_as_task(client, "approve_expense", {"amount": 20, "description": "train"})
+            assert (await task_result(client, relayed["task"]["taskId"]))["content"][0]["text"] == "approved 20"
+        async with connect(url) as client:
+            trip = (await call_as_task(client, "plan_trip", {"destination": "Rome"}))["task"]["taskId"]
+            await answer_first_pending(client, trip, {"start_date": "2027-03-01", "nights": 4})
+            await answer_first_pending(client, trip, {"confirm": True})
+            result = await task_result(client, trip)
+        assert result["content"][0]["text"] == "booked Rome for 4 nights from 2027-03-01"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        assert "ledger dev: stopped" in process.stdout.read()
+    finally:
+        process.kill()
+
+
+def test_role_errors_are_one_clear_line() -> None:
+    for args, message in [
+        (["server", "no_such_module:app"], "cannot import 'no_such_module'"),
+        (["worker", "missing.py"], "no such file: missing.py"),
+        (["worker", "examples/demo.py:nothing"], "has no attribute 'nothing'"),
+        (["server", DEMO, "--port", "0"], "--port must be between 1 and 65535"),
+    ]:
+        result = subprocess.run(LEDGER + args, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def shared(settings: Settings) -> Settings:
+    return replace(settings, topic_prefix=f"roles-{uuid.uuid4().hex[:10]}")
+
+
+async def test_create_on_one_server_answer_and_read_on_another(shared: Settings) -> None:
+    await ensure_topics(shared)
+    ports = [free_port(), free_port()]
+    with spawned(["worker", DEMO], shared, "ledger worker"), \
+            spawned(["server", DEMO, "--port", str(ports[0])], shared, "serving"), \
+            spawned(["server", DEMO, "--port", str(ports[1])], shared, "serving"):
+        first, second = (f"http://127.0.0.1:{p}/mcp" for p in ports)
+        async with connect(first) as one, connect(second) as two:
+            task_id = (await call_as_task(one, "approve_expense", {"amount": 8, "description": "map"}))["task"]["taskId"]
+            assert (await get_task(two, task_id))["taskId"] == task_id
+            await answer_first_pending(two, task_id, {"approved": True})
+            await poll_until(one, task_id, lambda t: t["status"] == "completed")
+            assert (await task_result(one, task_id))["content"][0]["text"] == "approved 8"
+
+
+async def test_a_sigkilled_worker_hands_waiting_and_running_tasks_to_another(shared: Settings) -> None:
+    shared = replace(shared, hot_window_ms=60_000)  # the waiting task is hot in the worker that dies
+    await ensure_topics(shared)
+    port = free_port()
+    with spawned(["server", DEMO, "--port", str(port)], shared, "serving"):
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with connect(url) as client:
+            with spawned(["worker", DEMO], shared, "ledger worker") as doomed:
+                waiting = (await call_as_task(client, "approve_expense", {"amount": 4, "description": "ink"}))["task"]["taskId"]
+                running = (await call_as_task(client, "count_slowly", {"n": 40}))["task"]["taskId"]
+                await poll_until(client, waiting, lambda t: t["status"] == "input_required")
+                await poll_until(client, running, lambda t: "counted 3 " in (t.get("statusMessage") or ""))
+                doomed.send_signal(signal.SIGKILL)
+                doomed.wait(10)
+            with spawned(["worker", DEMO], shared, "ledger worker"):
+                await answer_first_pending(client, waiting, {"approved": True})
+                await poll_until(client, waiting, lambda t: t["status"] == "completed", timeout=60)
+                await poll_until(client, running, lambda t: t["status"] == "completed", timeout=60)
+                assert (await task_result(client, waiting))["content"][0]["text"] == "approved 4"
+                assert (await task_result(client, running))["content"][0]["text"] == "counted 40"
+    for task_id in (waiting, running):
+        events = await history(shared, task_id)
+        assert sum(isinstance(e, TaskCompleted) for e in events) == 1
+        actors = {e.actor for e in events if isinstance(e, TaskStarted)}
+        assert len(actors) == 2, f"task {task_id} was not resumed by a second worker: {actors}"
+
+
+async def test_a_thousand_concurrent_approvals_all_complete(shared: Settings) -> None:
+    await ensure_topics(shared)
+    port = free_port()
+    with spawned(["worker", DEMO], shared, "ledger worker"), \
+            spawned(["server", DEMO, "--port", str(port)], shared, "serving"):
+        async with connect(f"http://127.0.0.1:{port}/mcp") as client:
+            gate = asyncio.Semaphore(100)
+
+            async def create(i: int) -> str:
+                async with gate:
+                    created = await call_as_task(client, "approve_expense", {"amount": i, "description": f"item {i}"})
+                    return created["task"]["taskId"]
+
+            task_ids = await asyncio.gather(*(create(i) for i in range(1000)))
+
+            async def finish(i: int, task_id: str) -> str:
+                async with gate:
+                    await answer_first_pending(client, task_id, {"approved": i % 2 == 0})
+                    await poll_until(client, task_id, lambda t: t["status"] == "completed", timeout=120)
+                    return (await task_result(client, task_id))["content"][0]["text"]
+
+            texts = await asyncio.gather(*(finish(i, t) for i, t in enumerate(task_ids)))
+    assert texts == [f"{'approved' if i % 2 == 0 else 'rejected'} {i}" for i in range(1000)]
