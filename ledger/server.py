@@ -203,8 +203,19 @@ class Adapter:
         if tool.task_support == "required":
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} must be called as a task (task augmentation required)")
         row = await self._create(params, ctx, None)
-        row = await self._relay_until_ended(ctx, row.task_id, principal_of(ctx), related=False)
-        return tool_call_result(row)
+        principal = principal_of(ctx)
+        if client_can_elicit(ctx):
+            return tool_call_result(await self._relay_until_ended(ctx, row.task_id, principal, related=False))
+        # The client cannot be asked: rather than hold the call open forever, say which task
+        # waits for what, so that it can be answered through tasks/get _meta.
+        row = await self.service.wait(row.task_id, principal, lambda r: r.terminal or bool(r.pending), None)
+        if row.terminal:
+            return tool_call_result(row)
+        waiting = error_result(f"Task {row.task_id} needs input: {row.pending[0].message} Answer it with "
+                               f"tasks/get _meta[{ELICITATION_RESPONSE!r}].")
+        waiting["_meta"] = {RELATED_TASK: {"taskId": row.task_id},
+                            PENDING_ELICITATIONS: [pending_json(p) for p in row.pending]}
+        return waiting
 
     async def _create(self, params: types.CallToolRequestParams, ctx: ServerRequestContext[Any, Any],
                       ttl: int | None) -> TaskRow:

@@ -181,6 +181,19 @@ async def test_plain_call_runs_through_the_ledger_and_relays_inline(stack: tuple
     assert counted.content[0].text == "counted 3"
 
 
+async def test_plain_call_from_a_client_that_cannot_be_asked_names_the_waiting_task(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with connect(url) as client:
+        waiting = await client.call_tool("approve_expense", {"amount": 6, "description": "tea"})
+        assert waiting.is_error and "needs input" in waiting.content[0].text
+        task_id = waiting.meta[RELATED]["taskId"]
+        [pending] = waiting.meta[PENDING]
+        await get_task(client, task_id, {RESPONSE: {"elicitationId": pending["elicitationId"], "action": "accept",
+                                                    "content": {"approved": True}}})
+        await poll_until(client, task_id, lambda t: t["status"] == "completed")
+        assert text(await task_result(client, task_id)) == "approved 6"
+
+
 async def test_client_without_elicitation_waits_and_can_be_answered_through_meta(stack: tuple[str, Settings]) -> None:
     url, _ = stack
     async with connect(url) as waiting_client, connect(url) as answering_client:
