@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _configure_logging(args.command)
     try:
         return args.run(args)
     except KafkaConnectionError as exc:
@@ -118,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         print(f"ledger: {exc}", file=sys.stderr)
     return 2
+
+
+def _configure_logging(command: str) -> None:
+    """Timestamped lines on stderr: ledger's own at INFO for the server and worker roles (WARNING
+    in ``ledger dev``, whose terminal is for the banner), the Kafka client's at WARNING."""
+    level = logging.WARNING if command == "dev" else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ledger").setLevel(level)
 
 
 def run_broker(args: argparse.Namespace) -> int:

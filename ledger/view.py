@@ -141,7 +141,10 @@ class LiveView:
             self._listing[before.principal].remove((before.created_at, before.task_id))
         if before is not after and self.caught_up.is_set():
             for listener in self._listeners:
-                listener(before, after)
+                try:
+                    listener(before, after)
+                except Exception:  # a listener's failure must never stop the view following the log
+                    log.exception("live view: listener %r failed on task %s", listener, event.task_id)
 
     def _release_offset_waiters(self) -> None:
         positions = self._reader.positions()

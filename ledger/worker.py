@@ -32,11 +32,20 @@ log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.5
 RETRY_AFTER_S = 1.0
+SWEEP_INTERVAL_S = 5.0
+STATUS_INTERVAL_S = 30.0
 REMEMBERED_ENDINGS = 50_000
 
 
 class Parked(BaseException):
     """Unwinds a tool whose hot window passed; a BaseException so tools' ``except Exception`` let it by."""
+
+
+class AppendFailed(BaseException):
+    """The log did not take a run's event; the run stops and the task is retried, not failed.
+
+    A BaseException, like ``Parked``, so that a tool's ``except Exception`` cannot swallow it.
+    """
 
 
 class Slots:
@@ -63,7 +72,7 @@ class Slots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.give()
-            else:
+            elif waiter in self._waiters:  # give() may have dropped it already
                 self._waiters.remove(waiter)
             raise
 
@@ -85,6 +94,7 @@ class Run:
         self.waiting: tuple[str, asyncio.Future[ResponseSubmitted]] | None = None
         self.stopped = False
         self.holding_slot = True
+        self.unrecorded = False  # an append failed: the task is retried after a pause
         self.task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -94,7 +104,10 @@ class Run:
             self.task.cancel()
 
     async def append(self, event: TaskEvent) -> None:
-        await self.worker.append(self.journal, event)
+        try:
+            await self.worker.append(self.journal, event)
+        except Exception as exc:
+            raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def answer(self, elicitation_id: str) -> ResponseSubmitted:
         worker = self.worker
@@ -125,9 +138,11 @@ class Run:
                 await self.append(outcome)
         except (Parked, asyncio.CancelledError):
             pass
-        except Exception:
-            log.exception("task %s: could not record its outcome; retrying", journal.task_id)
-            asyncio.get_running_loop().call_later(RETRY_AFTER_S, worker.reconcile, journal)
+        except AppendFailed as exc:
+            if not self.stopped:
+                log.error("task %s: could not append to the log (%s); retrying in %.0fs",
+                          journal.task_id, exc, RETRY_AFTER_S)
+                self.unrecorded = True
         finally:
             worker.run_ended(self)
 
@@ -148,6 +163,8 @@ class Run:
             log.error("task %s failed: %s", journal.task_id, exc)
             return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc))
         except Exception as exc:
+            if self.stopped:
+                return None
             log.exception("task %s: tool %s raised", journal.task_id, journal.created.tool)
             return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
         result = tool_result(value)
@@ -180,9 +197,14 @@ class Worker:
         self._journals: dict[int, dict[str, Journal]] = {}
         self._runs: dict[str, Run] = {}
         self._ready: deque[Journal] = deque()
+        self._queued: set[Journal] = set()
+        self._retrying: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._committed: dict[int, int] = {}
         self._last_commit = 0.0
+        self._last_sweep = 0.0
+        self._last_status = 0.0
+        self._closing = False
         self._ready_signal: asyncio.Event | None = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -198,6 +220,7 @@ class Worker:
                 while True:
                     await self._handle(await self._consumer.fetch())
             finally:
+                self._closing = True
                 for run in list(self._runs.values()):
                     run.stop()
                 await self._commit(force=True)
@@ -220,6 +243,7 @@ class Worker:
                 touched[journal.task_id] = journal
         for journal in touched.values():
             self.reconcile(journal)
+        self._sweep()
         await self._commit()
 
     def _fold(self, record: LogRecord) -> Journal | None:
@@ -237,7 +261,7 @@ class Worker:
 
     def reconcile(self, journal: Journal) -> None:
         """Do what the journal says the task needs."""
-        if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
+        if self._closing or self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             return
         run = self._runs.get(journal.task_id)
         if journal.ended:
@@ -249,7 +273,9 @@ class Worker:
         if journal.waiting_for is not None:
             return
         if run is None:
-            self._ready.append(journal)
+            if journal not in self._queued:
+                self._queued.add(journal)
+                self._ready.append(journal)
             self._start_ready()
         elif run.waiting is not None:
             elicitation_id, answered = run.waiting
@@ -260,6 +286,7 @@ class Worker:
     def _start_ready(self) -> None:
         while self._ready and self.slots.try_take():
             journal = self._ready.popleft()
+            self._queued.discard(journal)
             tracked = self._journals.get(journal.partition, {}).get(journal.task_id) is journal
             if not tracked or journal.ended or journal.waiting_for is not None or journal.task_id in self._runs:
                 self.slots.give()
@@ -273,13 +300,50 @@ class Worker:
         self._start_ready()
 
     def run_ended(self, run: Run) -> None:
-        if self._runs.get(run.journal.task_id) is run:
-            del self._runs[run.journal.task_id]
+        task_id = run.journal.task_id
+        if self._runs.get(task_id) is run:
+            del self._runs[task_id]
         if run.holding_slot:
             self.release_slot()
-        if not run.stopped:
-            # An answer may have arrived between the hot window closing and the run unwinding.
-            self.reconcile(run.journal)
+        # An answer may have arrived between the hot window closing and the run unwinding, or the
+        # partition may have come back (a new journal) while this run was being stopped.
+        if run.unrecorded:
+            self._retrying.add(task_id)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry, run.journal)
+        else:
+            self._retry(run.journal)
+
+    def _retry(self, journal: Journal) -> None:
+        self._retrying.discard(journal.task_id)
+        current = self._journals.get(journal.partition, {}).get(journal.task_id)
+        if current is not None:
+            self.reconcile(current)
+
+    def _sweep(self) -> None:
+        """Every few seconds, check that each task that needs a run has one, and say so if not.
+
+        Reconciling on every event should leave nothing behind; this is the safety net that turns
+        a missed wake-up into a logged warning and a late run instead of a task stuck forever.
+        """
+        now = asyncio.get_running_loop().time()
+        if now - self._last_sweep < SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        for journals in self._journals.values():
+            for journal in journals.values():
+                if journal.ended or journal.waiting_for is not None:
+                    continue
+                if journal.task_id in self._runs or journal.task_id in self._retrying:
+                    continue
+                if journal not in self._queued:
+                    log.warning("task %s needed a run and had none; starting it", journal.task_id)
+                    self.reconcile(journal)
+        if now - self._last_status < STATUS_INTERVAL_S:
+            return
+        self._last_status = now
+        log.info("worker %s: partitions %s, %d tasks open, %d running, %d hot, %d queued, %d/%d slots",
+                 self.worker_id, sorted(self._journals), sum(map(len, self._journals.values())),
+                 len(self._runs), self.hot, len(self._ready), self.slots.used, self.slots.limit)
 
     def _remember_ended(self, task_id: str) -> None:
         # A producer retry can land a duplicate created event after the task ended.

@@ -22,9 +22,18 @@ WAIT = 30.0
 
 @dataclass
 class Engine:
+    app: App
     settings: Settings
     service: TaskService
     workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start_worker(self, worker_id: str) -> asyncio.Task[None]:
+        """A worker in this process, once the group has given it partitions."""
+        ready = asyncio.Event()
+        worker = asyncio.create_task(Worker(self.app, self.settings, worker_id=worker_id).run(ready))
+        self.workers.append(worker)
+        await asyncio.wait_for(ready.wait(), WAIT)
+        return worker
 
     async def settled(self, task_id: str, status: str | None = None) -> TaskRow:
         """The task once it is waiting for input or ended (or has ``status``)."""
@@ -40,12 +49,10 @@ async def running_engine(app: App, settings: Settings, workers: int = 1) -> Asyn
     async with EventLog(settings) as log:
         view = LiveView(settings)
         await view.start()
-        engine = Engine(settings, TaskService(app, settings, log, view, "server:test"))
+        engine = Engine(app, settings, TaskService(app, settings, log, view, "server:test"))
         try:
             for i in range(workers):
-                ready = asyncio.Event()
-                engine.workers.append(asyncio.create_task(Worker(app, settings, worker_id=f"w{i}").run(ready)))
-                await asyncio.wait_for(ready.wait(), WAIT)
+                await engine.start_worker(f"w{i}")
             yield engine
         finally:
             for task in engine.workers:

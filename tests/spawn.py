@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,14 +41,29 @@ def role_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def drain(process: subprocess.Popen[str], lines: int = 200) -> deque[str]:
+    """Keep reading the process's output so a full pipe never blocks it; the last ``lines`` are kept."""
+    tail: deque[str] = deque(maxlen=lines)
+    threading.Thread(target=lambda: tail.extend(iter(process.stdout.readline, "")), daemon=True).start()
+    return tail
+
+
 @contextmanager
 def spawned(args: list[str], settings: Settings, ready: str) -> Iterator[subprocess.Popen[str]]:
-    """``ledger ARGS`` in its own process, once it printed ``ready``; killed on the way out."""
+    """``ledger ARGS`` in its own process, once it printed ``ready``; killed on the way out.
+
+    When the block fails, the end of the process's output is printed for the test report.
+    """
     process = subprocess.Popen(LEDGER + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=role_environment(settings))
     try:
         wait_for_line(process, ready, timeout=60)
-        yield process
+        tail = drain(process)
+        try:
+            yield process
+        except BaseException:
+            print(f"--- last output of ledger {' '.join(args)} ---", *tail, sep="\n", file=sys.stderr)
+            raise
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)

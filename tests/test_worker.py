@@ -105,3 +105,26 @@ async def test_concurrency_is_bounded_and_waiting_tasks_do_not_hold_slots(settin
     # With two slots, at no moment are more than two sleepers between started and completed.
     for at, _ in starts:
         assert sum(1 for s, e in starts if s <= at < e) <= 2
+
+
+async def test_workers_joining_and_leaving_lose_and_repeat_nothing(settings: Settings, topics: dict) -> None:
+    """A second worker joins while 200 tasks wait hot in the first, then leaves while they resume."""
+    async with running_engine(app, settings) as engine:
+        rows = [await engine.service.create("journaled", {"ledger_file": "/dev/null"}, principal=None,
+                                            ttl_ms=None, protocol="test") for _ in range(200)]
+        waiting = [await engine.settled(row.task_id, "input_required") for row in rows]
+        joined = await engine.start_worker("w-joining")
+
+        async def answer(row) -> None:
+            await engine.service.answer(row.task_id, None, row.pending[0].elicitation_id, "accept",
+                                        {"ok": True}, protocol="test")
+
+        await asyncio.gather(*(answer(row) for row in waiting[:100]))
+        joined.cancel()
+        await asyncio.gather(joined, return_exceptions=True)
+        await asyncio.gather(*(answer(row) for row in waiting[100:]))
+        done = [await engine.settled(row.task_id, "completed") for row in rows]
+    assert all(result_text(row).endswith(":True") for row in done)
+    for row in rows:
+        events = await history(settings, row.task_id)
+        assert sum(isinstance(e, TaskCompleted) for e in events) == 1, row.task_id
