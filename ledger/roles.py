@@ -123,7 +123,8 @@ def _banner(app: App, source: str, host: str, port: int, bootstrap: str) -> str:
     url = f"http://{host}:{port}/mcp"
     tools = ", ".join(app.tools)
     return f"""ledger dev: ready
-  MCP endpoint     {url}   (streamable HTTP, MCP 2025-11-25 tasks)
+  MCP endpoint     {url}   (streamable HTTP: MCP 2025-11-25 tasks, and 2026-07-28
+                   with the tasks extension or multi round-trip requests)
   tools            {tools}   (from {source})
   embedded Kafka   {bootstrap}   (memory storage: events are lost on exit)
 

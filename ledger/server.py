@@ -20,7 +20,6 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import mcp_types as types
@@ -31,15 +30,21 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 from starlette.applications import Starlette
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from ledger.app import App, InvalidArguments, UnknownTool, error_result
+from ledger import modern
+from ledger.app import App, UnknownTool, error_result
 from ledger.log import EventLog
-from ledger.service import InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.modern import ModernAdapter
+from ledger.service import Refused, TaskService
 from ledger.settings import Settings
-from ledger.view import LiveView, ReadTimeout
+from ledger.view import LiveView
+from ledger.wire import (
+    INVALID_PARAMS, METHOD_NOT_FOUND, create_task, iso, principal_of, service_errors, tool_call_result,
+)
 from projections.status import PendingElicitation, TaskRow
 
 log = logging.getLogger(__name__)
@@ -50,12 +55,9 @@ PENDING_ELICITATIONS = "io.modelcontextprotocol/pending-elicitations"
 ELICITATION_RESPONSE = "io.modelcontextprotocol/elicitation-response"
 IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 
+TOOLS_CACHE_MS = 60_000
 MAX_STATUS_SUBSCRIBERS = 10_000
 MAX_NOTIFICATIONS_IN_FLIGHT = 1_000
-
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
 
 
 class TaskParams(types.RequestParams):
@@ -74,10 +76,6 @@ class _TaskServer(Server[Any]):
             requests=types.ServerTasksRequestsCapability(tools=types.TasksToolsCapability(call=types.TasksCallCapability())),
         )
         return capabilities.model_copy(update={"tasks": tasks})
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def task_status(row: TaskRow) -> str:
@@ -116,23 +114,13 @@ def with_pending(result: dict[str, Any], row: TaskRow) -> dict[str, Any]:
     return result
 
 
-def tool_call_result(row: TaskRow) -> dict[str, Any]:
-    """What the original ``tools/call`` would have returned, for a task that has ended."""
-    if row.status == "completed" and row.result_json is not None:
-        return json.loads(row.result_json)
-    if row.status == "cancelled":
-        return error_result(f"The task was cancelled: {row.status_message or 'by request'}")
-    return error_result(row.error or row.status_message or "The task failed.")
+def is_modern(ctx: ServerRequestContext[Any, Any]) -> bool:
+    return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
-def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    """The authenticated user the request comes from; None when the server runs without auth."""
-    request = ctx.request
-    if isinstance(request, Request) and "user" in request.scope:
-        user = request.scope["user"]
-        if getattr(user, "is_authenticated", False):
-            return str(user.display_name or user.identity)
-    return None
+def legacy_only(ctx: ServerRequestContext[Any, Any], method: str, instead: str) -> None:
+    if is_modern(ctx):
+        raise MCPError(METHOD_NOT_FOUND, f"{method} was removed in {ctx.protocol_version}: {instead}")
 
 
 def client_can_elicit(ctx: ServerRequestContext[Any, Any]) -> bool:
@@ -143,10 +131,11 @@ def client_can_elicit(ctx: ServerRequestContext[Any, Any]) -> bool:
 class Adapter:
     """MCP 2025-11-25 requests in, task service calls out."""
 
-    def __init__(self, app: App, service: TaskService, view: LiveView) -> None:
+    def __init__(self, app: App, service: TaskService, view: LiveView, modern_adapter: ModernAdapter) -> None:
         self.app = app
         self.service = service
         self.view = view
+        self.modern = modern_adapter
         self._status_subscribers: dict[str, Any] = {}
         self._notifying: set[asyncio.Task[None]] = set()
         view.listen(self._notify_status)
@@ -178,7 +167,11 @@ class Adapter:
     # tools
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
-        return {"tools": [tool.definition() for tool in self.app.tools.values()]}
+        tools: dict[str, Any] = {"tools": [tool.definition() for tool in self.app.tools.values()]}
+        if is_modern(ctx):
+            # The same tools for every principal, fixed for the life of the process.
+            tools.update(resultType="complete", ttlMs=TOOLS_CACHE_MS, cacheScope="public")
+        return tools
 
     async def call_tool_as_task(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """A task-augmented ``tools/call``: CreateTaskResult once the created event is durable."""
@@ -187,7 +180,7 @@ class Adapter:
         if tool.task_support == "forbidden":
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} does not support task-augmented calls")
         ttl = params.task.ttl if params.task is not None else None
-        row = await self._create(params, ctx, ttl)
+        row = await create_task(self.service, params, ctx, ttl, PROTOCOL)
         if len(self._status_subscribers) < MAX_STATUS_SUBSCRIBERS:
             self._status_subscribers[row.task_id] = ctx.session
         result: dict[str, Any] = {"task": task_json(row)}
@@ -200,9 +193,11 @@ class Adapter:
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         """A plain ``tools/call``: the tool still runs as a ledger task; the call waits for its result."""
         tool = self._tool(params.name)
+        if is_modern(ctx):
+            return await self.modern.call_tool(ctx, params, tool)
         if tool.task_support == "required":
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} must be called as a task (task augmentation required)")
-        row = await self._create(params, ctx, None)
+        row = await create_task(self.service, params, ctx, None, PROTOCOL)
         principal = principal_of(ctx)
         if client_can_elicit(ctx):
             return tool_call_result(await self._relay_until_ended(ctx, row.task_id, principal, related=False))
@@ -217,16 +212,6 @@ class Adapter:
                             PENDING_ELICITATIONS: [pending_json(p) for p in row.pending]}
         return waiting
 
-    async def _create(self, params: types.CallToolRequestParams, ctx: ServerRequestContext[Any, Any],
-                      ttl: int | None) -> TaskRow:
-        try:
-            return await self.service.create(params.name, params.arguments, principal=principal_of(ctx),
-                                             ttl_ms=ttl, protocol=PROTOCOL)
-        except InvalidArguments as exc:
-            raise MCPError(INVALID_PARAMS, str(exc)) from None
-        except ReadTimeout as exc:
-            raise MCPError(INTERNAL_ERROR, f"The task was recorded but is not visible yet: {exc}") from None
-
     def _tool(self, name: str) -> Any:
         try:
             return self.app.get(name)
@@ -236,9 +221,11 @@ class Adapter:
     # tasks
 
     async def get_task(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        if is_modern(ctx):
+            return await self.modern.get_task(ctx, params.task_id)
         principal = principal_of(ctx)
         answer = (params.meta or {}).get(ELICITATION_RESPONSE)
-        with self._errors():
+        with service_errors():
             if answer is None:
                 row = self.service.get(params.task_id, principal)
             else:
@@ -246,14 +233,16 @@ class Adapter:
         return with_pending(task_json(row), row)
 
     async def task_result(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
-        with self._errors():
+        legacy_only(ctx, "tasks/result", "the task's result is inline in tasks/get")
+        with service_errors():
             row = await self._relay_until_ended(ctx, params.task_id, principal_of(ctx), related=True)
         result = tool_call_result(row)
         result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": row.task_id}}
         return result
 
     async def list_tasks(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        with self._errors():
+        legacy_only(ctx, "tasks/list", "the tasks extension has no listing")
+        with service_errors():
             rows, next_cursor = self.service.page(principal_of(ctx), params.cursor)
         result: dict[str, Any] = {"tasks": [task_json(row) for row in rows]}
         if next_cursor is not None:
@@ -261,9 +250,17 @@ class Adapter:
         return result
 
     async def cancel_task(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
-        with self._errors():
+        if is_modern(ctx):
+            return await self.modern.cancel_task(ctx, params.task_id)
+        with service_errors():
             row = await self.service.cancel(params.task_id, principal_of(ctx), protocol=PROTOCOL)
         return task_json(row)
+
+    async def update_task(self, ctx: ServerRequestContext[Any, Any], params: modern.UpdateTaskParams) -> dict[str, Any]:
+        if not is_modern(ctx):
+            raise MCPError(METHOD_NOT_FOUND, f"tasks/update is a method of the 2026-07-28 tasks extension; at "
+                           f"{ctx.protocol_version} answer with tasks/get _meta[{ELICITATION_RESPONSE!r}]")
+        return await self.modern.update_task(ctx, params)
 
     async def _submit(self, task_id: str, principal: str | None, answer: Any, protocol: str) -> TaskRow:
         if not isinstance(answer, Mapping) or not isinstance(answer.get("elicitationId"), str):
@@ -313,25 +310,8 @@ class Adapter:
         except Refused as exc:
             log.info("task %s: relayed answer refused: %s", row.task_id, exc)
 
-    @staticmethod
-    def _errors() -> _ErrorMapping:
-        return _ErrorMapping()
 
-
-class _ErrorMapping:
-    """Service errors as the JSON-RPC errors the 2025-11-25 tasks spec gives them."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, (TaskNotFound, Refused, InvalidCursor)):
-            raise MCPError(INVALID_PARAMS, str(exc)) from None
-        if isinstance(exc, ReadTimeout):
-            raise MCPError(INTERNAL_ERROR, str(exc)) from None
-
-
-def build_mcp_server(app: App, adapter: Adapter) -> _TaskServer:
+def build_mcp_server(app: App, adapter: Adapter, request_state_security: RequestStateSecurity) -> _TaskServer:
     server = _TaskServer(
         app.name, version=app.version, instructions=app.instructions,
         get_tool_input_schema=lambda name: app.tools[name].input_schema if name in app.tools else None,
@@ -341,6 +321,8 @@ def build_mcp_server(app: App, adapter: Adapter) -> _TaskServer:
     server.add_request_handler("tasks/result", TaskParams, adapter.task_result)
     server.add_request_handler("tasks/list", types.PaginatedRequestParams, adapter.list_tasks)
     server.add_request_handler("tasks/cancel", TaskParams, adapter.cancel_task)
+    server.add_request_handler("tasks/update", modern.UpdateTaskParams, adapter.update_task)
+    server.extensions[modern.TASKS_EXTENSION] = {}
 
     async def task_augmented_calls(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         # The SDK validates tools/call results as CallToolResult; a CreateTaskResult is answered here.
@@ -350,7 +332,20 @@ def build_mcp_server(app: App, adapter: Adapter) -> _TaskServer:
         return await call_next(ctx)
 
     server.middleware.append(task_augmented_calls)
+    server.middleware.append(RequestStateBoundary(request_state_security, default_audience=app.name))
     return server
+
+
+def request_state_security(settings: Settings) -> RequestStateSecurity:
+    """Multi round-trip state sealed under the shared key, bound to the principal that began the round."""
+    ttl = settings.request_state_ttl_ms / 1000
+    if settings.request_state_key is None:
+        log.info("LEDGER_REQUEST_STATE_KEY is not set: multi round-trip requests can only be continued "
+                 "on this server instance")
+        security = RequestStateSecurity.ephemeral(ttl=ttl)
+        security.bind_principal = principal_of
+        return security
+    return RequestStateSecurity(keys=[settings.request_state_key], ttl=ttl, bind_principal=principal_of)
 
 
 def create_app(app: App, settings: Settings, instance: str | None = None) -> Starlette:
@@ -359,7 +354,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}")
     view = LiveView(settings)
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}")
-    server = build_mcp_server(app, Adapter(app, service, view))
+    modern_adapter = ModernAdapter(service, settings.round_wait_ms / 1000)
+    server = build_mcp_server(app, Adapter(app, service, view, modern_adapter), request_state_security(settings))
     mcp_app = server.streamable_http_app(streamable_http_path="/mcp")
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -84,37 +84,44 @@ class TaskService:
         content: Any, *, protocol: str,
     ) -> TaskRow:
         """Apply a person's answer; a repeat of an applied answer is acknowledged, not re-applied."""
+        return await self.answer_all(task_id, principal, {elicitation_id: (action, content)}, protocol=protocol)
+
+    async def answer_all(
+        self, task_id: str, principal: str | None, answers: Mapping[str, tuple[str, Any]], *, protocol: str,
+    ) -> TaskRow:
+        """Apply answers to several of a task's elicitations (by id): all of them, or none.
+
+        Each refused answer is recorded as a rejection and the call raises ``Refused`` naming them;
+        an answer that repeats the applied one is recorded as a duplicate and acknowledged.
+        """
         async with self._locks.hold(task_id):
             row = self.get(task_id, principal)
-            answered = {"action": action, "content": content}
-
-            async def refuse(reason: str) -> Refused:
-                await self._reject(row, "elicitation-response", reason, protocol, elicitation_id, answered)
-                return Refused(reason)
-
-            if action not in ACTIONS:
-                raise await refuse(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-            content_json = canonical_json(content) if action == "accept" else None
-            previous = row.answer(elicitation_id)
-            if previous is not None:
-                if previous.action == action and previous.content_json == content_json:
-                    await self._reject(row, "elicitation-response", "duplicate: this answer was already applied",
-                                       protocol, elicitation_id, answered)
-                    return row
-                raise await refuse(f"elicitation {elicitation_id} was already answered differently")
-            if row.terminal:
-                raise await refuse(f"task is already {row.status}")
-            pending = row.pending_elicitation(elicitation_id)
-            if pending is None:
-                raise await refuse(f"task has no pending elicitation {elicitation_id!r}")
-            if action == "accept":
-                problem = content_errors(pending.requested_schema_json, content)
-                if problem is not None:
-                    raise await refuse(f"content does not match the requested schema: {problem}")
-            return await self._append(ResponseSubmitted(
-                task_id=task_id, principal=principal, actor=self.actor, elicitation_id=elicitation_id,
-                action=action, content_json=content_json, protocol=protocol,
-            ))
+            refusals: list[RequestRejected] = []
+            duplicates: list[RequestRejected] = []
+            fresh: list[ResponseSubmitted] = []
+            for elicitation_id, (action, content) in answers.items():
+                payload = canonical_json({"action": action, "content": content})
+                reason = _why_not(row, elicitation_id, action, content)
+                if reason is None:
+                    fresh.append(ResponseSubmitted(
+                        task_id=task_id, principal=principal, actor=self.actor, elicitation_id=elicitation_id,
+                        action=action, content_json=canonical_json(content) if action == "accept" else None,
+                        protocol=protocol,
+                    ))
+                    continue
+                rejection = self._rejection(row, "elicitation-response", reason, protocol, elicitation_id, payload)
+                (duplicates if reason == DUPLICATE else refusals).append(rejection)
+            if refusals:
+                await self.log.append_many(refusals)
+                if len(refusals) == 1:
+                    raise Refused(refusals[0].reason)
+                raise Refused("; ".join(f"elicitation {r.elicitation_id}: {r.reason}" for r in refusals))
+            events: list[TaskEvent] = [*duplicates, *fresh]
+            if not events:
+                return row
+            positions = await self.log.append_many(events)
+            await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
+            return self.get(task_id, principal)
 
     async def cancel(self, task_id: str, principal: str | None, *, protocol: str, reason: str | None = None) -> TaskRow:
         """Record the request and the cancellation together, so no worker needs to be alive for it."""
@@ -147,14 +154,40 @@ class TaskService:
         assert row is not None, "an applied event of an existing task leaves its row"
         return row
 
-    async def _reject(self, row: TaskRow, operation: str, reason: str, protocol: str,
-                      elicitation_id: str | None = None, payload: Any = None) -> None:
-        await self.log.append(RequestRejected(
-            task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,
-            elicitation_id=elicitation_id, reason=reason,
-            payload_json=None if payload is None else canonical_json(payload), protocol=protocol,
-        ))
+    async def _reject(self, row: TaskRow, operation: str, reason: str, protocol: str) -> None:
+        await self.log.append(self._rejection(row, operation, reason, protocol))
 
+    def _rejection(self, row: TaskRow, operation: str, reason: str, protocol: str,
+                   elicitation_id: str | None = None, payload_json: str | None = None) -> RequestRejected:
+        return RequestRejected(
+            task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,
+            elicitation_id=elicitation_id, reason=reason, payload_json=payload_json, protocol=protocol,
+        )
+
+
+DUPLICATE = "duplicate: this answer was already applied"
+
+
+def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any) -> str | None:
+    """Why an answer cannot be applied to ``row``: a reason, ``DUPLICATE``, or None when it can."""
+    if action not in ACTIONS:
+        return f"action must be one of {', '.join(ACTIONS)}, got {action!r}"
+    previous = row.answer(elicitation_id)
+    if previous is not None:
+        content_json = canonical_json(content) if action == "accept" else None
+        if previous.action == action and previous.content_json == content_json:
+            return DUPLICATE
+        return f"elicitation {elicitation_id} was already answered differently"
+    if row.terminal:
+        return f"task is already {row.status}"
+    pending = row.pending_elicitation(elicitation_id)
+    if pending is None:
+        return f"task has no pending elicitation {elicitation_id!r}"
+    if action == "accept":
+        problem = content_errors(pending.requested_schema_json, content)
+        if problem is not None:
+            return f"content does not match the requested schema: {problem}"
+    return None
 
 
 class _TaskLocks:

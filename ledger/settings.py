@@ -10,8 +10,8 @@ from typing import Any
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
-def _setting(default: Any, env: str, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc})
+def _setting(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"env": env, "doc": doc})
 
 
 class SettingsError(ValueError):
@@ -64,6 +64,22 @@ class Settings:
         "LEDGER_READ_TIMEOUT_MS",
         "Longest a server waits for its projection to show an event it just appended (read-your-writes).",
     )
+    round_wait_ms: int = _setting(
+        10_000,
+        "LEDGER_ROUND_WAIT_MS",
+        "How long a tools/call without the tasks extension (2026-07-28) waits for the tool to ask or "
+        "finish before it answers input_required, to be retried.",
+    )
+    request_state_key: str | None = _setting(
+        None,
+        "LEDGER_REQUEST_STATE_KEY",
+        "Secret (32+ characters) sealing the requestState of multi round-trip requests; give every server "
+        "the same one. Unset: a key per process, so a round can only be continued on the server that began it.",
+        secret=True,
+    )
+    request_state_ttl_ms: int = _setting(
+        600_000, "LEDGER_REQUEST_STATE_TTL_MS", "How long a multi round-trip requestState stays valid."
+    )
 
     @property
     def events_topic(self) -> str:
@@ -104,10 +120,13 @@ class Settings:
                 f"LEDGER_MIN_INSYNC_REPLICAS must be between 1 and LEDGER_REPLICATION_FACTOR "
                 f"({self.replication_factor}), got {mir}"
             )
-        for name in ("worker_concurrency", "read_timeout_ms"):
+        if self.request_state_key is not None and len(self.request_state_key) < 32:
+            raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
+        for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("linger_ms", "fetch_max_wait_ms", "hot_window_ms", "max_hot_tasks", "poll_interval_ms"):
+        for name in ("linger_ms", "fetch_max_wait_ms", "hot_window_ms", "max_hot_tasks", "poll_interval_ms",
+                     "round_wait_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env_name(name)} must not be negative, got {getattr(self, name)}")
 

@@ -63,5 +63,10 @@ async def running_engine(app: App, settings: Settings, workers: int = 1) -> Asyn
 
 async def history(settings: Settings, task_id: str) -> list[TaskEvent]:
     """Every event of a task, in log order."""
+    return [event for event in await all_events(settings) if event.task_id == task_id]
+
+
+async def all_events(settings: Settings) -> list[TaskEvent]:
+    """Every event on the topic, in log order per partition."""
     async with LogReader(settings) as reader:
-        return [r.event async for batch in reader.catch_up() for r in batch if r.event.task_id == task_id]
+        return [r.event async for batch in reader.catch_up() for r in batch]

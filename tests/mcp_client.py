@@ -15,6 +15,16 @@ RAW = TypeAdapter(dict[str, Any])
 Answer = Callable[[types.ElicitRequestFormParams], types.ElicitResult]
 
 
+def answers(params: types.ElicitRequestFormParams) -> types.ElicitResult:
+    """A person who approves, picks two nights from 1 December, and confirms."""
+    fields = params.requested_schema["properties"]
+    if "approved" in fields:
+        return types.ElicitResult(action="accept", content={"approved": True, "note": "ok"})
+    if "nights" in fields:
+        return types.ElicitResult(action="accept", content={"start_date": "2026-12-01", "nights": 2})
+    return types.ElicitResult(action="accept", content={"confirm": True})
+
+
 @asynccontextmanager
 async def connect(url: str, answer: Answer | None = None, seen: list | None = None) -> AsyncIterator[Client]:
     """A client; with ``answer`` it declares elicitation support and answers relayed elicitations."""

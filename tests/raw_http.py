@@ -58,3 +58,56 @@ def _messages(response: httpx.Response) -> list[dict[str, Any]]:
     if response.headers.get("content-type", "").startswith("application/json"):
         return [response.json()]
     return [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+
+
+MODERN_VERSION = "2026-07-28"
+TASKS = "io.modelcontextprotocol/tasks"
+NAME_HEADER_FIELDS = {"tools/call": "name", "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
+
+
+class ModernClient:
+    """Stateless 2026-07-28 requests: every POST carries the routing headers and the ``_meta`` envelope."""
+
+    def __init__(self, url: str, *, tasks: bool = True, elicitation: bool = True) -> None:
+        self.url = url
+        self._ids = itertools.count(1)
+        self._http = httpx.AsyncClient(timeout=30)
+        self.capabilities: dict[str, Any] = {}
+        if elicitation:
+            self.capabilities["elicitation"] = {"form": {}}
+        if tasks:
+            self.capabilities["extensions"] = {TASKS: {}}
+
+    async def __aenter__(self) -> ModernClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def call(self, method: str, params: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """The JSON-RPC response (``result`` or ``error``) to one request, with ``status`` (HTTP) added."""
+        response = await self.post(method, params, headers)
+        message = _messages(response)[-1]
+        return {**message, "status": response.status_code}
+
+    async def result(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = await self.call(method, params)
+        assert "result" in response, response
+        return response["result"]
+
+    async def post(self, method: str, params: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> httpx.Response:
+        params = dict(params or {})
+        params["_meta"] = {
+            "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+            "io.modelcontextprotocol/clientCapabilities": self.capabilities,
+            "io.modelcontextprotocol/clientInfo": {"name": "raw-modern-test", "version": "0"},
+            **params.get("_meta", {}),
+        }
+        routing = {"Accept": ACCEPT, "Content-Type": "application/json", "MCP-Protocol-Version": MODERN_VERSION,
+                   "Mcp-Method": method}
+        if method in NAME_HEADER_FIELDS and NAME_HEADER_FIELDS[method] in params:
+            routing["Mcp-Name"] = str(params[NAME_HEADER_FIELDS[method]])
+        message = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        return await self._http.post(self.url, json=message, headers={**routing, **(headers or {})})

@@ -22,7 +22,7 @@ from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from tests.engine import history
 from tests.mcp_client import (
-    call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
+    answers, call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
 )
 from tests.raw_http import RawSession
 from tests.stack import serving, working
@@ -39,16 +39,6 @@ async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
     await ensure_topics(settings)
     async with working(app, settings), serving(app, settings) as url:
         yield url, settings
-
-
-def answers(params: types.ElicitRequestFormParams) -> types.ElicitResult:
-    """A person who approves, picks two nights from 1 December, and confirms."""
-    fields = params.requested_schema["properties"]
-    if "approved" in fields:
-        return types.ElicitResult(action="accept", content={"approved": True, "note": "ok"})
-    if "nights" in fields:
-        return types.ElicitResult(action="accept", content={"start_date": "2026-12-01", "nights": 2})
-    return types.ElicitResult(action="accept", content={"confirm": True})
 
 
 def text(result: dict[str, Any]) -> str:

@@ -1,0 +1,70 @@
+"""What both MCP wires (2025-11-25 and 2026-07-28) share: who is asking, times, results, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+
+from ledger.app import InvalidArguments, UnknownTool, error_result
+from ledger.service import InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.view import ReadTimeout
+from projections.status import TaskRow
+
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The authenticated user the request comes from; None when the server runs without auth."""
+    request = ctx.request
+    if isinstance(request, Request) and "user" in request.scope:
+        user = request.scope["user"]
+        if getattr(user, "is_authenticated", False):
+            return str(user.display_name or user.identity)
+    return None
+
+
+def tool_call_result(row: TaskRow) -> dict[str, Any]:
+    """What the original ``tools/call`` would have returned, for a task that has ended."""
+    if row.status == "completed" and row.result_json is not None:
+        return json.loads(row.result_json)
+    if row.status == "cancelled":
+        return error_result(f"The task was cancelled: {row.status_message or 'by request'}")
+    return error_result(row.error or row.status_message or "The task failed.")
+
+
+async def create_task(service: TaskService, params: types.CallToolRequestParams, ctx: ServerRequestContext[Any, Any],
+                      ttl: int | None, protocol: str) -> TaskRow:
+    """The task for a tools/call, once every server can read it."""
+    with service_errors():
+        try:
+            return await service.create(params.name, params.arguments, principal=principal_of(ctx),
+                                        ttl_ms=ttl, protocol=protocol)
+        except InvalidArguments as exc:
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+        except UnknownTool as exc:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.name}") from None
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """Service errors as the JSON-RPC errors both tasks specs give them."""
+    try:
+        yield
+    except (TaskNotFound, Refused, InvalidCursor) as exc:
+        raise MCPError(INVALID_PARAMS, str(exc)) from None
+    except ReadTimeout as exc:
+        raise MCPError(INTERNAL_ERROR, f"The change was recorded but is not visible yet: {exc}") from None

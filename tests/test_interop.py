@@ -1,0 +1,62 @@
+"""Other people's clients against ``ledger dev``, as a user runs it: the FastMCP 4 client with
+fastmcp-tasks (tasks extension) and without it (multi round-trip requests), each in its own process."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.broker import free_port
+from ledger.events import ResponseSubmitted, TaskCancelled, TaskCreated
+from ledger.settings import Settings
+from tests.engine import all_events
+from tests.spawn import LEDGER, drain, wait_for_line
+
+pytestmark = pytest.mark.slow
+
+FLOWS = "tests/interop/fastmcp_flows.py"
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[tuple[str, Settings]]:
+    """``ledger dev`` on a free port: its MCP URL, and settings that read its embedded broker."""
+    port = free_port()
+    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
+        drain(process)
+        bootstrap = re.search(r"embedded Kafka\s+(\S+)", banner).group(1)
+        yield f"http://127.0.0.1:{port}/mcp", Settings.from_env(bootstrap=bootstrap)
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+def fastmcp(url: str, mode: str) -> dict[str, str]:
+    finished = subprocess.run([sys.executable, FLOWS, url, mode], capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode,protocol", [("tasks", "2026-07-28/tasks"), ("mrtr", "2026-07-28/mrtr")])
+async def test_the_fastmcp_client_completes_the_demo_tools(dev: tuple[str, Settings], mode: str,
+                                                            protocol: str) -> None:
+    url, settings = dev
+    report = fastmcp(url, mode)
+    assert report["approve_expense"] == "approved 12.5"
+    assert report["plan_trip"] == "booked Lisbon for 2 nights from 2026-12-01"
+    if mode == "tasks":
+        assert report["cancelled"] == "cancelled"
+    events = await all_events(settings)
+    created = {e.task_id: e for e in events if isinstance(e, TaskCreated) and e.protocol == protocol}
+    assert {e.tool for e in created.values()} >= {"approve_expense", "plan_trip"}
+    answered = [e for e in events if isinstance(e, ResponseSubmitted) and e.task_id in created]
+    assert len(answered) == 3 and {e.protocol for e in answered} == {protocol}
+    if mode == "tasks":
+        assert any(isinstance(e, TaskCancelled) and e.task_id in created for e in events)

@@ -1,0 +1,205 @@
+"""MCP 2026-07-28 against a real server over HTTP: the tasks extension and multi round-trip requests.
+
+Raw JSON-RPC for the wire (stateless requests, routing headers, errors), and the real SDK client in
+its modern mode. Tasks created through either wire are read through the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from examples.demo import app
+from ledger.events import RequestRejected, ResponseSubmitted, TaskCreated
+from ledger.settings import Settings
+from ledger.topics import ensure_topics
+from tests.engine import all_events, history
+from tests.mcp_client import call_as_task, connect, get_task, poll_until
+from tests.modern_client import modern_client
+from tests.raw_http import TASKS, ModernClient
+from tests.stack import serving, working
+
+STATE_KEY = "k" * 40
+
+
+@pytest.fixture(scope="module")
+async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
+    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
+                                 session_timeout_ms=6_000, request_state_key=STATE_KEY, round_wait_ms=3_000)
+    await ensure_topics(settings)
+    async with working(app, settings), serving(app, settings) as url:
+        yield url, settings
+
+
+async def settle(client: ModernClient, task_id: str, done: Any = None, timeout: float = 30) -> dict[str, Any]:
+    """Poll tasks/get until ``done(task)`` (default: not working)."""
+    done = done or (lambda t: t["status"] != "working")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        task = await client.result("tasks/get", {"taskId": task_id})
+        if done(task):
+            return task
+        assert asyncio.get_running_loop().time() < deadline, f"task {task_id} still {task['status']}"
+        await asyncio.sleep(0.05)
+
+
+def only_request(task_or_result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    (key, request), = task_or_result["inputRequests"].items()
+    assert request["method"] == "elicitation/create"
+    return key, request["params"]
+
+
+async def test_discover_advertises_the_tasks_extension(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url) as client:
+        response = await client.call("server/discover")
+        assert response["status"] == 200
+        result = response["result"]
+        assert "2026-07-28" in result["supportedVersions"]
+        assert result["capabilities"]["extensions"] == {TASKS: {}}
+        listed = await client.result("tools/list")
+        assert {t["name"] for t in listed["tools"]} >= {"approve_expense", "plan_trip", "count_slowly"}
+        assert "mcp-session-id" not in (await client.post("tools/list")).headers
+
+
+async def test_approve_expense_through_the_tasks_extension(stack: tuple[str, Settings]) -> None:
+    url, settings = stack
+    async with ModernClient(url) as client:
+        created = await client.result("tools/call", {"name": "approve_expense",
+                                                     "arguments": {"amount": 12.5, "description": "dinner"}})
+        assert created["resultType"] == "task"
+        assert {"taskId", "status", "createdAt", "lastUpdatedAt", "ttlMs", "pollIntervalMs"} <= created.keys()
+        task_id = created["taskId"]
+        task = await settle(client, task_id)
+        assert task["status"] == "input_required" and task["resultType"] == "complete"
+        key, request = only_request(task)
+        assert request["requestedSchema"]["required"] == ["approved"]
+
+        bad = await client.call("tasks/update", {"taskId": task_id, "inputResponses": {
+            key: {"action": "accept", "content": {"approved": "yes"}}}})
+        assert bad["error"]["code"] == -32602 and "schema" in bad["error"]["message"]
+        assert (await client.result("tasks/get", {"taskId": task_id}))["status"] == "input_required"
+        unknown = await client.call("tasks/update", {"taskId": task_id, "inputResponses": {
+            "no-such-key": {"action": "accept", "content": {"approved": True}}}})
+        assert unknown["error"]["code"] == -32602
+
+        ack = await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+            key: {"action": "accept", "content": {"approved": True}}}})
+        assert ack == {"resultType": "complete", **({"_meta": ack["_meta"]} if "_meta" in ack else {})}
+        task = await settle(client, task_id, lambda t: t["status"] in ("completed", "failed", "cancelled"))
+        assert task["status"] == "completed"
+        assert task["result"]["content"][0]["text"] == "approved 12.5"
+        conflicting = await client.call("tasks/update", {"taskId": task_id, "inputResponses": {
+            key: {"action": "decline"}}})
+        assert conflicting["error"]["code"] == -32602
+    events = await history(settings, task_id)
+    assert next(e for e in events if isinstance(e, TaskCreated)).protocol == "2026-07-28/tasks"
+    assert [e.protocol for e in events if isinstance(e, ResponseSubmitted)] == ["2026-07-28/tasks"]
+    rejected = [e for e in events if isinstance(e, RequestRejected)]
+    assert len(rejected) == 3 and {e.protocol for e in rejected} == {"2026-07-28/tasks"}
+
+
+async def test_plan_trip_through_multi_round_trip_requests(stack: tuple[str, Settings]) -> None:
+    url, settings = stack
+    call = {"name": "plan_trip", "arguments": {"destination": "Lisbon"}}
+    async with ModernClient(url, tasks=False) as client:
+        first = await client.result("tools/call", call)
+        assert first["resultType"] == "input_required" and first["requestState"].startswith("v1.")
+        key, request = only_request(first)
+        assert request["requestedSchema"]["properties"]["start_date"]["format"] == "date"
+
+        tampered = await client.call("tools/call", {**call, "requestState": first["requestState"][:-4] + "AAAA",
+                                                    "inputResponses": {key: {"action": "accept", "content": {
+                                                        "start_date": "2026-12-01", "nights": 3}}}})
+        assert tampered["error"]["code"] == -32602 and "requestState" in tampered["error"]["message"]
+        other_call = await client.call("tools/call", {"name": "plan_trip", "arguments": {"destination": "Oslo"},
+                                                      "requestState": first["requestState"]})
+        assert other_call["error"]["code"] == -32602
+
+        second = await client.result("tools/call", {**call, "requestState": first["requestState"], "inputResponses": {
+            key: {"action": "accept", "content": {"start_date": "2026-12-01", "nights": 3}}}})
+        assert second["resultType"] == "input_required"
+        confirm_key, confirm = only_request(second)
+        assert confirm_key != key and "confirm" in confirm["requestedSchema"]["properties"]
+        done = await client.result("tools/call", {**call, "requestState": second["requestState"], "inputResponses": {
+            confirm_key: {"action": "accept", "content": {"confirm": True}}}})
+        assert done["resultType"] == "complete"
+        assert "Lisbon" in done["content"][0]["text"] and "3 nights" in done["content"][0]["text"]
+    events = await all_events(settings)
+    task_id = next(e.task_id for e in events if isinstance(e, TaskCreated) and "Lisbon" in e.arguments_json)
+    assert next(e for e in events if isinstance(e, TaskCreated) and e.task_id == task_id).protocol == "2026-07-28/mrtr"
+    answers = [e.protocol for e in events if isinstance(e, ResponseSubmitted) and e.task_id == task_id]
+    assert answers == ["2026-07-28/mrtr", "2026-07-28/mrtr"]
+
+
+async def test_a_long_tool_without_tasks_answers_input_required_until_it_is_done(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    call = {"name": "count_slowly", "arguments": {"n": 40}}  # ~4 s; the server waits at most 3 s a round
+    async with ModernClient(url, tasks=False) as client:
+        first = await client.result("tools/call", call)
+        assert first["resultType"] == "input_required" and "inputRequests" not in first
+        done = await client.result("tools/call", {**call, "requestState": first["requestState"]})
+        assert done["resultType"] == "complete" and done["content"][0]["text"] == "counted 40"
+
+
+async def test_extension_methods_need_the_extension_and_removed_methods_are_gone(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url) as with_tasks, ModernClient(url, tasks=False) as without:
+        task_id = (await with_tasks.result("tools/call", {"name": "count_slowly", "arguments": {"n": 1}}))["taskId"]
+        for method, params in [("tasks/get", {"taskId": task_id}), ("tasks/cancel", {"taskId": task_id}),
+                               ("tasks/update", {"taskId": task_id, "inputResponses": {}})]:
+            refused = await without.call(method, params)
+            assert refused["error"]["code"] == -32021, refused
+            assert refused["error"]["data"]["requiredCapabilities"]["extensions"] == {TASKS: {}}
+        for method in ("tasks/result", "tasks/list"):
+            assert (await with_tasks.call(method, {"taskId": task_id}))["error"]["code"] == -32601
+        mismatch = await with_tasks.call("tasks/get", {"taskId": task_id}, headers={"Mcp-Name": "another-task"})
+        assert mismatch["error"]["code"] == -32020
+        missing = await with_tasks.call("tasks/get", {"taskId": str(uuid.uuid4())})
+        assert missing["error"]["code"] == -32602
+        wrong_version = await with_tasks.call("tools/list", headers={"MCP-Protocol-Version": "2099-01-01"})
+        assert wrong_version["status"] == 400 and wrong_version["error"]["code"] in (-32020, -32022)
+
+
+async def test_cancel_through_the_extension_stops_the_task(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url) as client:
+        task_id = (await client.result("tools/call", {"name": "count_slowly", "arguments": {"n": 100}}))["taskId"]
+        await settle(client, task_id, lambda t: "counted" in (t.get("statusMessage") or ""))
+        assert (await client.result("tasks/cancel", {"taskId": task_id}))["resultType"] == "complete"
+        assert (await client.result("tasks/get", {"taskId": task_id}))["status"] == "cancelled"
+        again = await client.call("tasks/cancel", {"taskId": task_id})
+        assert again["error"]["code"] == -32602
+
+
+async def test_tasks_cross_the_two_wires(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with connect(url) as legacy, ModernClient(url) as modern:
+        old = (await call_as_task(legacy, "approve_expense", {"amount": 3, "description": "pens"}))["task"]["taskId"]
+        await poll_until(legacy, old, lambda t: t["status"] == "input_required")
+        seen = await modern.result("tasks/get", {"taskId": old})
+        key, _ = only_request(seen)
+        await modern.result("tasks/update", {"taskId": old, "inputResponses": {
+            key: {"action": "accept", "content": {"approved": False}}}})
+        finished = await settle(modern, old, lambda t: t["status"] == "completed")
+        assert finished["result"]["content"][0]["text"] == "rejected 3"
+
+        new = (await modern.result("tools/call", {"name": "approve_expense",
+                                                  "arguments": {"amount": 4, "description": "ink"}}))["taskId"]
+        await settle(modern, new)
+        legacy_view = await get_task(legacy, new)
+        assert legacy_view["status"] == "input_required" and legacy_view["pollInterval"] > 0
+
+
+@pytest.mark.parametrize("with_tasks", [True, False], ids=["tasks extension", "multi round-trip"])
+async def test_the_sdk_modern_client_completes_both_tools(stack: tuple[str, Settings], with_tasks: bool) -> None:
+    url, _ = stack
+    async with modern_client(url, with_tasks=with_tasks) as client:
+        approved = await client.call_tool("approve_expense", {"amount": 7, "description": "taxi"})
+        assert approved.content[0].text == "approved 7"
+        trip = await client.call_tool("plan_trip", {"destination": "Porto"})
+        assert "Porto" in trip.content[0].text and "2 nights" in trip.content[0].text
