@@ -27,7 +27,9 @@ from pydantic import Field
 
 from ledger.app import Tool
 from ledger.service import TaskService
-from ledger.wire import INTERNAL_ERROR, INVALID_PARAMS, create_task, iso, principal_of, service_errors, tool_call_result
+from ledger.wire import (
+    INTERNAL_ERROR, INVALID_PARAMS, create_task, principal_of, service_errors, task_fields, tool_call_result,
+)
 from projections.status import PendingElicitation, TaskRow
 
 PROTOCOL = "2026-07-28"
@@ -43,18 +45,7 @@ class UpdateTaskParams(types.RequestParams):
 
 def task_json(row: TaskRow) -> dict[str, Any]:
     """The extension's ``Task``: a tool result with isError still counts as completed."""
-    task: dict[str, Any] = {
-        "taskId": row.task_id,
-        "status": row.status,
-        "createdAt": iso(row.created_at),
-        "lastUpdatedAt": iso(row.last_updated_at),
-        "ttlMs": row.ttl_ms,
-    }
-    if row.status_message is not None:
-        task["statusMessage"] = row.status_message
-    if row.poll_interval_ms is not None:
-        task["pollIntervalMs"] = row.poll_interval_ms
-    return task
+    return task_fields(row, status=row.status, ttl="ttlMs", poll_interval="pollIntervalMs")
 
 
 def input_requests(row: TaskRow) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ledger.service import Refused, TaskService
 from ledger.settings import Settings
 from ledger.view import LiveView
 from ledger.wire import (
-    INVALID_PARAMS, METHOD_NOT_FOUND, create_task, iso, principal_of, service_errors, tool_call_result,
+    INVALID_PARAMS, METHOD_NOT_FOUND, create_task, principal_of, service_errors, task_fields, tool_call_result,
 )
 from projections.status import PendingElicitation, TaskRow
 
@@ -84,18 +84,7 @@ def task_status(row: TaskRow) -> str:
 
 
 def task_json(row: TaskRow) -> dict[str, Any]:
-    task: dict[str, Any] = {
-        "taskId": row.task_id,
-        "status": task_status(row),
-        "createdAt": iso(row.created_at),
-        "lastUpdatedAt": iso(row.last_updated_at),
-        "ttl": row.ttl_ms,
-    }
-    if row.status_message is not None:
-        task["statusMessage"] = row.status_message
-    if row.poll_interval_ms is not None:
-        task["pollInterval"] = row.poll_interval_ms
-    return task
+    return task_fields(row, status=task_status(row), ttl="ttl", poll_interval="pollInterval")
 
 
 def pending_json(pending: PendingElicitation) -> dict[str, Any]:

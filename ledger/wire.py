@@ -27,6 +27,22 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def task_fields(row: TaskRow, *, status: str, ttl: str, poll_interval: str) -> dict[str, Any]:
+    """A task as both wires show it; they differ in the status of a failed tool and two names."""
+    task: dict[str, Any] = {
+        "taskId": row.task_id,
+        "status": status,
+        "createdAt": iso(row.created_at),
+        "lastUpdatedAt": iso(row.last_updated_at),
+        ttl: row.ttl_ms,
+    }
+    if row.status_message is not None:
+        task["statusMessage"] = row.status_message
+    if row.poll_interval_ms is not None:
+        task[poll_interval] = row.poll_interval_ms
+    return task
+
+
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
     """The authenticated user the request comes from; None when the server runs without auth."""
     request = ctx.request
