@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Sequence
 from typing import Self
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from ledger.codec import Codec
 from ledger.records import DeadLetterSink, LogRecord, decode_records
 from ledger.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GAP_PATIENCE_S = 10.0
 
 
 class DecodingConsumer:
     """An aiokafka consumer on the task-events topic that yields decoded events.
 
     Records that do not decode go to the dead-letter sink and are counted; they never stop
-    the loop.
+    the loop. Records are handed out without holes: the embedded broker, under load, can serve a
+    batch before an earlier one of the same partition is readable, and a consumer that took it
+    would never see the earlier one. A hole means "not yet": the records before it are handed
+    out and the partition is read again from the hole (offsets in ledger's topics are
+    contiguous: no compaction, no transactions). A hole that stays for ``GAP_PATIENCE_S`` is
+    reported and read past.
     """
 
     def __init__(
@@ -33,6 +46,9 @@ class DecodingConsumer:
         self._consumer = consumer
         self._dead_letters = dead_letters
         self._max_records = max_records
+        self._positions: dict[int, int] = {}  # next offset to hand out, once known
+        self._holes: dict[int, tuple[int, float]] = {}  # partition -> (offset, first seen)
+        self.holes_waited = 0
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -53,6 +69,7 @@ class DecodingConsumer:
         fetched = await self._consumer.getmany(timeout_ms=wait, max_records=self._max_records)
         records: list[LogRecord] = []
         for tp, messages in fetched.items():
+            messages = self._without_holes(tp, messages)
             if not messages:
                 continue
             decoded, dead = decode_records(self.codec, self.topic, tp.partition, messages)
@@ -60,8 +77,34 @@ class DecodingConsumer:
             for letter in dead:
                 self.dead_letter_count += 1
                 await self._dead_letters(letter)
-            self._fetched(tp.partition, messages[-1].offset + 1)
+            self._positions[tp.partition] = messages[-1].offset + 1
         return records
 
-    def _fetched(self, partition: int, next_offset: int) -> None:
-        """Called after each partition's records are handled; subclasses track positions."""
+    def _without_holes(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        expected = self._positions.get(tp.partition)
+        if expected is None or not messages:
+            return messages
+        run = contiguous_run(expected, [m.offset for m in messages])
+        if run == len(messages):
+            self._holes.pop(tp.partition, None)
+            return messages
+        hole = expected + run
+        first_seen = self._holes.get(tp.partition)
+        if first_seen is None or first_seen[0] != hole:
+            first_seen = self._holes[tp.partition] = (hole, time.monotonic())
+        if time.monotonic() - first_seen[1] > GAP_PATIENCE_S:
+            log.error("partition %d: offsets from %d to %d never became readable; reading on from %d",
+                      tp.partition, hole, messages[run].offset - 1, messages[run].offset)
+            del self._holes[tp.partition]
+            return messages
+        self.holes_waited += 1
+        self._consumer.seek(tp, hole)
+        return messages[:run]
+
+
+def contiguous_run(expected: int, offsets: Sequence[int]) -> int:
+    """How many of ``offsets`` follow on from ``expected`` without a hole."""
+    for index, offset in enumerate(offsets):
+        if offset != expected + index:
+            return index
+    return len(offsets)

@@ -63,7 +63,6 @@ class GroupConsumer(DecodingConsumer):
         )
         super().__init__(settings, consumer, codec, dead_letters, max_records)
         self._listener = _Listener(on_assigned, on_revoked)
-        self._positions: dict[int, int] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -80,9 +79,7 @@ class GroupConsumer(DecodingConsumer):
         """Drop the read positions of partitions this member no longer owns."""
         for partition in partitions:
             self._positions.pop(partition, None)
-
-    def _fetched(self, partition: int, next_offset: int) -> None:
-        self._positions[partition] = next_offset
+            self._holes.pop(partition, None)
 
     async def commit(self, next_offsets: Mapping[int, int]) -> None:
         """Commit, per partition, the offset of the next event not yet fully handled."""

@@ -43,7 +43,6 @@ class LogReader(DecodingConsumer):
         super().__init__(settings, consumer, codec, dead_letters, max_records)
         self._checkpoint = dict(checkpoint or {})
         self._partitions: list[TopicPartition] = []
-        self._positions: dict[int, int] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -71,9 +70,6 @@ class LogReader(DecodingConsumer):
             if highwater is None or self._positions[tp.partition] < highwater:
                 return False
         return True
-
-    def _fetched(self, partition: int, next_offset: int) -> None:
-        self._positions[partition] = next_offset
 
     async def follow(self) -> AsyncIterator[list[LogRecord]]:
         """Fetch forever, yielding each non-empty batch."""

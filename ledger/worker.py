@@ -341,9 +341,10 @@ class Worker:
         if now - self._last_status < STATUS_INTERVAL_S:
             return
         self._last_status = now
-        log.info("worker %s: partitions %s, %d tasks open, %d running, %d hot, %d queued, %d/%d slots",
-                 self.worker_id, sorted(self._journals), sum(map(len, self._journals.values())),
-                 len(self._runs), self.hot, len(self._ready), self.slots.used, self.slots.limit)
+        log.info("worker %s: partitions %s, %d tasks open, %d running, %d hot, %d queued, %d/%d slots, "
+                 "%d holes waited for", self.worker_id, sorted(self._journals), sum(map(len, self._journals.values())),
+                 len(self._runs), self.hot, len(self._ready), self.slots.used, self.slots.limit,
+                 self._consumer.holes_waited)
 
     def _remember_ended(self, task_id: str) -> None:
         # A producer retry can land a duplicate created event after the task ended.

@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ledger.codec import Codec
+from ledger.consumer import contiguous_run
 from ledger.events import EVENT_TYPES, ProgressReported, TaskCreated
 from ledger.group import GroupConsumer
 from ledger.log import EventLog
@@ -61,6 +62,44 @@ async def test_per_task_order_is_kept_within_one_partition(settings: Settings, e
     for task_id, seen in per_task.items():
         assert len({partition for partition, _ in seen}) == 1, task_id
         assert [progress for _, progress in seen] == [float(s) for s in range(steps)], task_id
+
+
+@pytest.mark.parametrize("expected,offsets,run", [
+    (5, [], 0), (5, [5, 6, 7], 3), (5, [6, 7], 0), (5, [5, 6, 9, 10], 2), (0, [0], 1),
+])
+def test_contiguous_run_stops_at_the_first_hole(expected: int, offsets: list[int], run: int) -> None:
+    assert contiguous_run(expected, offsets) == run
+
+
+async def test_a_follower_sees_every_event_of_concurrent_writers_once_and_in_order(settings: Settings,
+                                                                                    topics: dict) -> None:
+    # Under load the embedded broker can serve a batch before an earlier one of the same
+    # partition is readable; the reader must wait for the earlier one instead of skipping it.
+    writers = [EventLog(settings, client_id=f"writer-{i}") for i in range(3)]
+    per_writer = 10_000
+    seen: dict[int, list[int]] = defaultdict(list)
+    async with LogReader(settings) as reader:
+        for writer in writers:
+            await writer.start()
+        try:
+            async def write(writer: EventLog, n: int) -> None:
+                pending = [asyncio.ensure_future(writer.append(sample(ProgressReported, f"t{n}-{i % 7}",
+                                                                     progress=float(i))))
+                           for i in range(per_writer)]
+                await asyncio.gather(*pending)
+
+            writing = asyncio.gather(*(write(w, n) for n, w in enumerate(writers)))
+            while not writing.done() or sum(map(len, seen.values())) < per_writer * len(writers):
+                for record in await reader.fetch():
+                    seen[record.partition].append(record.offset)
+                if writing.done():
+                    writing.result()
+        finally:
+            for writer in writers:
+                await writer.stop()
+    for partition, offsets in seen.items():
+        assert offsets == list(range(len(offsets))), f"partition {partition} skipped or repeated offsets"
+    assert sum(map(len, seen.values())) == per_writer * len(writers)
 
 
 async def test_catch_up_reads_everything_across_many_batches(settings: Settings, event_log: EventLog) -> None:
