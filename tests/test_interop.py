@@ -1,8 +1,10 @@
-"""Other people's clients against ``ledger dev``, as a user runs it: the FastMCP 4 client with
-fastmcp-tasks (tasks extension) and without it (multi round-trip requests), each in its own process."""
+"""Clients against ``ledger dev``, as a user runs it: the FastMCP 4 client with fastmcp-tasks
+(tasks extension) and without it (multi round-trip requests), each in its own process; the
+``mcp`` SDK's modern client with and without a tasks extension; and raw HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -15,6 +17,8 @@ from ledger.broker import free_port
 from ledger.events import ResponseSubmitted, TaskCancelled, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events
+from tests.modern_client import modern_client
+from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, drain, wait_for_line
 
 pytestmark = pytest.mark.slow
@@ -60,3 +64,33 @@ async def test_the_fastmcp_client_completes_the_demo_tools(dev: tuple[str, Setti
     assert len(answered) == 3 and {e.protocol for e in answered} == {protocol}
     if mode == "tasks":
         assert any(isinstance(e, TaskCancelled) and e.task_id in created for e in events)
+
+
+@pytest.mark.parametrize("with_tasks", [True, False], ids=["tasks extension", "multi round-trip"])
+async def test_the_sdk_modern_client_completes_the_demo_tools(dev: tuple[str, Settings], with_tasks: bool) -> None:
+    url, _ = dev
+    async with modern_client(url, with_tasks=with_tasks) as client:
+        assert (await client.call_tool("approve_expense", {"amount": 5, "description": "tea"})).content[0].text \
+            == "approved 5"
+        trip = await client.call_tool("plan_trip", {"destination": "Faro"})
+        assert trip.content[0].text == "booked Faro for 2 nights from 2026-12-01"
+
+
+async def test_a_raw_http_client_completes_the_demo_tools(dev: tuple[str, Settings]) -> None:
+    url, _ = dev
+    replies = {"approved": {"approved": True}, "nights": {"start_date": "2027-01-10", "nights": 5},
+               "confirm": {"confirm": True}}
+    async with ModernClient(url) as client:
+        for name, arguments, expected in [
+            ("approve_expense", {"amount": 9, "description": "bus"}, "approved 9"),
+            ("plan_trip", {"destination": "Braga"}, "booked Braga for 5 nights from 2027-01-10"),
+        ]:
+            task_id = (await client.result("tools/call", {"name": name, "arguments": arguments}))["taskId"]
+            while (task := await client.result("tasks/get", {"taskId": task_id}))["status"] != "completed":
+                assert task["status"] in ("working", "input_required"), task
+                for key, request in task.get("inputRequests", {}).items():
+                    field = next(f for f in replies if f in request["params"]["requestedSchema"]["properties"])
+                    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+                        key: {"action": "accept", "content": replies[field]}}})
+                await asyncio.sleep(0.05)
+            assert task["result"]["content"][0]["text"] == expected
