@@ -71,6 +71,24 @@ class LogReader(DecodingConsumer):
                 return False
         return True
 
+    def all_reached(self, offset: int) -> bool:
+        """True when every partition has been read to ``offset`` or to its end."""
+        for tp in self._partitions:
+            highwater = self._consumer.highwater(tp)
+            position = self._positions[tp.partition]
+            if position < offset and (highwater is None or position < highwater):
+                return False
+        return True
+
+    def lag(self) -> int:
+        """Events between the positions and the high watermarks of the last fetches."""
+        behind = 0
+        for tp in self._partitions:
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                behind += max(0, highwater - self._positions[tp.partition])
+        return behind
+
     async def follow(self) -> AsyncIterator[list[LogRecord]]:
         """Fetch forever, yielding each non-empty batch."""
         while True:

@@ -39,13 +39,15 @@ from ledger import modern
 from ledger.app import App, UnknownTool, error_result
 from ledger.log import EventLog
 from ledger.modern import ModernAdapter
-from ledger.service import Refused, TaskService
+from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
+from ledger.service import Refused, TaskNotFound, TaskService
 from ledger.settings import Settings
 from ledger.view import LiveView
 from ledger.wire import (
     INVALID_PARAMS, METHOD_NOT_FOUND, create_task, principal_of, service_errors, task_fields, tool_call_result,
 )
 from projections.status import PendingElicitation, TaskRow
+from projections.store import ProjectionStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ ELICITATION_RESPONSE = "io.modelcontextprotocol/elicitation-response"
 IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 
 TOOLS_CACHE_MS = 60_000
+RESOURCE_NOT_FOUND = -32002
 MAX_STATUS_SUBSCRIBERS = 10_000
 MAX_NOTIFICATIONS_IN_FLIGHT = 1_000
 
@@ -120,11 +123,17 @@ def client_can_elicit(ctx: ServerRequestContext[Any, Any]) -> bool:
 class Adapter:
     """MCP 2025-11-25 requests in, task service calls out."""
 
-    def __init__(self, app: App, service: TaskService, view: LiveView, modern_adapter: ModernAdapter) -> None:
+    def __init__(self, app: App, service: TaskService, view: LiveView, modern_adapter: ModernAdapter,
+                 read_side: ReadSide) -> None:
         self.app = app
         self.service = service
         self.view = view
         self.modern = modern_adapter
+        self.read_side = read_side
+        self.read_tools = [name for name in READ_TOOLS if name not in app.tools]
+        if len(self.read_tools) < len(READ_TOOLS):
+            log.warning("the application defines %s; ledger's read tools of the same names are not served",
+                        ", ".join(sorted(set(READ_TOOLS) - set(self.read_tools))))
         self._status_subscribers: dict[str, Any] = {}
         self._notifying: set[asyncio.Task[None]] = set()
         view.listen(self._notify_status)
@@ -156,7 +165,8 @@ class Adapter:
     # tools
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
-        tools: dict[str, Any] = {"tools": [tool.definition() for tool in self.app.tools.values()]}
+        tools: dict[str, Any] = {"tools": [tool.definition() for tool in self.app.tools.values()] + [
+            definition for definition in read_tool_definitions() if definition["name"] in self.read_tools]}
         if is_modern(ctx):
             # The same tools for every principal, fixed for the life of the process.
             tools.update(resultType="complete", ttlMs=TOOLS_CACHE_MS, cacheScope="public")
@@ -181,6 +191,9 @@ class Adapter:
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         """A plain ``tools/call``: the tool still runs as a ledger task; the call waits for its result."""
+        if params.name in self.read_tools:
+            result = await call_read_tool(self.read_side, params.name, params.arguments, principal_of(ctx))
+            return {"resultType": "complete", **result} if is_modern(ctx) else result
         tool = self._tool(params.name)
         if is_modern(ctx):
             return await self.modern.call_tool(ctx, params, tool)
@@ -206,6 +219,33 @@ class Adapter:
             return self.app.get(name)
         except UnknownTool as exc:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.name}") from None
+
+    # resources: the read side
+
+    async def list_resource_templates(self, ctx: ServerRequestContext[Any, Any],
+                                      params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[
+            types.ResourceTemplate(name="task", uri_template=TASK_URI, mime_type="application/json",
+                                   description="A task: status, what it waits for, its result."),
+            types.ResourceTemplate(name="task-history", uri_template=HISTORY_URI, mime_type="application/json",
+                                   description="A task's timeline from the log, with each entry's partition "
+                                               "and offset."),
+        ], ttl_ms=TOOLS_CACHE_MS, cache_scope="public")
+
+    async def list_resources(self, ctx: ServerRequestContext[Any, Any],
+                             params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        # Tasks are addressed through the templates; listing them is the list_tasks tool (paginated).
+        return types.ListResourcesResult(resources=[])
+
+    async def read_resource(self, ctx: ServerRequestContext[Any, Any],
+                            params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        try:
+            text = await read_resource(self.read_side, uri, principal_of(ctx))
+        except TaskNotFound:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}") from None
+        return types.ReadResourceResult(contents=[
+            types.TextResourceContents(uri=uri, mime_type="application/json", text=text)])
 
     # tasks
 
@@ -305,6 +345,8 @@ def build_mcp_server(app: App, adapter: Adapter, request_state_security: Request
         app.name, version=app.version, instructions=app.instructions,
         get_tool_input_schema=lambda name: app.tools[name].input_schema if name in app.tools else None,
         on_list_tools=adapter.list_tools, on_call_tool=adapter.call_tool,
+        on_list_resources=adapter.list_resources, on_list_resource_templates=adapter.list_resource_templates,
+        on_read_resource=adapter.read_resource,
     )
     server.add_request_handler("tasks/get", TaskParams, adapter.get_task)
     server.add_request_handler("tasks/result", TaskParams, adapter.task_result)
@@ -341,10 +383,13 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
     """The ASGI app of one server instance: ``/mcp`` plus ``/healthz``."""
     instance = instance or f"{socket.gethostname()}-{os.getpid()}"
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}")
-    view = LiveView(settings)
+    store = ProjectionStore(settings.store)
+    view = LiveView(settings, store)
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}")
     modern_adapter = ModernAdapter(service, settings.round_wait_ms / 1000)
-    server = build_mcp_server(app, Adapter(app, service, view, modern_adapter), request_state_security(settings))
+    read_side = ReadSide(store, settings.auditor_names, current=view.get)
+    adapter = Adapter(app, service, view, modern_adapter, read_side)
+    server = build_mcp_server(app, adapter, request_state_security(settings))
     mcp_app = server.streamable_http_app(streamable_http_path="/mcp")
 
     @asynccontextmanager
@@ -358,6 +403,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
                     yield
             finally:
                 await view.stop()
+                store.close()
         finally:
             await event_log.stop()
 

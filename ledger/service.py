@@ -140,12 +140,12 @@ class TaskService:
 
     def page(self, principal: str | None, cursor: str | None, limit: int = PAGE_SIZE) -> tuple[list[TaskRow], str | None]:
         """One page of the principal's tasks, and the cursor of the next page (None at the end)."""
-        after = None if cursor is None else _decode_cursor(cursor)
+        after = None if cursor is None else decode_cursor(cursor)
         rows = self.view.page(principal, after, limit + 1)
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
-        return rows, _encode_cursor((rows[-1].created_at, rows[-1].task_id))
+        return rows, encode_cursor((rows[-1].created_at, rows[-1].task_id))
 
     async def _append(self, event: TaskEvent) -> TaskRow:
         position = await self.log.append(event)
@@ -209,11 +209,11 @@ class _TaskLocks:
                 del self._entries[task_id]
 
 
-def _encode_cursor(key: ListKey) -> str:
+def encode_cursor(key: ListKey) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> ListKey:
+def decode_cursor(cursor: str) -> ListKey:
     try:
         created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         if isinstance(created_at, int) and isinstance(task_id, str):

@@ -64,6 +64,16 @@ class Settings:
         "LEDGER_READ_TIMEOUT_MS",
         "Longest a server waits for its projection to show an event it just appended (read-your-writes).",
     )
+    store: str = _setting(
+        ":memory:",
+        "LEDGER_STORE",
+        "SQLite file a server keeps its projections in (task rows, history, the offsets they reach), to "
+        "resume from after a restart; give each server its own. :memory: keeps them in memory only.",
+    )
+    auditors: str = _setting(
+        "", "LEDGER_AUDITORS", "Comma-separated principals who may read every task on the read side (tools, "
+        "resources, /ui); everyone else sees their own."
+    )
     round_wait_ms: int = _setting(
         10_000,
         "LEDGER_ROUND_WAIT_MS",
@@ -80,6 +90,10 @@ class Settings:
     request_state_ttl_ms: int = _setting(
         600_000, "LEDGER_REQUEST_STATE_TTL_MS", "How long a multi round-trip requestState stays valid."
     )
+
+    @property
+    def auditor_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.auditors.split(",") if name.strip())
 
     @property
     def events_topic(self) -> str:

@@ -14,15 +14,19 @@ import logging
 from bisect import bisect_right, insort
 from collections.abc import Callable
 
-from ledger.events import TaskEvent
 from ledger.reader import LogReader
 from ledger.records import LogRecord, Position
 from ledger.settings import Settings
+from projections.projector import Projector, flush, restore
 from projections.status import StatusProjection, TaskRow
+from projections.store import ProjectionStore
 
 log = logging.getLogger(__name__)
 
 ListKey = tuple[int, str]  # (created_at, task_id): the order tasks/list pages in
+
+FLUSH_INTERVAL_S = 0.2
+MAX_UNFLUSHED = 50_000  # history entries held in memory before the follower waits for the store
 
 
 class ReadTimeout(TimeoutError):
@@ -30,10 +34,20 @@ class ReadTimeout(TimeoutError):
 
 
 class LiveView:
-    def __init__(self, settings: Settings, projection: StatusProjection | None = None) -> None:
+    """With a ``store``, the rows and history are also written to it (in the background, in batches,
+    with the offsets they reach) and a restart resumes from its checkpoint."""
+
+    def __init__(self, settings: Settings, store: ProjectionStore | None = None) -> None:
         self.settings = settings
-        self.projection = projection or StatusProjection()
-        self._reader = LogReader(settings, client_id=f"{settings.client_id}-view")
+        self.store = store
+        self._projector = Projector(StatusProjection(), history=store is not None)
+        self.projection = self._projector.projection
+        self._reader: LogReader | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._unflushed = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._applied: dict[int, int] = {}  # the offsets the projector's batch reaches
+        self._flushed: dict[int, int] = {}  # the checkpoint last written to the store
         self._follower: asyncio.Task[None] | None = None
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._offset_waiters: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
@@ -47,14 +61,32 @@ class LiveView:
         self._listeners.append(listener)
 
     async def start(self) -> None:
+        """Resume from the store's checkpoint (when it was built from this topic), then follow the log."""
+        if self.store is not None:
+            if not await store_matches_topic(self.store, self.settings):
+                log.warning("projection store %s was built from another %s; rebuilding it from the log",
+                            self.store.path, self.settings.events_topic)
+                self.store.clear()
+            self._projector.projection = self.projection = restore(self.store)
+            self._applied = self._flushed = self.store.checkpoint()
+            for row in self.projection.rows.values():
+                insort(self._listing.setdefault(row.principal, []), (row.created_at, row.task_id))
+        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
+                                 checkpoint=self._applied)
         await self._reader.start()
         self._follower = asyncio.create_task(self._follow(), name="live view")
+        if self.store is not None:
+            self._flushing = asyncio.create_task(self._flush_forever(), name="projection store")
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
-        await self._reader.stop()
+        for task in (self._follower, self._flushing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.store is not None:
+            await self._flush()
+        if self._reader is not None:
+            await self._reader.stop()
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.projection.get(task_id)
@@ -118,6 +150,13 @@ class LiveView:
                 continue
             if records:
                 self._apply(records)
+            positions = self._reader.positions()
+            if positions != self._applied:
+                self._applied = positions
+                if self.store is not None:
+                    self._unflushed.set()
+                    if len(self._projector.batch) > MAX_UNFLUSHED:
+                        await self._flush()
             self._release_offset_waiters()
             if not self.caught_up.is_set() and self._reader.caught_up():
                 self.caught_up.set()
@@ -125,16 +164,17 @@ class LiveView:
     def _apply(self, records: list[LogRecord]) -> None:
         touched: set[str] = set()
         for record in records:
-            self._apply_event(record.event)
+            self._apply_record(record)
             touched.add(record.event.task_id)
+
         for task_id in touched & self._watchers.keys():
             for changed in self._watchers.pop(task_id):
                 if not changed.done():
                     changed.set_result(None)
 
-    def _apply_event(self, event: TaskEvent) -> None:
-        before = self.projection.get(event.task_id)
-        after = self.projection.apply(event)
+    def _apply_record(self, record: LogRecord) -> None:
+        event = record.event
+        before, after = self._projector.apply(record)
         if before is None and after is not None:
             insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
         elif before is not None and after is None:
@@ -146,6 +186,21 @@ class LiveView:
                 except Exception:  # a listener's failure must never stop the view following the log
                     log.exception("live view: listener %r failed on task %s", listener, event.task_id)
 
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._unflushed.wait()
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what changed, with the offsets it reaches, to the store (off the event loop, in order)."""
+        async with self._flush_lock:
+            self._unflushed.clear()
+            batch, checkpoint = self._projector.take(), self._applied
+            if self.store is not None and (len(batch) or batch.rows or batch.removed or checkpoint != self._flushed):
+                await asyncio.to_thread(flush, self.store, batch, checkpoint)
+                self._flushed = checkpoint
+
     def _release_offset_waiters(self) -> None:
         positions = self._reader.positions()
         for partition, waiters in self._offset_waiters.items():
@@ -154,3 +209,25 @@ class LiveView:
                 _, _, waiter = heapq.heappop(waiters)
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+async def store_matches_topic(store: ProjectionStore, settings: Settings) -> bool:
+    """Whether ``store`` was built from this topic: its first event of each partition is the topic's.
+
+    A store left from another topic of the same name (a recreated topic, an embedded broker that
+    restarted empty) must be rebuilt, not read on from its checkpoint.
+    """
+    checkpoint = store.checkpoint()
+    expected = {p: store.first_event(p) for p, offset in checkpoint.items() if offset > 0}
+    if not expected:
+        return True
+    found: dict[int, str] = {}
+    async with LogReader(settings, client_id=f"{settings.client_id}-store-check") as reader:
+        deadline = asyncio.get_running_loop().time() + settings.read_timeout_ms / 1000
+        while len(found) < len(expected) and asyncio.get_running_loop().time() < deadline:
+            for record in await reader.fetch():
+                if record.partition in expected and record.offset == 0:
+                    found[record.partition] = record.event.event_id
+            if reader.caught_up():
+                break
+    return all(found.get(p) == event_id for p, event_id in expected.items())

@@ -86,3 +86,19 @@ def sample(cls: type[TaskEvent], task_id: str, **fields: Any) -> TaskEvent:
         RequestRejected: {"operation": "respond", "reason": "unknown elicitation"},
     }
     return cls(task_id=task_id, actor="test:pytest", event_id=str(uuid.uuid4()), **{**defaults[cls], **fields})
+
+
+# Arbitrary histories: every event type, on a few tasks and elicitation ids, in any order.
+task_ids = st.sampled_from(["task-a", "task-b", "task-c"])
+elicitation_ids = st.sampled_from(["e0", "e1"])
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[TaskEvent]:
+    steps = draw(st.lists(st.tuples(st.sampled_from(sorted(EVENT_TYPES)), task_ids, elicitation_ids), max_size=40))
+    events = []
+    for clock, (name, task_id, elicitation_id) in enumerate(steps):
+        cls = EVENT_TYPES[name]
+        extra = {"elicitation_id": elicitation_id} if "elicitation_id" in cls.model_fields else {}
+        events.append(sample(cls, task_id, occurred_at=1_000 + clock, **extra))
+    return events

@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ledger.events import (
-    EVENT_TYPES,
     CancelRequested,
     ElicitationRequested,
     ResponseSubmitted,
@@ -23,7 +22,7 @@ from ledger.log import EventLog
 from ledger.reader import LogReader
 from ledger.settings import Settings
 from projections.status import TERMINAL, StatusProjection, transition
-from tests.factories import sample
+from tests.factories import histories, sample
 
 
 def fold(events: list[TaskEvent]) -> StatusProjection:
@@ -73,22 +72,6 @@ def test_terminal_rows_do_not_move_and_expiry_removes_them() -> None:
 
 def test_events_for_an_unknown_task_create_nothing() -> None:
     assert transition(None, sample(ResponseSubmitted, "ghost")) is None
-
-
-# Arbitrary histories: every event type, on a few tasks and elicitation ids, in any order.
-task_ids = st.sampled_from(["task-a", "task-b", "task-c"])
-elicitation_ids = st.sampled_from(["e0", "e1"])
-
-
-@st.composite
-def histories(draw: st.DrawFn) -> list[TaskEvent]:
-    steps = draw(st.lists(st.tuples(st.sampled_from(sorted(EVENT_TYPES)), task_ids, elicitation_ids), max_size=40))
-    events = []
-    for clock, (name, task_id, elicitation_id) in enumerate(steps):
-        cls = EVENT_TYPES[name]
-        extra = {"elicitation_id": elicitation_id} if "elicitation_id" in cls.model_fields else {}
-        events.append(sample(cls, task_id, occurred_at=1_000 + clock, **extra))
-    return events
 
 
 @given(histories(), st.data())

@@ -1,0 +1,113 @@
+"""Task history: every event of a task as one timeline entry, with where it sits on the log.
+
+``entry(event, partition, offset)`` is pure. The timeline is the audit trail: what was asked,
+who answered what through which protocol path, which answers were refused and why, and how the
+task ended. Entries are kept in log order; a producer retry's duplicate (same ``event_id``)
+is the same entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.events import (
+    CancelRequested,
+    ElicitationRequested,
+    ProgressReported,
+    RequestRejected,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskEvent,
+    TaskExpired,
+    TaskFailed,
+    TaskStarted,
+)
+
+DUPLICATE_PREFIX = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    event_id: str
+    task_id: str
+    partition: int
+    offset: int
+    occurred_at: int
+    kind: str
+    actor: str
+    principal: str | None
+    protocol: str | None
+    elicitation_id: str | None
+    summary: str
+    detail_json: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "eventId": self.event_id, "partition": self.partition, "offset": self.offset,
+            "occurredAt": self.occurred_at, "kind": self.kind, "actor": self.actor, "principal": self.principal,
+            "protocol": self.protocol, "elicitationId": self.elicitation_id, "summary": self.summary,
+            "detail": json.loads(self.detail_json),
+        }
+
+
+def entry(event: TaskEvent, partition: int, offset: int) -> Entry:
+    kind, summary = describe(event)
+    payload = event.payload()
+    return Entry(
+        event_id=event.event_id, task_id=event.task_id, partition=partition, offset=offset,
+        occurred_at=event.occurred_at, kind=kind, actor=event.actor, principal=event.principal,
+        protocol=payload.get("protocol"), elicitation_id=payload.get("elicitation_id"), summary=summary,
+        detail_json=json.dumps(payload, separators=(",", ":"), sort_keys=True),
+    )
+
+
+def describe(event: TaskEvent) -> tuple[str, str]:
+    """The entry's kind and a one-line human summary."""
+    match event:
+        case TaskCreated():
+            return "created", f"{event.tool}({_short(event.arguments_json)})"
+        case TaskStarted():
+            return "started", f"attempt {event.attempt}"
+        case ElicitationRequested():
+            return "asked", f"#{event.sequence} {event.message}"
+        case ResponseSubmitted():
+            content = f" {_short(event.content_json)}" if event.content_json else ""
+            return "answered", f"{event.action}{content}"
+        case RequestRejected():
+            kind = "duplicate" if event.reason.startswith(DUPLICATE_PREFIX) else "refused"
+            return kind, f"{event.operation}: {event.reason}"
+        case ProgressReported():
+            total = f"/{event.total:g}" if event.total is not None else ""
+            message = f" {event.message}" if event.message else ""
+            return "progress", f"{event.progress:g}{total}{message}"
+        case StepRecorded():
+            return "step", f"#{event.sequence} {event.name} -> {_short(event.result_json)}"
+        case CancelRequested():
+            return "cancel requested", event.reason or ""
+        case TaskCompleted():
+            return "completed", ("error: " if event.is_error else "") + _result_text(event.result_json)
+        case TaskFailed():
+            return "failed", f"{event.error_type}: {event.message}"
+        case TaskCancelled():
+            return "cancelled", event.reason or ""
+        case TaskExpired():
+            return "expired", f"ttl {event.ttl_ms} ms"
+    raise TypeError(f"history has no rule for {type(event).__name__}")
+
+
+def _result_text(result_json: str) -> str:
+    try:
+        result = json.loads(result_json)
+        texts = [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
+    except (ValueError, AttributeError):
+        return _short(result_json)
+    return _short(" ".join(texts)) if texts else _short(result_json)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,70 @@
+"""Folding log records into the projections, and the batches that carry them to a store.
+
+The server (live), ``ledger replay`` and the read commands all fold through a ``Projector``, so
+the rows and history they show come from one code path: replay == live by construction, and the
+property tests check it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ledger.records import LogRecord
+from projections.history import Entry, entry
+from projections.status import StatusProjection, TaskRow
+from projections.store import ProjectionStore
+
+
+@dataclass
+class Batch:
+    """What changed since the last flush: rows to write, rows to drop, history to add."""
+
+    rows: dict[str, TaskRow] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    entries: list[Entry] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class Projector:
+    def __init__(self, projection: StatusProjection | None = None, *, status: bool = True,
+                 history: bool = True) -> None:
+        self.projection = projection or StatusProjection()
+        self.status = status
+        self.history = history
+        self.batch = Batch()
+
+    def apply(self, record: LogRecord) -> tuple[TaskRow | None, TaskRow | None]:
+        """Fold one record in; returns the task's row before and after."""
+        event = record.event
+        if self.history:
+            self.batch.entries.append(entry(event, record.partition, record.offset))
+        if not self.status:
+            return None, None
+        before = self.projection.get(event.task_id)
+        after = self.projection.apply(event)
+        if after is not before:
+            if after is None:
+                self.batch.rows.pop(event.task_id, None)
+                self.batch.removed.add(event.task_id)
+            else:
+                self.batch.rows[event.task_id] = after
+                self.batch.removed.discard(event.task_id)
+        return before, after
+
+    def take(self) -> Batch:
+        batch, self.batch = self.batch, Batch()
+        return batch
+
+
+def flush(store: ProjectionStore, batch: Batch, checkpoint: dict[int, int]) -> None:
+    store.write(batch.rows.values(), batch.entries, checkpoint, batch.removed)
+
+
+def restore(store: ProjectionStore) -> StatusProjection:
+    """The status projection as the store holds it, to read on from its checkpoint."""
+    projection = StatusProjection()
+    for row in store.rows():
+        projection.rows[row.task_id] = row
+    return projection

@@ -1,0 +1,214 @@
+"""The projection store: task rows and history entries in SQLite, with the offsets they reach.
+
+Rows, entries and the per-partition checkpoint are written in one transaction, so a store is
+always exactly "the log folded up to its checkpoint": a server that restarts loads the rows and
+reads on from the checkpoint, and ``ledger replay`` builds a fresh store the same way from
+offset 0. One connection, used from one thread at a time (callers serialize); WAL for files.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from functools import wraps
+from collections.abc import Iterable, Mapping
+from dataclasses import astuple
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from projections.history import Entry
+from projections.status import TERMINAL, Answer, PendingElicitation, TaskRow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    principal TEXT,
+    tool TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_updated_at INTEGER NOT NULL,
+    row_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
+CREATE TABLE IF NOT EXISTS history (
+    event_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    principal TEXT,
+    protocol TEXT,
+    elicitation_id TEXT,
+    summary TEXT NOT NULL,
+    detail_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, partition, "offset");
+CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+EVERYONE = object()  # a principal filter that matches every principal (auditors, the CLI)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """One caller at a time: the server writes from one thread and queries from others."""
+    @wraps(method)
+    def serialized(self: ProjectionStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return serialized  # type: ignore[return-value]
+
+
+class ProjectionStore:
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @_locked
+    def clear(self) -> None:
+        """Forget everything: the store is rebuilt from offset 0."""
+        for table in ("tasks", "history", "checkpoint", "meta"):
+            self._db.execute(f"DELETE FROM {table}")
+
+    # writing
+
+    @_locked
+    def write(self, rows: Iterable[TaskRow], entries: Iterable[Entry], checkpoint: Mapping[int, int],
+              removed: Iterable[str] = ()) -> None:
+        """Upsert ``rows``, add ``entries`` (a repeated event id is the same entry), move the checkpoint."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.task_id, r.principal, r.tool, r.status, r.created_at, r.last_updated_at, row_json(r))
+                 for r in rows],
+            )
+            db.executemany("DELETE FROM tasks WHERE task_id = ?", [(task_id,) for task_id in removed])
+            db.executemany("INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [astuple(e) for e in entries])
+            db.executemany("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", list(checkpoint.items()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @_locked
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @_locked
+    def meta(self, key: str) -> str | None:
+        found = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
+
+    # reading
+
+    @_locked
+    def checkpoint(self) -> dict[int, int]:
+        return dict(self._db.execute("SELECT partition, next_offset FROM checkpoint"))
+
+    @_locked
+    def rows(self) -> list[TaskRow]:
+        return [row_from_json(text) for (text,) in self._db.execute("SELECT row_json FROM tasks")]
+
+    @_locked
+    def row(self, task_id: str) -> TaskRow | None:
+        found = self._db.execute("SELECT row_json FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return row_from_json(found[0]) if found else None
+
+    @_locked
+    def tasks(self, *, principal: Any = EVERYONE, status: str | None = None, tool: str | None = None,
+              since: int | None = None, until: int | None = None, after: tuple[int, str] | None = None,
+              limit: int = 50) -> list[TaskRow]:
+        """Tasks in creation order, filtered; ``after`` is the (created_at, task_id) to page on from."""
+        clauses, values = _filters(principal=principal, status=status, tool=tool, since=since, until=until)
+        if after is not None:
+            clauses.append("(created_at, task_id) > (?, ?)")
+            values.extend(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT row_json FROM tasks {where} ORDER BY created_at, task_id LIMIT ?"
+        return [row_from_json(text) for (text,) in self._db.execute(query, [*values, limit])]
+
+    @_locked
+    def count(self, *, status: str | None = None) -> int:
+        clauses, values = _filters(status=status)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._db.execute(f"SELECT count(*) FROM tasks {where}", values).fetchone()[0]
+
+    @_locked
+    def history(self, task_id: str) -> list[Entry]:
+        query = 'SELECT * FROM history WHERE task_id = ? ORDER BY partition, "offset"'
+        return [Entry(*values) for values in self._db.execute(query, (task_id,))]
+
+    @_locked
+    def first_event(self, partition: int) -> str | None:
+        """The id of the event at offset 0 of ``partition``, as this store saw it."""
+        found = self._db.execute('SELECT event_id FROM history WHERE partition = ? AND "offset" = 0',
+                                 (partition,)).fetchone()
+        return found[0] if found else None
+
+    @_locked
+    def history_size(self) -> int:
+        return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
+
+    def pending_older_than(self, age_ms: int, now_ms: int, principal: Any = EVERYONE,
+                           limit: int = 50, after: tuple[int, str] | None = None,
+                           ) -> list[tuple[TaskRow, PendingElicitation]]:
+        """Elicitations asked at least ``age_ms`` ago and still unanswered, oldest tasks first."""
+        found: list[tuple[TaskRow, PendingElicitation]] = []
+        for row in self.tasks(principal=principal, status="input_required", after=after, limit=10 * limit):
+            found.extend((row, p) for p in row.pending if now_ms - p.requested_at >= age_ms)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+
+def _filters(*, principal: Any = EVERYONE, status: str | None = None, tool: str | None = None,
+             since: int | None = None, until: int | None = None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    values: list[Any] = []
+    if principal is not EVERYONE:
+        clauses.append("principal IS ?")
+        values.append(principal)
+    if status == "terminal":
+        clauses.append(f"status IN ({', '.join('?' * len(TERMINAL))})")
+        values.extend(sorted(TERMINAL))
+    elif status is not None:
+        clauses.append("status = ?")
+        values.append(status)
+    if tool is not None:
+        clauses.append("tool = ?")
+        values.append(tool)
+    if since is not None:
+        clauses.append("created_at >= ?")
+        values.append(since)
+    if until is not None:
+        clauses.append("created_at < ?")
+        values.append(until)
+    return clauses, values
+
+
+def row_json(row: TaskRow) -> str:
+    return json.dumps(astuple(row), separators=(",", ":"))
+
+
+def row_from_json(text: str) -> TaskRow:
+    fields = dict(zip(TaskRow.__dataclass_fields__, json.loads(text)))
+    fields["pending"] = tuple(PendingElicitation(*p) for p in fields["pending"])
+    fields["answers"] = tuple(Answer(*a) for a in fields["answers"])
+    return TaskRow(**fields)

@@ -1,0 +1,157 @@
+"""The projection store and history: round trips, queries, replay == live, restart from a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from hypothesis import HealthCheck, given, settings as hypothesis_settings
+
+from ledger.events import EVENT_TYPES, ElicitationRequested, RequestRejected, ResponseSubmitted, TaskCreated, TaskEvent
+from ledger.log import EventLog
+from ledger.records import LogRecord
+from ledger.replay import replay
+from ledger.settings import Settings
+from ledger.topics import ensure_topics
+from ledger.view import LiveView
+from projections.history import describe
+from projections.projector import Projector, flush
+from projections.store import ProjectionStore
+from tests.factories import histories, sample
+
+
+def projected(events: list[TaskEvent]) -> tuple[Projector, ProjectionStore]:
+    projector = Projector()
+    for offset, event in enumerate(events):
+        projector.apply(LogRecord(0, offset, event))
+    store = ProjectionStore()
+    flush(store, projector.take(), {0: len(events)})
+    return projector, store
+
+
+@given(histories())
+def test_rows_and_history_round_trip_through_the_store(events: list[TaskEvent]) -> None:
+    projector, store = projected(events)
+    assert {row.task_id: row for row in store.rows()} == projector.projection.rows
+    assert store.checkpoint() == {0: len(events)}
+    for task_id in {e.task_id for e in events}:
+        timeline = store.history(task_id)
+        unique = list({e.event_id: e for e in events if e.task_id == task_id})
+        assert [entry.event_id for entry in timeline] == unique
+
+
+def test_every_event_type_has_a_history_entry() -> None:
+    for cls in EVENT_TYPES.values():
+        kind, summary = describe(sample(cls, "t"))
+        assert kind and isinstance(summary, str)
+
+
+def test_queries_filter_and_page_in_creation_order() -> None:
+    events = []
+    for i in range(7):
+        events.append(sample(TaskCreated, f"t{i}", principal="alice" if i % 2 else "bob",
+                             tool="plan_trip" if i < 3 else "approve_expense", occurred_at=1_000 + i))
+    events.append(sample(ElicitationRequested, "t1", elicitation_id="e", occurred_at=2_000))
+    _, store = projected(events)
+    assert [r.task_id for r in store.tasks(principal="alice")] == ["t1", "t3", "t5"]
+    assert [r.task_id for r in store.tasks(tool="plan_trip", limit=2)] == ["t0", "t1"]
+    assert [r.task_id for r in store.tasks(after=(1_001, "t1"), limit=2)] == ["t2", "t3"]
+    assert [r.task_id for r in store.tasks(status="input_required")] == ["t1"]
+    assert [r.task_id for r in store.tasks(since=1_005)] == ["t5", "t6"]
+    assert [(row.task_id, p.elicitation_id) for row, p in store.pending_older_than(500, now_ms=2_600)] == [("t1", "e")]
+    assert store.pending_older_than(500, now_ms=2_400) == []
+
+
+async def append_with_garbage(settings: Settings, events: list[TaskEvent]) -> None:
+    async with EventLog(settings) as log:
+        await log.append_many(events)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.events_topic, b"\x00not an event", key=b"garbage")
+    finally:
+        await producer.stop()
+
+
+@hypothesis_settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(histories())
+async def test_replay_into_a_fresh_store_equals_the_live_view(settings: Settings, events: list[TaskEvent]) -> None:
+    settings = replace(settings, topic_prefix=f"replay-{uuid.uuid4().hex[:10]}")
+    await ensure_topics(settings)
+    live_store = ProjectionStore()
+    view = LiveView(settings, live_store)
+    await view.start()
+    try:
+        await view.caught_up.wait()
+        duplicated = events + events[: len(events) // 3]  # producer retries land events twice
+        await append_with_garbage(settings, duplicated)
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(live_store.checkpoint().values()) < len(duplicated) + 1:  # every record, garbage too
+            assert asyncio.get_running_loop().time() < deadline, "the live view did not see every event"
+            await asyncio.sleep(0.05)
+    finally:
+        await view.stop()
+    replayed = ProjectionStore()
+    summary = await replay(settings, replayed)
+    assert summary.dead_letters == 1
+    assert sorted(replayed.rows(), key=lambda r: r.task_id) == sorted(live_store.rows(), key=lambda r: r.task_id)
+    for task_id in {e.task_id for e in events}:
+        assert replayed.history(task_id) == live_store.history(task_id)
+    assert replayed.checkpoint() == live_store.checkpoint()
+
+
+async def test_a_restarted_view_resumes_from_its_checkpoint(settings: Settings, topics: dict, tmp_path: Path) -> None:
+    path = tmp_path / "projections.sqlite"
+    first = [sample(TaskCreated, f"t{i}") for i in range(20)]
+    later = [sample(ElicitationRequested, f"t{i}", elicitation_id=f"e{i}") for i in range(20)]
+    async with EventLog(settings) as log:
+        await log.append_many(first)
+        view = LiveView(settings, ProjectionStore(path))
+        await view.start()
+        await view.caught_up.wait()
+        await view.stop()
+        view.store.close()
+        await log.append_many(later)
+    store = ProjectionStore(path)
+    resumed = LiveView(settings, store)
+    await resumed.start()
+    try:
+        assert len(resumed.projection.rows) == 20  # loaded before reading on
+        await resumed.caught_up.wait()
+        assert resumed.get("t3").status == "input_required"
+    finally:
+        await resumed.stop()
+    assert store.history_size() == 40
+    assert [e.kind for e in store.history("t3")] == ["created", "asked"]
+
+
+async def test_a_store_built_from_another_topic_is_rebuilt(settings: Settings, topics: dict, tmp_path: Path) -> None:
+    path = tmp_path / "projections.sqlite"
+    stale = ProjectionStore(path)
+    projector = Projector()
+    projector.apply(LogRecord(0, 0, sample(TaskCreated, "ghost")))
+    flush(stale, projector.take(), {0: 1})
+    stale.close()
+    async with EventLog(settings) as log:
+        await log.append(sample(ResponseSubmitted, "real"))
+        await log.append(sample(TaskCreated, "real"))
+    store = ProjectionStore(path)
+    view = LiveView(settings, store)
+    await view.start()
+    try:
+        await view.caught_up.wait()
+        assert view.get("ghost") is None and view.get("real") is not None
+    finally:
+        await view.stop()
+    assert store.row("ghost") is None
+
+
+def test_rejections_are_refused_or_duplicate_in_the_history() -> None:
+    events = [sample(TaskCreated, "t"),
+              sample(RequestRejected, "t", reason="duplicate: this answer was already applied"),
+              sample(RequestRejected, "t", reason="content does not match the requested schema: x")]
+    _, store = projected(events)
+    assert [e.kind for e in store.history("t")] == ["created", "duplicate", "refused"]
