@@ -42,6 +42,7 @@ from ledger.modern import ModernAdapter
 from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
 from ledger.service import Refused, TaskNotFound, TaskService
 from ledger.settings import Settings
+from ledger.ui import ui_routes
 from ledger.view import LiveView
 from ledger.wire import (
     INVALID_PARAMS, METHOD_NOT_FOUND, create_task, principal_of, service_errors, task_fields, tool_call_result,
@@ -410,5 +411,6 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "instance": instance, "tasks": len(view.projection.rows)})
 
-    return Starlette(routes=[Route("/healthz", healthz), Mount("/", app=mcp_app)], lifespan=lifespan)
+    routes = [Route("/healthz", healthz), *ui_routes(read_side, view), Mount("/", app=mcp_app)]
+    return Starlette(routes=routes, lifespan=lifespan)
 

@@ -60,6 +60,9 @@ class LiveView:
         """Call ``listener(before, after)`` for every row an event changes (live events only)."""
         self._listeners.append(listener)
 
+    def unlisten(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
+        self._listeners.remove(listener)
+
     async def start(self) -> None:
         """Resume from the store's checkpoint (when it was built from this topic), then follow the log."""
         if self.store is not None:

@@ -45,8 +45,11 @@ def task_fields(row: TaskRow, *, status: str, ttl: str, poll_interval: str) -> d
 
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
     """The authenticated user the request comes from; None when the server runs without auth."""
-    request = ctx.request
-    if isinstance(request, Request) and "user" in request.scope:
+    return principal_of_request(ctx.request) if isinstance(ctx.request, Request) else None
+
+
+def principal_of_request(request: Request) -> str | None:
+    if "user" in request.scope:
         user = request.scope["user"]
         if getattr(user, "is_authenticated", False):
             return str(user.display_name or user.identity)
