@@ -9,11 +9,14 @@ import signal
 import sys
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from ledger import console
 from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker
 from ledger.loading import AppNotFound, default_app_path, load_app
 from ledger.roles import PortTaken, serve, serve_dev, work
@@ -26,7 +29,8 @@ ledger: a Kafka event-sourced task ledger for MCP servers.
 Every task transition is an Avro event on the <prefix>.task-events topic; projections of that
 log answer tasks/get, and workers resume waiting tools from it."""
 
-EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken)
+EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken,
+                   console.NoSuchTask, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +93,66 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the demo tools)")
     _http_arguments(dev)
     dev.set_defaults(run=run_dev)
+    _read_commands(commands)
     return parser
+
+
+def _read_commands(commands: argparse._SubParsersAction) -> None:
+    replay = _read_parser(commands, "replay", "rebuild the projections from the log into a fresh store",
+                          "Fold the task-events topic from offset 0 into a fresh SQLite projection store (task "
+                          "rows, history, checkpoint), showing events/s and lag, and move it into place when "
+                          "complete. A server started with LEDGER_STORE=PATH reads on from its checkpoint.")
+    replay.add_argument("--store", type=Path, default=None, metavar="PATH",
+                        help="the store to build (default: LEDGER_STORE when it is a file, else ledger.sqlite)")
+    replay.add_argument("--projection", choices=("all", "status", "history"), default="all",
+                        help="which projections to build (default: %(default)s)")
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="every event (the default)")
+    start.add_argument("--from", dest="since", metavar="TIMESTAMP",
+                       help="leave out events that occurred before TIMESTAMP (ISO 8601, or Unix milliseconds)")
+    replay.add_argument("--to-offset", type=int, metavar="N", help="stop each partition at offset N")
+    replay.set_defaults(run=run_replay)
+
+    tasks = _read_parser(commands, "tasks", "list tasks and their status",
+                         "List tasks in creation order, from a store or (without --store) from the log itself.")
+    tasks.add_argument("--status", choices=("working", "input_required", "completed", "failed", "cancelled",
+                                            "terminal"))
+    tasks.add_argument("--principal", help="only this principal's tasks")
+    tasks.add_argument("--tool", help="only this tool's tasks")
+    _store_and_json(tasks)
+    tasks.set_defaults(run=run_tasks)
+
+    history = _read_parser(commands, "history", "show a task's timeline",
+                           "Show a task's timeline: created, each question asked, each answer (who, when, through "
+                           "which protocol path), refused and duplicate answers, progress, steps, outcome, with "
+                           "the partition@offset of each entry.")
+    history.add_argument("task_id", metavar="TASK_ID")
+    _store_and_json(history)
+    history.set_defaults(run=run_history)
+
+    tail = _read_parser(commands, "tail", "print events as they are appended",
+                        "Follow the task-events topic and print each new event (Ctrl-C to stop).")
+    tail.add_argument("--from-beginning", action="store_true", help="print the existing events first")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(run=run_tail)
+
+    topics = _read_parser(commands, "topics", "describe ledger's topics and the workers' lag",
+                          "Show each ledger topic's partitions, end offsets, and the worker group's committed "
+                          "offsets and lag.")
+    topics.set_defaults(run=run_topics)
+
+
+def _read_parser(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=text, epilog=describe(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (default: LEDGER_BOOTSTRAP)")
+    return parser
+
+
+def _store_and_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, metavar="PATH",
+                        help="read this projection store (from `ledger replay`) instead of the log")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def _role_parser(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
@@ -173,6 +236,56 @@ def run_dev(args: argparse.Namespace) -> int:
     _check_port(args.port)
     source = args.app or str(default_app_path())
     return _run(serve_dev(load_app(source), source, args.host, args.port))
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    path = args.store or (Path(settings.store) if settings.store != ":memory:" else Path("ledger.sqlite"))
+    if args.to_offset is not None and args.to_offset < 0:
+        raise SettingsError(f"--to-offset must not be negative, got {args.to_offset}")
+    since = _timestamp(args.since) if args.since else None
+    asyncio.run(console.run_replay(settings, path, projection=args.projection, since_ms=since,
+                                   to_offset=args.to_offset))
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    store = asyncio.run(console.open_store(settings, args.store))
+    console.print_tasks(store, status=args.status, principal=args.principal, tool=args.tool, as_json=args.json)
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    store = asyncio.run(console.open_store(settings, args.store))
+    console.print_history(store, args.task_id, as_json=args.json)
+    return 0
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    return _run(console.tail(settings, from_beginning=args.from_beginning, as_json=args.json))
+
+
+def run_topics(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    asyncio.run(console.describe_topics(settings))
+    return 0
+
+
+def _timestamp(text: str) -> int:
+    """Unix milliseconds from ISO 8601 (naive means UTC) or from a number of milliseconds."""
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SettingsError(f"--from must be ISO 8601 (2026-11-25T10:00:00Z) or Unix milliseconds, got {text!r}") \
+            from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
 
 
 def _check_port(port: int) -> None:

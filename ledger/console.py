@@ -1,0 +1,203 @@
+"""The read commands: ``ledger replay``, ``tasks``, ``history``, ``tail`` and ``topics``.
+
+They read the log (or a store ``ledger replay`` built) and print for people: aligned tables,
+progress on stderr while they fold a topic, ``--json`` where a program reads the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ledger.reader import LogReader
+from ledger.replay import Progress, ReplaySummary, replay
+from ledger.settings import Settings
+from projections.history import Entry, entry
+from projections.status import TaskRow
+from projections.store import EVERYONE, ProjectionStore
+
+
+class NoSuchTask(LookupError):
+    pass
+
+
+def when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for line in (headers, ["-" * w for w in widths], *rows):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
+
+
+def progress_printer(label: str, err: TextIO = sys.stderr) -> Callable[[Progress], None]:
+    interactive = err.isatty()
+
+    def show(progress: Progress) -> None:
+        line = f"{label}: {progress.events:,} events  {progress.rate:,.0f}/s  lag {progress.lag:,}"
+        print(("\r" + line) if interactive else line, end="" if interactive else "\n", file=err, flush=True)
+
+    return show
+
+
+async def run_replay(settings: Settings, path: Path, *, projection: str, since_ms: int | None,
+                     to_offset: int | None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> ReplaySummary:
+    """Build a fresh store beside ``path`` and move it into place when complete (readers never see half)."""
+    building = path.with_name(path.name + ".building")
+    for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
+        leftover.unlink(missing_ok=True)
+    store = ProjectionStore(building)
+    try:
+        summary = await replay(settings, store, status=projection in ("status", "all"),
+                               history=projection in ("history", "all"), since_ms=since_ms, to_offset=to_offset,
+                               progress=progress_printer("replay", err))
+        store.set_meta("topic", settings.events_topic)
+    finally:
+        store.close()
+    if err.isatty():
+        print(file=err)
+    os.replace(building, path)
+    tasks = f"{summary.tasks:,} task{'s' * (summary.tasks != 1)}"
+    print(f"replayed {summary.events:,} events of {settings.events_topic} into {path} in {summary.seconds:.1f} s: "
+          f"{summary.rate:,.0f} events/s; {tasks}, {summary.skipped:,} events left out, "
+          f"{summary.dead_letters:,} undecodable records skipped", file=out)
+    print("checkpoint: " + ", ".join(f"{p}@{o}" for p, o in sorted(summary.checkpoint.items())), file=out)
+    return summary
+
+
+async def open_store(settings: Settings, path: Path | None, err: TextIO = sys.stderr) -> ProjectionStore:
+    """The store at ``path``, or (without one) the topic folded into memory now."""
+    if path is not None:
+        if not path.exists():
+            raise FileNotFoundError(f"no projection store at {path}; build one with `ledger replay --store {path}`")
+        return ProjectionStore(path)
+    store = ProjectionStore()
+    await replay(settings, store, progress=progress_printer("reading the log", err) if err.isatty() else None)
+    if err.isatty():
+        print("\r" + " " * 70 + "\r", end="", file=err)
+    return store
+
+
+def print_tasks(store: ProjectionStore, *, status: str | None, principal: str | None, tool: str | None,
+                as_json: bool, out: TextIO = sys.stdout) -> int:
+    rows: list[TaskRow] = []
+    after = None
+    while True:
+        page = store.tasks(principal=EVERYONE if principal is None else principal, status=status, tool=tool,
+                           after=after, limit=1_000)
+        rows.extend(page)
+        if len(page) < 1_000:
+            break
+        after = (page[-1].created_at, page[-1].task_id)
+    if as_json:
+        from ledger.readside import row_json
+
+        for row in rows:
+            print(json.dumps(row_json(row)), file=out)
+        return len(rows)
+    table(["task", "tool", "principal", "status", "created", "updated", "message"],
+          [[r.task_id, r.tool, r.principal or "-", r.status, when(r.created_at), when(r.last_updated_at),
+            (r.status_message or "")[:60]] for r in rows], out)
+    print(f"{len(rows)} task{'s' * (len(rows) != 1)}", file=out)
+    return len(rows)
+
+
+def print_history(store: ProjectionStore, task_id: str, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    row = store.row(task_id)
+    entries = store.history(task_id)
+    if row is None and not entries:
+        raise NoSuchTask(f"no task {task_id!r} on the log")
+    if as_json:
+        for item in entries:
+            print(json.dumps(item.as_json()), file=out)
+        return
+    if row is not None:
+        print(f"task {row.task_id}  {row.tool}  principal {row.principal or '-'}  status {row.status}", file=out)
+    table(["when", "what", "detail", "who", "path", "log"],
+          [[when(e.occurred_at), e.kind, e.summary, e.actor, e.protocol or "", f"{e.partition}@{e.offset}"]
+           for e in entries], out)
+
+
+def entry_line(item: Entry) -> str:
+    path = f"  [{item.protocol}]" if item.protocol else ""
+    return f"{when(item.occurred_at)}  {item.task_id}  {item.kind:<16} {item.summary}  ({item.actor}){path}"
+
+
+async def tail(settings: Settings, *, from_beginning: bool, as_json: bool, out: TextIO = sys.stdout,
+               limit: int | None = None) -> None:
+    """Print events as they are appended (after reading past the existing ones, unless ``from_beginning``)."""
+    printed = 0
+    async with LogReader(settings, client_id=f"{settings.client_id}-tail") as reader:
+        live = from_beginning
+        while True:
+            records = await reader.fetch(timeout_ms=200)
+            if live:
+                for record in records:
+                    item = entry(record.event, record.partition, record.offset)
+                    print(json.dumps(item.as_json()) if as_json else entry_line(item), file=out, flush=True)
+                    printed += 1
+                    if limit is not None and printed >= limit:
+                        return
+            elif reader.caught_up():
+                live = True
+
+
+async def describe_topics(settings: Settings, out: TextIO = sys.stdout) -> dict[str, dict[int, tuple[int, int | None]]]:
+    """Each ledger topic's partitions with their end offsets, and the worker group's committed offsets."""
+    described: dict[str, dict[int, tuple[int, int | None]]] = {}
+    group = f"{settings.topic_prefix}.workers"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False,
+                                client_id=f"{settings.client_id}-topics")
+    await consumer.start()
+    try:
+        for topic in (settings.events_topic, settings.dead_letter_topic):
+            ends = await _end_offsets(settings, topic)
+            committed = {}
+            if topic == settings.events_topic:
+                for partition in ends:
+                    committed[partition] = await consumer.committed(TopicPartition(topic, partition))
+            described[topic] = {p: (end, committed.get(p)) for p, end in sorted(ends.items())}
+    finally:
+        await consumer.stop()
+    for topic, partitions in described.items():
+        total = sum(end for end, _ in partitions.values())
+        print(f"{topic}: {len(partitions)} partitions, {total:,} events", file=out)
+        rows = []
+        for partition, (end, committed) in partitions.items():
+            lag = "" if committed is None else f"{end - committed:,}"
+            rows.append([str(partition), f"{end:,}", "" if committed is None else f"{committed:,}", lag])
+        headers = ["partition", "end offset", f"committed ({group})", "lag"] if topic == settings.events_topic \
+            else ["partition", "end offset", "", ""]
+        table(headers, rows, out)
+    return described
+
+
+async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """End offsets from the high watermarks fetches report (the embedded broker's ListOffsets under-reports)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                                client_id=f"{settings.client_id}-topics", max_partition_fetch_bytes=1024)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        for tp in assigned:
+            consumer.seek(tp, 0)
+        deadline = asyncio.get_running_loop().time() + 5
+        while asyncio.get_running_loop().time() < deadline:
+            await consumer.getmany(timeout_ms=100, max_records=1)
+            if all(consumer.highwater(tp) is not None for tp in assigned):
+                break
+        return {tp.partition: consumer.highwater(tp) or 0 for tp in assigned}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,93 @@
+"""The read commands as a user runs them: ``ledger history``, ``tasks``, ``replay``, ``topics``, ``tail``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ledger.events import ElicitationRequested, RequestRejected, ResponseSubmitted, TaskCompleted, TaskCreated, TaskStarted
+from ledger.log import EventLog
+from ledger.settings import Settings
+from projections.store import ProjectionStore
+from tests.factories import sample
+from tests.spawn import LEDGER, role_environment
+
+
+def plan_trip(task_id: str) -> list:
+    return [
+        sample(TaskCreated, task_id, tool="plan_trip", arguments_json='{"destination":"Rome"}', protocol="2025-11-25"),
+        sample(TaskStarted, task_id),
+        sample(ElicitationRequested, task_id, elicitation_id="dates", sequence=0, message="When do you want to go?"),
+        sample(RequestRejected, task_id, elicitation_id="dates", reason="content does not match the requested schema"),
+        sample(ResponseSubmitted, task_id, elicitation_id="dates", content_json='{"nights":4}',
+               protocol="2026-07-28/tasks"),
+        sample(ElicitationRequested, task_id, elicitation_id="confirm", sequence=1, message="Book 4 nights?"),
+        sample(ResponseSubmitted, task_id, elicitation_id="confirm", content_json='{"confirm":true}',
+               protocol="2026-07-28/mrtr"),
+        sample(TaskCompleted, task_id, result_json='{"content":[{"type":"text","text":"booked Rome for 4 nights"}]}'),
+    ]
+
+
+def ledger(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(LEDGER + list(args), capture_output=True, text=True, timeout=120,
+                          env=role_environment(settings))
+
+
+@pytest.fixture
+async def trips(settings: Settings, topics: dict) -> list[str]:
+    async with EventLog(settings) as log:
+        await log.append_many(plan_trip("trip-1") + plan_trip("trip-2")[:3])
+    return ["trip-1", "trip-2"]
+
+
+async def test_history_shows_both_questions_and_answers_with_their_paths(settings: Settings, trips: list[str]) -> None:
+    shown = ledger(settings, "history", "trip-1")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "plan_trip" in lines[0] and "completed" in lines[0]
+    asked = [line for line in lines if "  asked  " in line]
+    answered = [line for line in lines if "  answered  " in line]
+    assert len(asked) == 2 and "When do you want to go?" in asked[0] and "Book 4 nights?" in asked[1]
+    assert "2026-07-28/tasks" in answered[0] and "2026-07-28/mrtr" in answered[1]
+    assert any("  refused  " in line for line in lines)
+    as_json = [json.loads(line) for line in ledger(settings, "history", "trip-1", "--json").stdout.splitlines()]
+    assert [e["kind"] for e in as_json] == ["created", "started", "asked", "refused", "answered", "asked",
+                                            "answered", "completed"]
+    missing = ledger(settings, "history", "no-such-task")
+    assert missing.returncode == 2 and "no task 'no-such-task'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+async def test_replay_builds_a_store_the_other_commands_read(settings: Settings, trips: list[str],
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "projections.sqlite"
+    built = ledger(settings, "replay", "--store", str(path))
+    assert built.returncode == 0, built.stderr
+    assert "replayed 11 events" in built.stdout and "events/s" in built.stdout
+    store = ProjectionStore(path)
+    assert {row.task_id: row.status for row in store.rows()} == {"trip-1": "completed", "trip-2": "input_required"}
+    store.close()
+    listed = ledger(settings, "tasks", "--store", str(path), "--status", "input_required")
+    assert listed.returncode == 0 and "trip-2" in listed.stdout and "trip-1" not in listed.stdout
+    partial = ledger(settings, "replay", "--store", str(path), "--to-offset", "2")
+    assert partial.returncode == 0 and "checkpoint:" in partial.stdout
+    bad = ledger(settings, "replay", "--store", str(path), "--from", "yesterday")
+    assert bad.returncode == 2 and "--from must be ISO 8601" in bad.stderr
+    absent = ledger(settings, "tasks", "--store", str(tmp_path / "absent.sqlite"))
+    assert absent.returncode == 2 and "ledger replay --store" in absent.stderr
+
+
+async def test_topics_and_tail(settings: Settings, trips: list[str]) -> None:
+    described = ledger(settings, "topics")
+    assert described.returncode == 0, described.stderr
+    assert f"{settings.events_topic}: {settings.partitions} partitions, 11 events" in described.stdout
+    tail = subprocess.Popen(LEDGER + ["tail", "--from-beginning", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=role_environment(settings))
+    try:
+        entries = [json.loads(tail.stdout.readline()) for _ in range(11)]
+    finally:
+        tail.kill()
+        tail.wait(10)
+    assert sorted(e["kind"] for e in entries if e["kind"] == "asked") == ["asked"] * 3
