@@ -46,6 +46,11 @@ class Entry:
     summary: str
     detail_json: str
 
+    def values(self) -> tuple[Any, ...]:
+        """The fields in declaration order (the store's column order)."""
+        return (self.event_id, self.task_id, self.partition, self.offset, self.occurred_at, self.kind, self.actor,
+                self.principal, self.protocol, self.elicitation_id, self.summary, self.detail_json)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "eventId": self.event_id, "partition": self.partition, "offset": self.offset,
@@ -62,7 +67,7 @@ def entry(event: TaskEvent, partition: int, offset: int) -> Entry:
         event_id=event.event_id, task_id=event.task_id, partition=partition, offset=offset,
         occurred_at=event.occurred_at, kind=kind, actor=event.actor, principal=event.principal,
         protocol=payload.get("protocol"), elicitation_id=payload.get("elicitation_id"), summary=summary,
-        detail_json=json.dumps(payload, separators=(",", ":"), sort_keys=True),
+        detail_json=json.dumps(payload, separators=(",", ":")),
     )
 
 

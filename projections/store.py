@@ -13,7 +13,6 @@ import sqlite3
 import threading
 from functools import wraps
 from collections.abc import Iterable, Mapping
-from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -50,6 +49,11 @@ CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, partition, "offs
 CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+ROW_FIELDS = tuple(TaskRow.__dataclass_fields__)
+PENDING_AT, ANSWERS_AT = ROW_FIELDS.index("pending"), ROW_FIELDS.index("answers")
+PENDING_FIELDS = tuple(PendingElicitation.__dataclass_fields__)
+ANSWER_FIELDS = tuple(Answer.__dataclass_fields__)
 
 EVERYONE = object()  # a principal filter that matches every principal (auditors, the CLI)
 
@@ -100,7 +104,7 @@ class ProjectionStore:
             )
             db.executemany("DELETE FROM tasks WHERE task_id = ?", [(task_id,) for task_id in removed])
             db.executemany("INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [astuple(e) for e in entries])
+                           [e.values() for e in entries])
             db.executemany("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", list(checkpoint.items()))
             db.execute("COMMIT")
         except BaseException:
@@ -204,11 +208,15 @@ def _filters(*, principal: Any = EVERYONE, status: str | None = None, tool: str 
 
 
 def row_json(row: TaskRow) -> str:
-    return json.dumps(astuple(row), separators=(",", ":"))
+    # dataclasses.astuple deep-copies; the rows are immutable, so a shallow walk does.
+    fields = [getattr(row, name) for name in ROW_FIELDS]
+    fields[PENDING_AT] = [tuple(getattr(p, n) for n in PENDING_FIELDS) for p in row.pending]
+    fields[ANSWERS_AT] = [tuple(getattr(a, n) for n in ANSWER_FIELDS) for a in row.answers]
+    return json.dumps(fields, separators=(",", ":"))
 
 
 def row_from_json(text: str) -> TaskRow:
-    fields = dict(zip(TaskRow.__dataclass_fields__, json.loads(text)))
+    fields = dict(zip(ROW_FIELDS, json.loads(text)))
     fields["pending"] = tuple(PendingElicitation(*p) for p in fields["pending"])
     fields["answers"] = tuple(Answer(*a) for a in fields["answers"])
     return TaskRow(**fields)

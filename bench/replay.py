@@ -1,0 +1,103 @@
+"""Replay throughput: write N task events, then time ``ledger replay`` end to end; prints a markdown table.
+
+    python bench/replay.py [--events 1000000] [--bootstrap HOST:PORT]
+
+Without --bootstrap (or LEDGER_BOOTSTRAP) it starts the embedded broker. The events are
+approve_expense flows (five events a task). ``ledger replay`` runs as its own process, as a user
+runs it, into a fresh SQLite store, which is then checked: every task completed, every event in
+the history. Target (issue 8): >= 150,000 events/s end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.log import approve_expense_flow  # noqa: E402
+from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.log import EventLog  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
+from ledger.topics import ensure_topics  # noqa: E402
+from projections.store import ProjectionStore  # noqa: E402
+
+CHUNK = 5_000
+
+
+async def write(settings: Settings, events: int) -> float:
+    """Append ``events`` events (whole flows); returns the seconds it took."""
+    await ensure_topics(settings)
+    started = time.perf_counter()
+    async with EventLog(settings) as log:
+        in_flight: set[asyncio.Task] = set()
+        for first in range(0, events // 5, CHUNK // 5):
+            flows = [e for t in range(first, min(first + CHUNK // 5, events // 5))
+                     for e in approve_expense_flow(f"task-{t:07d}")]
+            in_flight.add(asyncio.create_task(log.append_many(flows)))
+            if len(in_flight) >= 8:
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            if first % 100_000 == 0:
+                print(f"  wrote {first * 5:,} events", file=sys.stderr, flush=True)
+        await asyncio.gather(*in_flight)
+    return time.perf_counter() - started
+
+
+def replay(settings: Settings, store: Path) -> tuple[float, str, int]:
+    """Run ``ledger replay``; returns wall seconds, its summary line and its peak RSS in MB."""
+    environment = {**os.environ, "LEDGER_BOOTSTRAP": settings.bootstrap, "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+                   "LEDGER_PARTITIONS": str(settings.partitions)}
+    started = time.perf_counter()
+    finished = subprocess.run([sys.executable, "-m", "ledger.cli", "replay", "--store", str(store)],
+                              capture_output=True, text=True, env=environment, check=True)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    return seconds, finished.stdout.splitlines()[0], peak_mb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--bootstrap", default=os.environ.get("LEDGER_BOOTSTRAP"))
+    args = parser.parse_args()
+    events = args.events - args.events % 5
+    with (nullcontext(None) if args.bootstrap else EmbeddedBroker(port=free_port())) as broker:
+        bootstrap = args.bootstrap or broker.bootstrap
+        settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"bench-replay-{uuid.uuid4().hex[:8]}")
+        print(f"writing {events:,} events to {settings.events_topic} on {bootstrap}", file=sys.stderr)
+        write_s = asyncio.run(write(settings, events))
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "replayed.sqlite"
+            print("replaying", file=sys.stderr)
+            wall_s, summary, peak_mb = replay(settings, path)
+            store = ProjectionStore(path)
+            tasks, completed, history = store.count(), store.count(status="completed"), store.history_size()
+            store.close()
+    own_rate = re.search(r"([\d,]+) events/s", summary).group(1)
+    print(f"\n{summary}\n")
+    print("| measure | value |\n|---|---:|")
+    print(f"| events written | {events:,} ({events / write_s:,.0f} events/s, acks=all) |")
+    print(f"| `ledger replay` wall time (process start to exit) | {wall_s:.1f} s |")
+    print(f"| replay rate, end to end | {events / wall_s:,.0f} events/s |")
+    print(f"| replay rate, as ledger replay reports it (fold + store) | {own_rate} events/s |")
+    print(f"| replay process peak RSS | {peak_mb:,} MB |")
+    print(f"| tasks in the store / completed | {tasks:,} / {completed:,} |")
+    print(f"| history entries | {history:,} |")
+    if tasks != events // 5 or completed != tasks or history != events:
+        sys.exit("the replayed store does not hold every event")
+
+
+if __name__ == "__main__":
+    main()
