@@ -34,15 +34,30 @@ class Projector:
         self.status = status
         self.history = history
         self.batch = Batch()
+        self._history_ids: set[str] = set()  # de-duplicates when there is no status fold to do it
+
+    def _seen(self, event_id: str) -> bool:
+        if self.status:
+            return self.projection.seen(event_id)
+        if event_id in self._history_ids:
+            return True
+        self._history_ids.add(event_id)
+        return False
 
     def apply(self, record: LogRecord) -> tuple[TaskRow | None, TaskRow | None]:
-        """Fold one record in; returns the task's row before and after."""
+        """Fold one record in; returns the task's row before and after.
+
+        A second copy of an event (same ``event_id``, a producer retry) changes nothing and adds
+        no history entry.
+        """
         event = record.event
+        before = self.projection.get(event.task_id)
+        if self._seen(event.event_id):
+            return before, before
         if self.history:
             self.batch.entries.append(entry(event, record.partition, record.offset))
         if not self.status:
             return None, None
-        before = self.projection.get(event.task_id)
         after = self.projection.apply(event)
         if after is not before:
             if after is None:

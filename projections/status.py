@@ -157,3 +157,7 @@ class StatusProjection:
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.rows.get(task_id)
+
+    def seen(self, event_id: str) -> bool:
+        """Whether an event with this id was applied (a producer retry writes an event twice)."""
+        return event_id in self._applied

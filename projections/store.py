@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
 CREATE TABLE IF NOT EXISTS history (
-    event_id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
     partition INTEGER NOT NULL,
     "offset" INTEGER NOT NULL,
@@ -43,8 +43,9 @@ CREATE TABLE IF NOT EXISTS history (
     protocol TEXT,
     elicitation_id TEXT,
     summary TEXT NOT NULL,
-    detail_json TEXT NOT NULL
-);
+    detail_json TEXT NOT NULL,
+    PRIMARY KEY (partition, "offset")
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, partition, "offset");
 CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,7 +94,7 @@ class ProjectionStore:
     @_locked
     def write(self, rows: Iterable[TaskRow], entries: Iterable[Entry], checkpoint: Mapping[int, int],
               removed: Iterable[str] = ()) -> None:
-        """Upsert ``rows``, add ``entries`` (a repeated event id is the same entry), move the checkpoint."""
+        """Upsert ``rows``, add ``entries`` (a record read twice is the same entry), move the checkpoint."""
         db = self._db
         db.execute("BEGIN")
         try:
