@@ -65,11 +65,15 @@ class ReadSide:
         after = decode_cursor(cursor) if cursor else None
         rows = await asyncio.to_thread(self.store.tasks, principal=self.scope(principal), status=status,
                                        tool=tool, after=after, limit=limit + 1)
-        page: dict[str, Any] = {"tasks": [row_json(row) for row in rows[:limit]]}
+        page: dict[str, Any] = {"tasks": [row_json(self._newest(row)) for row in rows[:limit]]}
         if len(rows) > limit:
             last = rows[limit - 1]
             page["nextCursor"] = encode_cursor((last.created_at, last.task_id))
         return page
+
+    def _newest(self, row: TaskRow) -> TaskRow:
+        current = self._current(row.task_id) if self._current is not None else None
+        return current or row
 
     async def task(self, principal: str | None, task_id: str) -> dict[str, Any]:
         row = self._current(task_id) if self._current is not None else None

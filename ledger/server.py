@@ -30,6 +30,7 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -59,6 +60,8 @@ ELICITATION_RESPONSE = "io.modelcontextprotocol/elicitation-response"
 IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 
 TOOLS_CACHE_MS = 60_000
+MIN_BODY_LIMIT = 1 << 20
+INVALID_REQUEST = -32600
 RESOURCE_NOT_FOUND = -32002
 MAX_STATUS_SUBSCRIBERS = 10_000
 MAX_NOTIFICATIONS_IN_FLIGHT = 1_000
@@ -412,5 +415,47 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
         return JSONResponse({"status": "ok", "instance": instance, "tasks": len(view.projection.rows)})
 
     routes = [Route("/healthz", healthz), *ui_routes(read_side, view), Mount("/", app=mcp_app)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    body_limit = max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(BodyLimit, limit=body_limit)])
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, before anything reads them whole."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise PayloadTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except PayloadTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        response = JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+            "code": INVALID_REQUEST, "message": f"Request body over {self.limit:,} bytes (LEDGER_MAX_INPUT_BYTES)"}},
+            status_code=413)
+        await response(scope, receive, send)
+
+
+class PayloadTooLarge(Exception):
+    pass
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ledger.app import App
+from ledger.app import App, InvalidArguments
 from ledger.elicitation import canonical_json, content_errors
 from ledger.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCancelled, TaskCreated, TaskEvent
 from ledger.log import EventLog
@@ -57,9 +57,13 @@ class TaskService:
         """Append the created event and return the task as every server will now show it."""
         tool = self.app.get(tool_name)
         tool.parse_arguments(arguments)
+        arguments_json = canonical_json(arguments or {})
+        if len(arguments_json) > self.settings.max_input_bytes:
+            raise InvalidArguments(f"arguments are {len(arguments_json):,} bytes of JSON; the limit is "
+                                   f"{self.settings.max_input_bytes:,} (LEDGER_MAX_INPUT_BYTES)")
         created = TaskCreated(
             task_id=str(uuid.uuid4()), principal=principal, actor=self.actor, tool=tool.name,
-            arguments_json=canonical_json(arguments or {}), ttl_ms=ttl_ms,
+            arguments_json=arguments_json, ttl_ms=ttl_ms,
             poll_interval_ms=self.settings.poll_interval_ms, protocol=protocol,
         )
         return await self._append(created)
@@ -101,7 +105,9 @@ class TaskService:
             fresh: list[ResponseSubmitted] = []
             for elicitation_id, (action, content) in answers.items():
                 payload = canonical_json({"action": action, "content": content})
-                reason = _why_not(row, elicitation_id, action, content)
+                reason = _why_not(row, elicitation_id, action, content, self.settings.max_input_bytes)
+                if reason is not None and len(payload) > self.settings.max_input_bytes:
+                    payload = None  # the refusal is recorded; an oversize payload is not copied into the log
                 if reason is None:
                     fresh.append(ResponseSubmitted(
                         task_id=task_id, principal=principal, actor=self.actor, elicitation_id=elicitation_id,
@@ -168,10 +174,13 @@ class TaskService:
 DUPLICATE = "duplicate: this answer was already applied"
 
 
-def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any) -> str | None:
+def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_bytes: int) -> str | None:
     """Why an answer cannot be applied to ``row``: a reason, ``DUPLICATE``, or None when it can."""
     if action not in ACTIONS:
         return f"action must be one of {', '.join(ACTIONS)}, got {action!r}"
+    size = len(canonical_json(content)) if content is not None else 0
+    if size > max_bytes:
+        return f"content is {size:,} bytes of JSON; the limit is {max_bytes:,} (LEDGER_MAX_INPUT_BYTES)"
     previous = row.answer(elicitation_id)
     if previous is not None:
         content_json = canonical_json(content) if action == "accept" else None

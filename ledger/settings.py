@@ -70,6 +70,9 @@ class Settings:
         "SQLite file a server keeps its projections in (task rows, history, the offsets they reach), to "
         "resume from after a restart; give each server its own. :memory: keeps them in memory only.",
     )
+    max_input_bytes: int = _setting(
+        65_536, "LEDGER_MAX_INPUT_BYTES", "Largest tool arguments, or answer content, a server accepts (bytes of JSON)."
+    )
     auditors: str = _setting(
         "", "LEDGER_AUDITORS", "Comma-separated principals who may read every task on the read side (tools, "
         "resources, /ui); everyone else sees their own."
@@ -136,7 +139,7 @@ class Settings:
             )
         if self.request_state_key is not None and len(self.request_state_key) < 32:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
-        for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms"):
+        for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("linger_ms", "fetch_max_wait_ms", "hot_window_ms", "max_hot_tasks", "poll_interval_ms",

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ledger.readside import ReadSide, row_json
@@ -80,8 +80,12 @@ def ui_routes(read_side: ReadSide, view: LiveView) -> list[Route]:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def slash(request: Request) -> Response:
+        return RedirectResponse("/ui")
+
     return [
         Route("/ui", index),
+        Route("/ui/", slash),
         Route("/ui/api/tasks", tasks),
         Route("/ui/api/tasks/{task_id}", task),
         Route("/ui/api/events", events),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 
@@ -13,6 +15,7 @@ from ledger.broker import free_port
 from ledger.roles import HttpServer
 from ledger.server import create_app
 from ledger.settings import Settings
+from ledger.topics import ensure_topics
 from ledger.worker import Worker
 
 
@@ -45,3 +48,24 @@ async def working(app: App, settings: Settings, worker_id: str = "w0") -> AsyncI
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def until(check: Any, timeout: float = 15) -> Any:
+    """Poll until ``check()`` returns something truthy: tasks run, and the read side's store lags behind."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := await check()):
+        assert asyncio.get_running_loop().time() < deadline, "it never happened"
+        await asyncio.sleep(0.05)
+    return value
+
+
+@asynccontextmanager
+async def demo_stack(bootstrap: str, **overrides: Any) -> AsyncIterator[tuple[str, Settings]]:
+    """The demo tools served over HTTP with a worker, on topics of their own: (MCP URL, settings)."""
+    from examples.demo import app as demo
+
+    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
+                                 session_timeout_ms=6_000, **overrides)
+    await ensure_topics(settings)
+    async with working(demo, settings), serving(demo, settings) as url:
+        yield url, settings

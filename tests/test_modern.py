@@ -13,26 +13,21 @@ from typing import Any
 
 import pytest
 
-from examples.demo import app
 from ledger.events import RequestRejected, ResponseSubmitted, TaskCreated
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
 from tests.engine import all_events, history
 from tests.mcp_client import call_as_task, connect, get_task, poll_until
 from tests.modern_client import modern_client
 from tests.raw_http import TASKS, ModernClient
-from tests.stack import serving, working
+from tests.stack import demo_stack
 
 STATE_KEY = "k" * 40
 
 
 @pytest.fixture(scope="module")
 async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
-                                 session_timeout_ms=6_000, request_state_key=STATE_KEY, round_wait_ms=3_000)
-    await ensure_topics(settings)
-    async with working(app, settings), serving(app, settings) as url:
-        yield url, settings
+    async with demo_stack(bootstrap, request_state_key=STATE_KEY, round_wait_ms=3_000) as stack:
+        yield stack
 
 
 async def settle(client: ModernClient, task_id: str, done: Any = None, timeout: float = 30) -> dict[str, Any]:

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from examples.demo import app
 from ledger.events import ElicitationRequested, TaskCreated
 from ledger.readside import ReadSide
 from ledger.service import TaskNotFound
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
 from ledger.records import LogRecord
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
 from tests.factories import sample
 from tests.mcp_client import call_as_task, connect, get_task, poll_until
 from tests.raw_http import ModernClient
-from tests.stack import serving, working
+from tests.stack import demo_stack, until
 
 PENDING = "io.modelcontextprotocol/pending-elicitations"
 RESPONSE = "io.modelcontextprotocol/elicitation-response"
@@ -30,11 +26,8 @@ RESPONSE = "io.modelcontextprotocol/elicitation-response"
 
 @pytest.fixture(scope="module")
 async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
-                                 session_timeout_ms=6_000)
-    await ensure_topics(settings)
-    async with working(app, settings), serving(app, settings) as url:
-        yield url, settings
+    async with demo_stack(bootstrap) as stack:
+        yield stack
 
 
 async def answer(client: Any, task_id: str, content: dict[str, Any]) -> None:
@@ -48,17 +41,6 @@ async def tool(client: Any, name: str, arguments: dict[str, Any]) -> dict[str, A
     result = await client.call_tool(name, arguments)
     assert not result.is_error, result
     return result.structured_content
-
-
-async def until(check: Any, timeout: float = 10) -> Any:
-    """The read side follows the store, which is written in batches: poll until ``check`` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "the read side never showed it"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_plan_trip_timeline_through_tools_and_resources(stack: tuple[str, Settings]) -> None:

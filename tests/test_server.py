@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,16 +15,14 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from examples.demo import app
 from ledger.events import RequestRejected, ResponseSubmitted
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
 from tests.engine import history
 from tests.mcp_client import (
     answers, call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
 )
 from tests.raw_http import RawSession
-from tests.stack import serving, working
+from tests.stack import demo_stack
 
 RELATED = "io.modelcontextprotocol/related-task"
 PENDING = "io.modelcontextprotocol/pending-elicitations"
@@ -34,11 +31,8 @@ RESPONSE = "io.modelcontextprotocol/elicitation-response"
 
 @pytest.fixture(scope="module")
 async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
-                                 session_timeout_ms=6_000)
-    await ensure_topics(settings)
-    async with working(app, settings), serving(app, settings) as url:
-        yield url, settings
+    async with demo_stack(bootstrap) as stack:
+        yield stack
 
 
 def text(result: dict[str, Any]) -> str:

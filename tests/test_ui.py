@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 import json
+import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,30 +16,15 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from examples.demo import app
-from ledger.settings import Settings
-from ledger.topics import ensure_topics
 from tests.raw_http import ModernClient
-from tests.stack import serving, working
+from tests.stack import demo_stack, until
 
 
 @pytest.fixture(scope="module")
 async def stack(bootstrap: str) -> AsyncIterator[str]:
     """The MCP endpoint URL of a server and a worker on topics of their own."""
-    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
-                                 session_timeout_ms=6_000)
-    await ensure_topics(settings)
-    async with working(app, settings), serving(app, settings) as url:
-        yield url
-
-
-async def until(check: Any, timeout: float = 15) -> Any:
-    """Poll until ``check()`` returns something truthy: tasks run, and the read side's store lags behind."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := await check()):
-        assert asyncio.get_running_loop().time() < deadline, "it never happened"
-        await asyncio.sleep(0.05)
-    return value
+    async with demo_stack(bootstrap) as stack:
+        yield stack[0]
 
 
 async def start(client: ModernClient, tool: str, arguments: dict[str, Any]) -> str:
@@ -51,6 +38,12 @@ async def question(client: ModernClient, task_id: str) -> str:
         requests = task.get("inputRequests") or {}
         return next(iter(requests), None) if task["status"] == "input_required" else None
     return await until(asked)
+
+
+async def answer(client: ModernClient, task_id: str, content: dict[str, Any]) -> None:
+    key = await question(client, task_id)
+    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+        key: {"action": "accept", "content": content}}})
 
 
 class Rows(HTMLParser):
@@ -68,51 +61,104 @@ class Rows(HTMLParser):
                 self.rows.setdefault(name, []).append(shown)
 
 
-async def chromium(*args: str) -> str:
-    """Run headless Chromium to the end and return what it printed (the event loop keeps serving meanwhile)."""
-    process = await asyncio.create_subprocess_exec(
-        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    return stdout.decode()
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (its fds 3 and 4), with no driver.
+
+    ``--dump-dom`` can't show this page: it dumps at the load event, before the page's fetches answer, and
+    ``--virtual-time-budget`` never runs out, since virtual time waits for the page's event stream to end.
+    """
+
+    def __init__(self, profile: Path) -> None:
+        self.profile = profile
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> Chromium:
+        commands, self._commands = os.pipe()
+        self._replies, replies = os.pipe()
+        assert min(commands, replies) > 4  # so that moving them to 3 and 4 overwrites neither
+
+        def on_fds_3_and_4() -> None:
+            os.dup2(commands, 3)
+            os.dup2(replies, 4)
+
+        self._process = await asyncio.create_subprocess_exec(
+            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+            f"--user-data-dir={self.profile}", "--window-size=1280,800", "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=on_fds_3_and_4, close_fds=False)  # our other fds are not inheritable
+        os.close(commands)
+        os.close(replies)
+        self._reader = asyncio.StreamReader(limit=64 * 2**20)
+        self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(self._reader), os.fdopen(self._replies, "rb"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        os.close(self._commands)  # Chromium quits when its pipe closes
+        try:
+            await asyncio.wait_for(self._process.wait(), 10)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+        self._transport.close()
+
+    async def send(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        message_id = next(self._ids)
+        message = {"id": message_id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        async with asyncio.timeout(30):
+            while (reply := json.loads((await self._reader.readuntil(b"\0"))[:-1])).get("id") != message_id:
+                pass  # an event
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    async def open(self, url: str) -> str:
+        """A new tab at ``url``; returns its session."""
+        target = (await self.send("Target.createTarget", url=url))["targetId"]
+        return (await self.send("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
+
+    async def evaluate(self, session: str, expression: str) -> Any:
+        reply = await self.send("Runtime.evaluate", session, expression=expression, returnByValue=True)
+        return reply["result"].get("value")
 
 
-async def test_the_page_shows_the_tasks_and_the_selected_timeline(stack: str, tmp_path: Path) -> None:
+async def test_the_page_shows_tasks_and_the_selected_timeline_and_follows_them_live(stack: str, tmp_path: Path) -> None:
     if shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
     base = stack.removesuffix("/mcp")
-    async with ModernClient(stack) as client, httpx.AsyncClient(base_url=base, timeout=30) as http:
+    async with ModernClient(stack) as client, httpx.AsyncClient(base_url=base, timeout=30) as http, \
+            Chromium(tmp_path / "profile") as browser:
         trip = await start(client, "plan_trip", {"destination": "Rome"})
-        dates = await question(client, trip)
-        await client.result("tasks/update", {"taskId": trip, "inputResponses": {
-            dates: {"action": "accept", "content": {"start_date": "2027-03-01", "nights": 4}}}})
+        await answer(client, trip, {"start_date": "2027-03-01", "nights": 4})
         expense = await start(client, "approve_expense", {"amount": 6, "description": "map"})
         await question(client, expense)
 
-        async def shown() -> bool:
+        async def stored() -> bool:
             listed = {t["taskId"]: t["status"] for t in (await http.get("/ui/api/tasks")).json()["tasks"]}
             kinds = [e["kind"] for e in (await http.get(f"/ui/api/tasks/{trip}")).json()["history"]]
-            return listed.get(expense) == listed.get(trip) == "input_required" and kinds.count("asked") == 2
-        await until(shown)
+            return listed.get(trip) == listed.get(expense) == "input_required" and kinds.count("asked") == 2
+        await until(stored)
 
-    page = f"{base}/ui#task={trip}"
-    screenshot = tmp_path / "ui.png"
-    dom, _ = await asyncio.gather(
-        chromium(f"--user-data-dir={tmp_path / 'dom'}", "--dump-dom", page),
-        chromium(f"--user-data-dir={tmp_path / 'shot'}", f"--screenshot={screenshot}", "--window-size=1280,800", page))
+        page = await browser.open(f"{base}/ui#task={trip}")
+        rendered = "document.querySelector('tr.task') && document.querySelector('tr.entry') && document.body.outerHTML"
+        rows = Rows(await until(lambda: browser.evaluate(page, rendered))).rows
+        statuses = {row["data-task-id"]: row["data-status"] for row in rows["task"]}
+        assert statuses[trip] == statuses[expense] == "input_required", statuses
+        kinds = [row["data-kind"] for row in rows["entry"]]
+        assert kinds == ["created", "started", "asked", "answered", "asked"], kinds
+        screenshot = tmp_path / "ui.png"
+        screenshot.write_bytes(base64.b64decode((await browser.send("Page.captureScreenshot", page))["data"]))
+        assert screenshot.stat().st_size > 0 and screenshot.read_bytes().startswith(b"\x89PNG")
 
-    rows = Rows(dom).rows
-    statuses = {row["data-task-id"]: row["data-status"] for row in rows.get("task", [])}
-    assert statuses[trip] == statuses[expense] == "input_required"
-    kinds = [row["data-kind"] for row in rows.get("entry", [])]
-    assert kinds[0] == "created" and kinds.count("asked") == 2 and "answered" in kinds, kinds
-    assert screenshot.stat().st_size > 0 and screenshot.read_bytes().startswith(b"\x89PNG")
+        # Live: once its event stream is open, the page follows the tasks without a reload.
+        def shows(expression: str) -> Any:
+            return lambda: browser.evaluate(page, expression)
+        await until(shows("document.getElementById('live').textContent === 'live'"), 5)
+        await answer(client, expense, {"approved": True})
+        await until(shows(f"!!document.querySelector('tr.task[data-task-id=\"{expense}\"][data-status=completed]')"), 5)
+        await answer(client, trip, {"confirm": True})
+        await until(shows(f"!!document.querySelector('tr.task[data-task-id=\"{trip}\"][data-status=completed]')"), 5)
+        await until(shows("!!document.querySelector('tr.entry[data-kind=completed]')"), 5)
 
 
 async def test_the_api_refuses_unknown_statuses_and_tasks(stack: str) -> None:
