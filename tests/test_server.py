@@ -64,7 +64,8 @@ async def test_relay_pattern_answers_through_elicitation_create(
     async with connect(url, answers, seen) as client:
         created = await call_as_task(client, tool, arguments, ttl=60_000)
         task_id = created["task"]["taskId"]
-        assert created["task"]["status"] == "working" and created["task"]["ttl"] == 60_000
+        # The task as the server saw it when it answered: the worker may already have asked.
+        assert created["task"]["status"] in ("working", "input_required") and created["task"]["ttl"] == 60_000
         result = await task_result(client, task_id)
         task = await get_task(client, task_id)
     assert text(result) == expected and result["isError"] is False
@@ -281,7 +282,7 @@ async def test_wire_status_notifications_on_the_get_stream(stack: tuple[str, Set
         listener = asyncio.create_task(listen())
         await asyncio.sleep(0.2)  # let the GET stream open before anything happens
         created = await session.call("tools/call", {"name": "count_slowly", "arguments": {"n": 2}, "task": {}})
-        assert created["result"]["task"]["status"] == "working"
+        assert created["result"]["task"]["status"] in ("working", "completed")
         await asyncio.wait_for(listener, 30)
     assert statuses[-1] == "completed" and set(statuses) <= {"working", "completed"}
 
