@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from ledger.reader import LogReader
 from ledger.settings import Settings
 from projections.projector import Projector, flush
-from projections.status import StatusProjection
 from projections.store import ProjectionStore
 
 BATCH_ENTRIES = 50_000
+REPLAY_ROWS = 50_000  # task rows held in memory; the store holds them all
+REMEMBERED_IDS = 200_000
 PROGRESS_EVERY_S = 0.5
 
 
@@ -54,7 +55,8 @@ async def replay(settings: Settings, store: ProjectionStore, *, status: bool = T
 
     ``since_ms`` leaves out events that occurred before it; ``to_offset`` stops each partition there.
     """
-    projector = Projector(StatusProjection(), status=status, history=history)
+    projector = Projector(status=status, history=history, store=store, capacity=REPLAY_ROWS,
+                          remembered_ids=REMEMBERED_IDS)
     started = time.perf_counter()
     last_report = started
     applied = skipped = 0
@@ -74,7 +76,7 @@ async def replay(settings: Settings, store: ProjectionStore, *, status: bool = T
                 if pending_write is not None:
                     await pending_write
                 checkpoint = _capped(reader.positions(), to_offset)
-                pending_write = asyncio.create_task(asyncio.to_thread(flush, store, projector.take(), checkpoint))
+                pending_write = asyncio.create_task(_write(projector, store, checkpoint))
             now = time.perf_counter()
             if progress is not None and (now - last_report >= PROGRESS_EVERY_S or done):
                 last_report = now
@@ -83,8 +85,16 @@ async def replay(settings: Settings, store: ProjectionStore, *, status: bool = T
                 break
         if pending_write is not None:
             await pending_write
-        return ReplaySummary(applied, skipped, len(projector.projection.rows), time.perf_counter() - started,
+        return ReplaySummary(applied, skipped, store.count(), time.perf_counter() - started,
                              reader.dead_letter_count, _capped(reader.positions(), to_offset))
+
+
+async def _write(projector: Projector, store: ProjectionStore, checkpoint: dict[int, int]) -> None:
+    batch = projector.take()
+    try:
+        await asyncio.to_thread(flush, store, batch, checkpoint)
+    finally:
+        projector.written(batch)
 
 
 def _capped(positions: dict[int, int], to_offset: int | None) -> dict[int, int]:

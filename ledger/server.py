@@ -412,7 +412,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
             await event_log.stop()
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "instance": instance, "tasks": len(view.projection.rows)})
+        return JSONResponse({"status": "ok", "instance": instance, "tasks": view.task_count()})
 
     routes = [Route("/healthz", healthz), *ui_routes(read_side, view), Mount("/", app=mcp_app)]
     body_limit = max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes)

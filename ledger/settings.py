@@ -77,6 +77,9 @@ class Settings:
         "", "LEDGER_AUDITORS", "Comma-separated principals who may read every task on the read side (tools, "
         "resources, /ui); everyone else sees their own."
     )
+    cached_rows: int = _setting(
+        20_000, "LEDGER_CACHED_ROWS", "Task rows a server keeps in memory; the projection store holds them all."
+    )
     round_wait_ms: int = _setting(
         10_000,
         "LEDGER_ROUND_WAIT_MS",
@@ -139,7 +142,8 @@ class Settings:
             )
         if self.request_state_key is not None and len(self.request_state_key) < 32:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
-        for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes"):
+        for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
+                     "cached_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("linger_ms", "fetch_max_wait_ms", "hot_window_ms", "max_hot_tasks", "poll_interval_ms",

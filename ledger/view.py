@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ledger.reader import LogReader
 from ledger.records import LogRecord, Position
 from ledger.settings import Settings
-from projections.projector import Projector, flush, restore
+from projections.projector import Projector, flush
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 ListKey = tuple[int, str]  # (created_at, task_id): the order tasks/list pages in
 
 FLUSH_INTERVAL_S = 0.2
+REMEMBERED_IDS = 200_000  # event ids kept to drop a producer retry's copy (it lands right after)
 MAX_UNFLUSHED = 50_000  # history entries held in memory before the follower waits for the store
 
 
@@ -40,7 +41,10 @@ class LiveView:
     def __init__(self, settings: Settings, store: ProjectionStore | None = None) -> None:
         self.settings = settings
         self.store = store
-        self._projector = Projector(StatusProjection(), history=store is not None)
+        if store is None:
+            self._projector = Projector(StatusProjection(), history=False)
+        else:
+            self._projector = Projector(store=store, capacity=settings.cached_rows, remembered_ids=REMEMBERED_IDS)
         self.projection = self._projector.projection
         self._reader: LogReader | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -70,10 +74,9 @@ class LiveView:
                 log.warning("projection store %s was built from another %s; rebuilding it from the log",
                             self.store.path, self.settings.events_topic)
                 self.store.clear()
-            self._projector.projection = self.projection = restore(self.store)
             self._applied = self._flushed = self.store.checkpoint()
-            for row in self.projection.rows.values():
-                insort(self._listing.setdefault(row.principal, []), (row.created_at, row.task_id))
+            for principal, created_at, task_id in sorted(self.store.keys(), key=lambda k: (k[1], k[2])):
+                self._listing.setdefault(principal, []).append((created_at, task_id))
         self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
                                  checkpoint=self._applied)
         await self._reader.start()
@@ -93,6 +96,9 @@ class LiveView:
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.projection.get(task_id)
+
+    def task_count(self) -> int:
+        return sum(map(len, self._listing.values()))
 
     async def reached(self, position: Position, timeout: float) -> None:
         """Return once the event at ``position`` is applied; ``ReadTimeout`` after ``timeout`` seconds."""
@@ -200,9 +206,12 @@ class LiveView:
         async with self._flush_lock:
             self._unflushed.clear()
             batch, checkpoint = self._projector.take(), self._applied
-            if self.store is not None and (len(batch) or batch.rows or batch.removed or checkpoint != self._flushed):
-                await asyncio.to_thread(flush, self.store, batch, checkpoint)
-                self._flushed = checkpoint
+            try:
+                if self.store is not None and (len(batch) or batch.rows or batch.removed or checkpoint != self._flushed):
+                    await asyncio.to_thread(flush, self.store, batch, checkpoint)
+                    self._flushed = checkpoint
+            finally:
+                self._projector.written(batch)
 
     def _release_offset_waiters(self) -> None:
         positions = self._reader.positions()

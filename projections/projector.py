@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ledger.events import TaskCreated
 from ledger.records import LogRecord
 from projections.history import Entry, entry
 from projections.status import StatusProjection, TaskRow
@@ -28,21 +29,27 @@ class Batch:
 
 
 class Projector:
-    def __init__(self, projection: StatusProjection | None = None, *, status: bool = True,
-                 history: bool = True) -> None:
-        self.projection = projection or StatusProjection()
+    """Folds records into the status projection and history entries, batching what changed.
+
+    With a ``store`` the status rows are bounded (``capacity`` in memory, the rest read back from
+    the store); a row is read from the newest of: the batch being collected, the batches being
+    written, the store.
+    """
+
+    def __init__(self, projection: StatusProjection | None = None, *, status: bool = True, history: bool = True,
+                 store: ProjectionStore | None = None, capacity: int | None = None,
+                 remembered_ids: int | None = None) -> None:
+        if projection is None:
+            lookup = self._stored if store is not None and capacity is not None else None
+            projection = StatusProjection(capacity=capacity if lookup else None, lookup=lookup,
+                                          remembered_ids=remembered_ids)
+        self.projection = projection
         self.status = status
         self.history = history
+        self.store = store
         self.batch = Batch()
+        self._writing: list[Batch] = []
         self._history_ids: set[str] = set()  # de-duplicates when there is no status fold to do it
-
-    def _seen(self, event_id: str) -> bool:
-        if self.status:
-            return self.projection.seen(event_id)
-        if event_id in self._history_ids:
-            return True
-        self._history_ids.add(event_id)
-        return False
 
     def apply(self, record: LogRecord) -> tuple[TaskRow | None, TaskRow | None]:
         """Fold one record in; returns the task's row before and after.
@@ -51,7 +58,7 @@ class Projector:
         no history entry.
         """
         event = record.event
-        before = self.projection.get(event.task_id)
+        before = self.projection.get(event.task_id, look_up=not isinstance(event, TaskCreated)) if self.status else None
         if self._seen(event.event_id):
             return before, before
         if self.history:
@@ -69,17 +76,31 @@ class Projector:
         return before, after
 
     def take(self) -> Batch:
+        """The changes so far, to write; call ``written`` once the store has them."""
         batch, self.batch = self.batch, Batch()
+        self._writing.append(batch)
         return batch
+
+    def written(self, batch: Batch) -> None:
+        self._writing.remove(batch)
+
+    def _seen(self, event_id: str) -> bool:
+        if self.status:
+            return self.projection.seen(event_id)
+        if event_id in self._history_ids:
+            return True
+        self._history_ids.add(event_id)
+        return False
+
+    def _stored(self, task_id: str) -> TaskRow | None:
+        for batch in (self.batch, *reversed(self._writing)):
+            if task_id in batch.rows:
+                return batch.rows[task_id]
+            if task_id in batch.removed:
+                return None
+        assert self.store is not None
+        return self.store.row(task_id)
 
 
 def flush(store: ProjectionStore, batch: Batch, checkpoint: dict[int, int]) -> None:
     store.write(batch.rows.values(), batch.entries, checkpoint, batch.removed)
-
-
-def restore(store: ProjectionStore) -> StatusProjection:
-    """The status projection as the store holds it, to read on from its checkpoint."""
-    projection = StatusProjection()
-    for row in store.rows():
-        projection.rows[row.task_id] = row
-    return projection

@@ -8,6 +8,8 @@ it unchanged; the history projection records them as rejected.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -137,26 +139,61 @@ def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
 
 
 class StatusProjection:
-    """Every task's row, kept by folding events; de-duplicates on ``event_id``."""
+    """Every task's row, kept by folding events; de-duplicates on ``event_id``.
 
-    def __init__(self) -> None:
-        self.rows: dict[str, TaskRow] = {}
-        self._applied: set[str] = set()
+    Unbounded by default. With ``capacity`` it keeps only the most recently used rows and asks
+    ``lookup`` (the projection store, which holds every row) for the others, and it remembers
+    only the last ``remembered_ids`` event ids: a producer retry's copy lands right after the
+    original, and the transitions leave a row unchanged by a repeat anyway.
+    """
+
+    def __init__(self, *, capacity: int | None = None, lookup: Callable[[str], TaskRow | None] | None = None,
+                 remembered_ids: int | None = None) -> None:
+        if capacity is not None and lookup is None:
+            raise ValueError("a bounded projection needs a lookup for the rows it no longer holds")
+        self.rows: dict[str, TaskRow] = {}  # in least- to most-recently-used order when bounded
+        self.capacity = capacity
+        self._lookup = lookup
+        self._applied: OrderedDict[str, None] = OrderedDict()
+        self._remembered_ids = remembered_ids
 
     def apply(self, event: TaskEvent) -> TaskRow | None:
         """Fold one event in; returns the task's row afterwards."""
         if event.event_id in self._applied:
-            return self.rows.get(event.task_id)
-        self._applied.add(event.event_id)
-        row = transition(self.rows.get(event.task_id), event)
+            return self.get(event.task_id)
+        self._applied[event.event_id] = None
+        if self._remembered_ids is not None and len(self._applied) > self._remembered_ids:
+            self._applied.popitem(last=False)
+        row = transition(self.get(event.task_id, look_up=not isinstance(event, TaskCreated)), event)
         if row is None:
             self.rows.pop(event.task_id, None)
         else:
-            self.rows[event.task_id] = row
+            self._keep(event.task_id, row)
         return row
 
-    def get(self, task_id: str) -> TaskRow | None:
-        return self.rows.get(task_id)
+    def get(self, task_id: str, *, look_up: bool = True) -> TaskRow | None:
+        """The task's row; ``look_up=False`` skips the store (a created event's task is new: task ids
+        are fresh UUIDs, and a retried copy of the event is caught by its event id)."""
+        row = self.rows.get(task_id)
+        if row is not None:
+            if self.capacity is not None:
+                self.rows[task_id] = self.rows.pop(task_id)
+            return row
+        if self._lookup is None or not look_up:
+            return None
+        row = self._lookup(task_id)
+        if row is not None:
+            self._keep(task_id, row)
+        return row
+
+    def _keep(self, task_id: str, row: TaskRow) -> None:
+        if self.capacity is None:
+            self.rows[task_id] = row
+            return
+        self.rows.pop(task_id, None)
+        self.rows[task_id] = row
+        if len(self.rows) > self.capacity:
+            del self.rows[next(iter(self.rows))]
 
     def seen(self, event_id: str) -> bool:
         """Whether an event with this id was applied (a producer retry writes an event twice)."""

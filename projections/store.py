@@ -132,6 +132,11 @@ class ProjectionStore:
         return [row_from_json(text) for (text,) in self._db.execute("SELECT row_json FROM tasks")]
 
     @_locked
+    def keys(self) -> list[tuple[str | None, int, str]]:
+        """(principal, created_at, task_id) of every task: the server's listing index."""
+        return self._db.execute("SELECT principal, created_at, task_id FROM tasks").fetchall()
+
+    @_locked
     def row(self, task_id: str) -> TaskRow | None:
         found = self._db.execute("SELECT row_json FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return row_from_json(found[0]) if found else None

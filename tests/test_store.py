@@ -119,7 +119,7 @@ async def test_a_restarted_view_resumes_from_its_checkpoint(settings: Settings, 
     resumed = LiveView(settings, store)
     await resumed.start()
     try:
-        assert len(resumed.projection.rows) == 20  # loaded before reading on
+        assert resumed.task_count() == 20  # known from the store before reading on
         await resumed.caught_up.wait()
         assert resumed.get("t3").status == "input_required"
     finally:
@@ -155,3 +155,27 @@ def test_rejections_are_refused_or_duplicate_in_the_history() -> None:
               sample(RequestRejected, "t", reason="content does not match the requested schema: x")]
     _, store = projected(events)
     assert [e.kind for e in store.history("t")] == ["created", "duplicate", "refused"]
+
+
+async def test_a_bounded_view_keeps_few_rows_in_memory_and_reads_the_rest_from_the_store(
+        settings: Settings, topics: dict) -> None:
+    settings = replace(settings, cached_rows=5)
+    store = ProjectionStore()
+    view = LiveView(settings, store)
+    await view.start()
+    try:
+        await view.caught_up.wait()
+        async with EventLog(settings) as log:
+            await log.append_many([sample(TaskCreated, f"t{i}") for i in range(30)])
+            await log.append_many([sample(ElicitationRequested, f"t{i}", elicitation_id=f"e{i}") for i in range(30)])
+            position = await log.append(sample(ResponseSubmitted, "t0", elicitation_id="e0"))
+        await view.reached(position, 30)
+        assert len(view.projection.rows) <= 5
+        assert view.get("t0").status == "working"  # answered after it had left the cache
+        assert all(view.get(f"t{i}").status == "input_required" for i in range(1, 30))
+        assert view.task_count() == 30
+    finally:
+        await view.stop()
+    replayed = ProjectionStore()
+    await replay(settings, replayed)
+    assert sorted(replayed.rows(), key=lambda r: r.task_id) == sorted(store.rows(), key=lambda r: r.task_id)
