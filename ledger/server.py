@@ -31,13 +31,19 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from ledger import modern
 from ledger.app import App, UnknownTool, error_result
+from ledger.auth import LOOPBACK, check_exposure, token_verifier
 from ledger.log import EventLog
 from ledger.modern import ModernAdapter
 from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
@@ -60,6 +66,9 @@ ELICITATION_RESPONSE = "io.modelcontextprotocol/elicitation-response"
 IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 
 TOOLS_CACHE_MS = 60_000
+# The SDK's AuthSettings names an issuer; with a bare token verifier (no OAuth routes, no resource
+# metadata) it is never published or compared, so it names nothing real.
+TOKEN_ISSUER = "https://issuer.invalid"
 MIN_BODY_LIMIT = 1 << 20
 INVALID_REQUEST = -32600
 RESOURCE_NOT_FOUND = -32002
@@ -383,9 +392,16 @@ def request_state_security(settings: Settings) -> RequestStateSecurity:
     return RequestStateSecurity(keys=[settings.request_state_key], ttl=ttl, bind_principal=principal_of)
 
 
-def create_app(app: App, settings: Settings, instance: str | None = None) -> Starlette:
-    """The ASGI app of one server instance: ``/mcp`` plus ``/healthz``."""
+def create_app(app: App, settings: Settings, instance: str | None = None, *, host: str = "127.0.0.1",
+               verifier: TokenVerifier | None = None) -> Starlette:
+    """The ASGI app of one server instance: ``/mcp``, ``/ui`` and ``/healthz``.
+
+    ``verifier`` (default: the tokens of ``LEDGER_TOKENS_FILE``) authenticates every request but
+    ``/healthz``; ``host`` is the address served, for the DNS-rebinding checks.
+    """
     instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+    verifier = verifier or token_verifier(settings)
+    check_exposure(settings, host, verifier)
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}")
     store = ProjectionStore(settings.store)
     view = LiveView(settings, store)
@@ -394,7 +410,11 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
     read_side = ReadSide(store, settings.auditor_names, current=view.get)
     adapter = Adapter(app, service, view, modern_adapter, read_side)
     server = build_mcp_server(app, adapter, request_state_security(settings))
-    mcp_app = server.streamable_http_app(streamable_http_path="/mcp")
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp", host=host, transport_security=transport_security(settings, host),
+        auth=AuthSettings(issuer_url=TOKEN_ISSUER, resource_server_url=None) if verifier else None,
+        token_verifier=verifier,
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -414,9 +434,27 @@ def create_app(app: App, settings: Settings, instance: str | None = None) -> Sta
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "instance": instance, "tasks": view.task_count()})
 
-    routes = [Route("/healthz", healthz), *ui_routes(read_side, view), Mount("/", app=mcp_app)]
-    body_limit = max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes)
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(BodyLimit, limit=body_limit)])
+    routes = [Route("/healthz", healthz), *ui_routes(read_side, view, authenticated=verifier is not None),
+              Mount("/", app=mcp_app)]
+    middleware = [Middleware(BodyLimit, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
+    if verifier is not None:
+        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def transport_security(settings: Settings, host: str) -> TransportSecuritySettings | None:
+    """DNS-rebinding checks: loopback names always, plus ``LEDGER_ALLOWED_HOSTS``.
+
+    None on loopback without extra hosts (the SDK then checks loopback names itself); a server on
+    another address with no allowed hosts named answers any Host (it sits behind a proxy).
+    """
+    extra = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    if not extra:
+        return None if host in LOOPBACK else TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *extra]
+    origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
 
 
 class BodyLimit:

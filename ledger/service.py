@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -26,6 +27,8 @@ from projections.status import TaskRow
 
 ACTIONS = ("accept", "decline", "cancel")
 PAGE_SIZE = 50
+
+log = logging.getLogger(__name__)
 
 
 class TaskNotFound(LookupError):
@@ -49,6 +52,7 @@ class TaskService:
         self.view = view
         self.actor = actor
         self._locks = _TaskLocks()
+        self._recording: set[asyncio.Task[Any]] = set()
 
     async def create(
         self, tool_name: str, arguments: dict[str, Any] | None, *, principal: str | None,
@@ -69,10 +73,26 @@ class TaskService:
         return await self._append(created)
 
     def get(self, task_id: str, principal: str | None) -> TaskRow:
+        """The principal's task; another principal's task is "not found", and the attempt is recorded."""
         row = self.view.get(task_id)
-        if row is None or row.principal != principal:
+        if row is None:
+            raise TaskNotFound(task_id)
+        if row.principal != principal:
+            self._record_in_background(self._rejection(
+                row, "access", f"not the owner: {principal or 'an unauthenticated client'} asked for it", None))
             raise TaskNotFound(task_id)
         return row
+
+    def _record_in_background(self, event: TaskEvent) -> None:
+        # The caller is answered "not found" at once; the audit record follows it onto the log.
+        recording = asyncio.get_running_loop().create_task(self.log.append(event))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recorded)
+
+    def _recorded(self, recording: asyncio.Task[Any]) -> None:
+        self._recording.discard(recording)
+        if not recording.cancelled() and recording.exception() is not None:
+            log.error("could not record a refused access: %s", recording.exception())
 
     async def wait(self, task_id: str, principal: str | None, done: Callable[[TaskRow], bool],
                    timeout: float | None) -> TaskRow:
@@ -163,7 +183,7 @@ class TaskService:
     async def _reject(self, row: TaskRow, operation: str, reason: str, protocol: str) -> None:
         await self.log.append(self._rejection(row, operation, reason, protocol))
 
-    def _rejection(self, row: TaskRow, operation: str, reason: str, protocol: str,
+    def _rejection(self, row: TaskRow, operation: str, reason: str, protocol: str | None,
                    elicitation_id: str | None = None, payload_json: str | None = None) -> RequestRejected:
         return RequestRejected(
             task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,

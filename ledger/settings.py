@@ -73,6 +73,16 @@ class Settings:
     max_input_bytes: int = _setting(
         65_536, "LEDGER_MAX_INPUT_BYTES", "Largest tool arguments, or answer content, a server accepts (bytes of JSON)."
     )
+    tokens_file: str | None = _setting(
+        None, "LEDGER_TOKENS_FILE", "File of 'TOKEN PRINCIPAL' lines: bearer tokens a server accepts (development)."
+    )
+    allow_unauthenticated: str = _setting(
+        "", "LEDGER_ALLOW_UNAUTHENTICATED", "Set to 1 to serve without tokens on a non-loopback address."
+    )
+    allowed_hosts: str = _setting(
+        "", "LEDGER_ALLOWED_HOSTS", "Comma-separated Host header values a server answers besides loopback "
+        "(DNS-rebinding protection), e.g. mcp.example.com,server1:8000."
+    )
     auditors: str = _setting(
         "", "LEDGER_AUDITORS", "Comma-separated principals who may read every task on the read side (tools, "
         "resources, /ui); everyone else sees their own."

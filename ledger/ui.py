@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -31,8 +32,17 @@ EVENTS_PER_CLIENT = 1_000
 KEEPALIVE_S = 15.0
 
 
-def ui_routes(read_side: ReadSide, view: LiveView) -> list[Route]:
+def ui_routes(read_side: ReadSide, view: LiveView, *, authenticated: bool = False) -> list[Route]:
+    """With ``authenticated``, the API answers only requests with a valid bearer token."""
     page = resources.files("ledger").joinpath("ui.html").read_text(encoding="utf-8")
+
+    def guarded(endpoint: Any) -> Any:
+        async def checked(request: Request) -> Response:
+            if authenticated and not request.user.is_authenticated:
+                return JSONResponse({"error": "a bearer token is required"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            return await endpoint(request)
+        return checked
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -86,7 +96,7 @@ def ui_routes(read_side: ReadSide, view: LiveView) -> list[Route]:
     return [
         Route("/ui", index),
         Route("/ui/", slash),
-        Route("/ui/api/tasks", tasks),
-        Route("/ui/api/tasks/{task_id}", task),
-        Route("/ui/api/events", events),
+        Route("/ui/api/tasks", guarded(tasks)),
+        Route("/ui/api/tasks/{task_id}", guarded(task)),
+        Route("/ui/api/events", guarded(events)),
     ]

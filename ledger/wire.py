@@ -49,10 +49,12 @@ def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
 
 
 def principal_of_request(request: Request) -> str | None:
+    """The token's subject, else its client id (the SDK's bearer authentication sets the user)."""
     if "user" in request.scope:
         user = request.scope["user"]
         if getattr(user, "is_authenticated", False):
-            return str(user.display_name or user.identity)
+            token = getattr(user, "access_token", None)
+            return str(getattr(token, "subject", None) or user.display_name)
     return None
 
 

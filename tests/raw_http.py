@@ -13,14 +13,18 @@ PROTOCOL_VERSION = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class RawSession:
     """initialize → ``Mcp-Session-Id`` → ``notifications/initialized``, then plain calls."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=30)
-        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json", **bearer(token)}
 
     async def __aenter__(self) -> RawSession:
         response = await self._post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -62,16 +66,17 @@ def _messages(response: httpx.Response) -> list[dict[str, Any]]:
 
 MODERN_VERSION = "2026-07-28"
 TASKS = "io.modelcontextprotocol/tasks"
-NAME_HEADER_FIELDS = {"tools/call": "name", "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
+NAME_HEADER_FIELDS = {"tools/call": "name", "resources/read": "uri", "tasks/get": "taskId", "tasks/update": "taskId",
+                      "tasks/cancel": "taskId"}
 
 
 class ModernClient:
     """Stateless 2026-07-28 requests: every POST carries the routing headers and the ``_meta`` envelope."""
 
-    def __init__(self, url: str, *, tasks: bool = True, elicitation: bool = True) -> None:
+    def __init__(self, url: str, *, tasks: bool = True, elicitation: bool = True, token: str | None = None) -> None:
         self.url = url
         self._ids = itertools.count(1)
-        self._http = httpx.AsyncClient(timeout=30)
+        self._http = httpx.AsyncClient(timeout=30, headers=bearer(token))
         self.capabilities: dict[str, Any] = {}
         if elicitation:
             self.capabilities["elicitation"] = {"form": {}}

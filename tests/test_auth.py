@@ -1,0 +1,120 @@
+"""Tasks belong to the principal that created them: bearer tokens, "not found" for everyone else (and
+the attempt on the log), no unauthenticated serving beyond loopback, and Host checks."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from ledger.events import RequestRejected
+from ledger.settings import Settings
+from tests.engine import history
+from tests.raw_http import ModernClient, RawSession, bearer
+from tests.spawn import LEDGER, role_environment
+from tests.stack import demo_stack, until
+
+APPROVE = {"name": "approve_expense", "arguments": {"amount": 5, "description": "ink"}}
+
+
+@pytest.fixture(scope="module")
+async def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Settings]]:
+    tokens = tmp_path_factory.mktemp("auth") / "tokens"
+    tokens.write_text("# development tokens\nalice-secret alice\nbob-secret bob\n")
+    async with demo_stack(bootstrap, tokens_file=str(tokens)) as stack:
+        yield stack
+
+
+async def waiting_task(alice: ModernClient) -> tuple[str, str]:
+    task_id = (await alice.result("tools/call", APPROVE))["taskId"]
+
+    async def asked() -> dict | None:
+        task = await alice.result("tasks/get", {"taskId": task_id})
+        return task if task["status"] == "input_required" else None
+
+    return task_id, next(iter((await until(asked))["inputRequests"]))
+
+
+async def test_requests_without_a_valid_token_are_refused(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    for token in (None, "guessed"):
+        async with ModernClient(url, token=token) as client:
+            response = await client.post("tools/list")
+            assert response.status_code == 401 and "Bearer" in response.headers.get("www-authenticate", "")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url.replace("/mcp", "/ui/api/tasks"))).status_code == 401
+        assert (await http.get(url.replace("/mcp", "/healthz"))).status_code == 200
+
+
+async def test_another_principal_finds_nothing_and_the_attempts_are_recorded(stack: tuple[str, Settings]) -> None:
+    url, settings = stack
+    async with ModernClient(url, token="alice-secret") as alice, ModernClient(url, token="bob-secret") as bob, \
+            RawSession(url, token="bob-secret") as bob_legacy:
+        task_id, key = await waiting_task(alice)
+        attempts = [
+            await bob.call("tasks/get", {"taskId": task_id}),
+            await bob.call("tasks/update", {"taskId": task_id, "inputResponses": {
+                key: {"action": "accept", "content": {"approved": True}}}}),
+            await bob.call("tasks/cancel", {"taskId": task_id}),
+            await bob_legacy.call("tasks/get", {"taskId": task_id}),
+            await bob_legacy.call("tasks/result", {"taskId": task_id}),
+        ]
+        for response in attempts:
+            assert response["error"]["code"] == -32602 and "not found" in response["error"]["message"], response
+        listed = await bob_legacy.call("tasks/list", {})
+        assert task_id not in {t["taskId"] for t in listed["result"]["tasks"]}
+        history_tool = await bob.result("tools/call", {"name": "task_history", "arguments": {"task_id": task_id}})
+        assert history_tool["isError"]
+        resource = await bob.call("resources/read", {"uri": f"ledger://tasks/{task_id}"})
+        assert resource["error"]["code"] == -32002
+        async with httpx.AsyncClient(headers=bearer("bob-secret")) as http:
+            assert (await http.get(url.replace("/mcp", f"/ui/api/tasks/{task_id}"))).status_code == 404
+        task = await alice.result("tasks/get", {"taskId": task_id})
+        assert task["status"] == "input_required"  # nothing bob did changed it
+
+    async def recorded() -> list | None:
+        refused = [e for e in await history(settings, task_id)
+                   if isinstance(e, RequestRejected) and e.operation == "access"]
+        return refused if len(refused) >= 5 else None
+
+    refused = await until(recorded)
+    assert all("bob" in e.reason and e.principal == "alice" for e in refused)
+
+
+async def test_the_owner_sees_and_answers_its_task(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url, token="alice-secret") as alice:
+        task_id, key = await waiting_task(alice)
+        await alice.result("tasks/update", {"taskId": task_id, "inputResponses": {
+            key: {"action": "accept", "content": {"approved": True}}}})
+
+        async def done() -> dict | None:
+            task = await alice.result("tasks/get", {"taskId": task_id})
+            return task if task["status"] == "completed" else None
+
+        assert (await until(done))["result"]["content"][0]["text"] == "approved 5"
+        page = await alice.result("tools/call", {"name": "list_tasks", "arguments": {}})
+        assert all(t["principal"] == "alice" for t in page["structuredContent"]["tasks"])
+
+
+async def test_a_host_that_is_not_ours_is_refused(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url, token="alice-secret") as alice:
+        response = await alice.post("tools/list", headers={"Host": "rebound.example:80"})
+        assert response.status_code in (400, 403, 421), response.status_code
+
+
+def test_no_unauthenticated_serving_beyond_loopback(settings: Settings, tmp_path: Path) -> None:
+    refused = subprocess.run(LEDGER + ["server", "examples/demo.py", "--host", "0.0.0.0", "--port", "8765"],
+                             capture_output=True, text=True, timeout=60, env=role_environment(settings))
+    assert refused.returncode == 2
+    assert "refusing to serve without authentication on 0.0.0.0" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    bad = tmp_path / "tokens"
+    bad.write_text("only-a-token\n")
+    malformed = subprocess.run(LEDGER + ["server", "examples/demo.py"], capture_output=True, text=True, timeout=60,
+                               env={**role_environment(settings), "LEDGER_TOKENS_FILE": str(bad)})
+    assert malformed.returncode == 2 and "expected 'TOKEN PRINCIPAL'" in malformed.stderr
