@@ -434,7 +434,14 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "instance": instance, "tasks": view.task_count()})
 
-    routes = [Route("/healthz", healthz), *ui_routes(read_side, view, authenticated=verifier is not None),
+    async def readyz(request: Request) -> JSONResponse:
+        problem = view.not_ready()
+        body = {"ready": problem is None, "instance": instance, "lag": view.lag()}
+        if problem is not None:
+            body["reason"] = problem
+        return JSONResponse(body, status_code=200 if problem is None else 503)
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *ui_routes(read_side, view, authenticated=verifier is not None),
               Mount("/", app=mcp_app)]
     middleware = [Middleware(BodyLimit, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
     if verifier is not None:

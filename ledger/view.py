@@ -97,6 +97,18 @@ class LiveView:
     def get(self, task_id: str) -> TaskRow | None:
         return self.projection.get(task_id)
 
+    def not_ready(self) -> str | None:
+        """Why this view cannot answer reads yet (None when it can): not caught up, or not following."""
+        if self._follower is None or self._follower.done():
+            return "not following the log"
+        if not self.caught_up.is_set():
+            return "catching up with the log"
+        return None
+
+    def lag(self) -> int:
+        """Events on the topic this view has not applied yet, as of its last fetch."""
+        return self._reader.lag() if self._reader is not None else 0
+
     def task_count(self) -> int:
         return sum(map(len, self._listing.values()))
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2 as httpx
 import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -305,3 +306,12 @@ def test_task_json_matches_the_sdk_task_model() -> None:
                   result_json=json.dumps({"content": []}), is_error=True)
     task = types.Task.model_validate(task_json(row), by_name=False)
     assert task.status == "failed" and task.created_at == "2023-11-14T22:13:20.000Z" and task.ttl is None
+
+
+async def test_health_and_readiness(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with httpx.AsyncClient() as http:
+        health = await http.get(url.replace("/mcp", "/healthz"))
+        ready = await http.get(url.replace("/mcp", "/readyz"))
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["lag"] >= 0
