@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from ledger.codec import Codec
 from ledger.events import TaskEvent
+from ledger.metrics import Metrics
 from ledger.records import DeadLetter, Position
 from ledger.settings import Settings
 
@@ -23,8 +24,10 @@ class EventLog:
     one event at a time and still get batched produces.
     """
 
-    def __init__(self, settings: Settings, codec: Codec | None = None, client_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, codec: Codec | None = None, client_id: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.codec = codec or Codec()
         self.topic = settings.events_topic
         self._producer = AIOKafkaProducer(
@@ -63,6 +66,8 @@ class EventLog:
         return [Position(m.partition, m.offset) for m in await asyncio.gather(*deliveries)]
 
     async def _send(self, event: TaskEvent) -> asyncio.Future:
+        if self.metrics is not None:
+            self.metrics.events_appended.labels(type(event).__name__).inc()
         return await self._producer.send(
             self.topic,
             value=self.codec.encode(event),

@@ -18,33 +18,36 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import mcp_types as types
-from mcp.server.lowlevel.server import Server
-from mcp.server.context import ServerRequestContext
-from mcp.shared.exceptions import MCPError
-from mcp.shared.message import ServerMessageMetadata
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import Field
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ledger import modern
 from ledger.app import App, UnknownTool, error_result
 from ledger.auth import LOOPBACK, check_exposure, token_verifier
 from ledger.log import EventLog
+from ledger.metrics import Metrics
 from ledger.modern import ModernAdapter
 from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
 from ledger.service import Refused, TaskNotFound, TaskService
@@ -402,14 +405,17 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     instance = instance or f"{socket.gethostname()}-{os.getpid()}"
     verifier = verifier or token_verifier(settings)
     check_exposure(settings, host, verifier)
-    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}")
+    metrics = Metrics()
+    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics)
     store = ProjectionStore(settings.store)
-    view = LiveView(settings, store)
-    service = TaskService(app, settings, event_log, view, actor=f"server:{instance}")
+    view = LiveView(settings, store, metrics)
+    metrics.watch(store.count_by_status, view.lag)
+    service = TaskService(app, settings, event_log, view, actor=f"server:{instance}", metrics=metrics)
     modern_adapter = ModernAdapter(service, settings.round_wait_ms / 1000)
     read_side = ReadSide(store, settings.auditor_names, current=view.get)
     adapter = Adapter(app, service, view, modern_adapter, read_side)
     server = build_mcp_server(app, adapter, request_state_security(settings))
+    server.middleware.insert(0, timed(metrics))
     mcp_app = server.streamable_http_app(
         streamable_http_path="/mcp", host=host, transport_security=transport_security(settings, host),
         auth=AuthSettings(issuer_url=TOKEN_ISSUER, resource_server_url=None) if verifier else None,
@@ -441,12 +447,26 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
             body["reason"] = problem
         return JSONResponse(body, status_code=200 if problem is None else 503)
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *ui_routes(read_side, view, authenticated=verifier is not None),
+    async def metrics_text(request: Request) -> Response:
+        return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text), *ui_routes(read_side, view, authenticated=verifier is not None),
               Mount("/", app=mcp_app)]
     middleware = [Middleware(BodyLimit, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
     if verifier is not None:
         middleware.append(Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def timed(metrics: Metrics) -> Any:
+    """Middleware timing every MCP request by method."""
+    async def timing(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await call_next(ctx)
+        finally:
+            metrics.request_seconds.labels(ctx.method).observe(time.perf_counter() - started)
+    return timing
 
 
 def transport_security(settings: Settings, host: str) -> TransportSecuritySettings | None:

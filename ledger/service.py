@@ -21,6 +21,7 @@ from ledger.app import App, InvalidArguments
 from ledger.elicitation import canonical_json, content_errors
 from ledger.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCancelled, TaskCreated, TaskEvent
 from ledger.log import EventLog
+from ledger.metrics import Metrics
 from ledger.settings import Settings
 from ledger.view import ListKey, LiveView
 from projections.status import TaskRow
@@ -45,8 +46,10 @@ class InvalidCursor(ValueError):
 
 
 class TaskService:
-    def __init__(self, app: App, settings: Settings, log: EventLog, view: LiveView, actor: str) -> None:
+    def __init__(self, app: App, settings: Settings, log: EventLog, view: LiveView, actor: str,
+                 metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
         self.settings = settings
         self.log = log
         self.view = view
@@ -185,6 +188,8 @@ class TaskService:
 
     def _rejection(self, row: TaskRow, operation: str, reason: str, protocol: str | None,
                    elicitation_id: str | None = None, payload_json: str | None = None) -> RequestRejected:
+        if self.metrics is not None:
+            self.metrics.rejected_inputs.labels(operation, reason_kind(reason)).inc()
         return RequestRejected(
             task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,
             elicitation_id=elicitation_id, reason=reason, payload_json=payload_json, protocol=protocol,
@@ -192,6 +197,17 @@ class TaskService:
 
 
 DUPLICATE = "duplicate: this answer was already applied"
+REASON_KINDS = (
+    ("duplicate", "duplicate"), ("action must be", "bad action"), ("content is", "oversize"),
+    ("content does not match", "schema"), ("task has no pending", "unknown elicitation"),
+    ("elicitation", "conflicting"), ("task is already", "task ended"), ("already", "task ended"),
+    ("not the owner", "not owner"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """A refusal's reason as one of a few labels (the full text is in the event)."""
+    return next((kind for prefix, kind in REASON_KINDS if reason.startswith(prefix)), "other")
 
 
 def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_bytes: int) -> str | None:

@@ -14,6 +14,8 @@ import logging
 from bisect import bisect_right, insort
 from collections.abc import Callable
 
+from ledger.events import ResponseSubmitted
+from ledger.metrics import Metrics
 from ledger.reader import LogReader
 from ledger.records import LogRecord, Position
 from ledger.settings import Settings
@@ -38,9 +40,10 @@ class LiveView:
     """With a ``store``, the rows and history are also written to it (in the background, in batches,
     with the offsets they reach) and a restart resumes from its checkpoint."""
 
-    def __init__(self, settings: Settings, store: ProjectionStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: ProjectionStore | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         if store is None:
             self._projector = Projector(StatusProjection(), history=False)
         else:
@@ -187,6 +190,8 @@ class LiveView:
         for record in records:
             self._apply_record(record)
             touched.add(record.event.task_id)
+        if self.metrics is not None:
+            self.metrics.events_consumed.inc(len(records))
 
         for task_id in touched & self._watchers.keys():
             for changed in self._watchers.pop(task_id):
@@ -196,6 +201,11 @@ class LiveView:
     def _apply_record(self, record: LogRecord) -> None:
         event = record.event
         before, after = self._projector.apply(record)
+        if self.metrics is not None and isinstance(event, ResponseSubmitted) and before is not None \
+                and self.caught_up.is_set():
+            pending = before.pending_elicitation(event.elicitation_id)
+            if pending is not None:
+                self.metrics.elicitation_wait.observe(max(0, event.occurred_at - pending.requested_at) / 1000)
         if before is None and after is not None:
             insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
         elif before is not None and after is None:

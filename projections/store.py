@@ -161,6 +161,10 @@ class ProjectionStore:
         return self._db.execute(f"SELECT count(*) FROM tasks {where}", values).fetchone()[0]
 
     @_locked
+    def count_by_status(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT status, count(*) FROM tasks GROUP BY status"))
+
+    @_locked
     def history(self, task_id: str) -> list[Entry]:
         query = 'SELECT * FROM history WHERE task_id = ? ORDER BY partition, "offset"'
         return [Entry(*values) for values in self._db.execute(query, (task_id,))]

@@ -23,7 +23,7 @@ from tests.mcp_client import (
     answers, call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
 )
 from tests.raw_http import RawSession
-from tests.stack import demo_stack
+from tests.stack import demo_stack, until
 
 RELATED = "io.modelcontextprotocol/related-task"
 PENDING = "io.modelcontextprotocol/pending-elicitations"
@@ -315,3 +315,30 @@ async def test_health_and_readiness(stack: tuple[str, Settings]) -> None:
         ready = await http.get(url.replace("/mcp", "/readyz"))
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["lag"] >= 0
+
+
+async def test_metrics_show_what_the_server_did(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with connect(url) as client:
+        task_id = (await call_as_task(client, "approve_expense", {"amount": 2, "description": "tea"}))["task"]["taskId"]
+        task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
+        elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
+        with pytest.raises(MCPError):
+            await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
+                                                        "content": {"approved": "very"}}})
+        await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
+                                                    "content": {"approved": True}}})
+        await poll_until(client, task_id, lambda t: t["status"] == "completed")
+    async with httpx.AsyncClient() as http:
+
+        async def scraped() -> str | None:
+            text = (await http.get(url.replace("/mcp", "/metrics"))).text
+            return text if 'ledger_tasks{status="completed"}' in text and "ledger_tasks{status=\"completed\"} 0.0" \
+                not in text else None
+
+        text = await until(scraped)
+    for series in ('ledger_events_appended_total{type="TaskCreated"}', "ledger_events_consumed_total",
+                   'ledger_rejected_inputs_total{operation="elicitation-response",reason="schema"}',
+                   'ledger_request_seconds_count{method="tasks/get"}', "ledger_elicitation_wait_seconds_count",
+                   "ledger_consumer_lag"):
+        assert series in text, series
