@@ -139,6 +139,9 @@ def _read_commands(commands: argparse._SubParsersAction) -> None:
     topics = _read_parser(commands, "topics", "describe ledger's topics and the workers' lag",
                           "Show each ledger topic's partitions, end offsets, and the worker group's committed "
                           "offsets and lag.")
+    topics.add_argument("--create", action="store_true",
+                        help="create the topics first when they are missing (with LEDGER_PARTITIONS, "
+                             "LEDGER_REPLICATION_FACTOR, LEDGER_MIN_INSYNC_REPLICAS), as compose's one-shot does")
     topics.set_defaults(run=run_topics)
 
 
@@ -270,6 +273,8 @@ def run_tail(args: argparse.Namespace) -> int:
 
 def run_topics(args: argparse.Namespace) -> int:
     settings = Settings.from_env(bootstrap=args.bootstrap)
+    if args.create:
+        asyncio.run(ensure_topics(settings))
     asyncio.run(console.describe_topics(settings))
     return 0
 

@@ -1,0 +1,122 @@
+"""The compose cluster, without Docker: the file is valid Compose, has the shape the cluster needs,
+and every ledger service in it runs, as a local process with the command and environment the
+file gives it, against the embedded broker standing in for Kafka, behind a round-robin entry
+point standing in for nginx, and serves approve_expense end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from compose_spec import PyCompose
+
+from ledger.broker import EmbeddedBroker, free_port
+from tests.proxy import round_robin
+from tests.raw_http import ModernClient
+from tests.spawn import LEDGER, drain, wait_for_line
+from tests.stack import until
+
+pytestmark = pytest.mark.slow
+
+COMPOSE = Path(__file__).resolve().parent.parent / "compose"
+
+
+def compose() -> dict[str, Any]:
+    return PyCompose.from_yaml((COMPOSE / "compose.yaml").read_text()).to_dict()
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${NAME:-default}, from this process's environment."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1), m.group(2)), value)
+
+
+def test_the_file_is_valid_compose_with_the_cluster_it_promises() -> None:
+    services = compose()["services"]
+    brokers = [s for name, s in services.items() if name.startswith("kafka-")]
+    assert len(brokers) == 3
+    for broker in brokers:
+        assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", broker["image"]), "pinned official image"
+        env = broker["environment"]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller" and "KAFKA_ZOOKEEPER_CONNECT" not in env
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3" and env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert "healthcheck" in broker
+    assert set(services["topics"]["depends_on"]) == {"kafka-1", "kafka-2", "kafka-3"}
+    ledger_services = {name: s for name, s in services.items() if s.get("command", [""])[0] == "ledger"}
+    assert sorted(ledger_services) == ["server-1", "server-2", "topics", "worker-1", "worker-2"]
+    for name, service in ledger_services.items():
+        assert service["environment"]["LEDGER_REPLICATION_FACTOR"] == "3", name
+        if name != "topics":
+            assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
+    assert {c["condition"] for c in services["entry"]["depends_on"].values()} == {"service_healthy"}
+    assert all("healthcheck" in services[f"server-{n}"] for n in (1, 2))
+
+
+def local(service: dict[str, Any], bootstrap: str, scratch: Path, secrets: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The service's command and environment, made to run here: Kafka is the embedded broker, secrets
+    and volumes are local files, and the HTTP port a free one."""
+    environment = {key: interpolate(str(value)) for key, value in service["environment"].items()}
+    environment["LEDGER_BOOTSTRAP"] = bootstrap
+    for key, value in environment.items():
+        if value.startswith("/run/secrets/"):
+            environment[key] = str(COMPOSE / secrets[value.removeprefix("/run/secrets/")]["file"])
+        elif value.startswith("/data/"):
+            environment[key] = str(scratch / value.removeprefix("/data/"))
+    command = list(service["command"])
+    if "--port" in command:
+        command[command.index("--port") + 1] = str(free_port())
+    return command, environment
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[str]]:
+    """Every ledger service of the file running as a local process; yields the servers' URLs."""
+    spec = compose()
+    services = spec["services"]
+    with EmbeddedBroker(port=free_port()) as broker, ExitStack() as running:
+        command, environment = local(services["topics"], broker.bootstrap, tmp_path, spec["secrets"])
+        created = subprocess.run(LEDGER + command[1:], env={**os.environ, **environment}, capture_output=True,
+                                 text=True, timeout=120)
+        assert created.returncode == 0, created.stderr
+        urls = []
+        for name in ("worker-1", "worker-2", "server-1", "server-2"):
+            scratch = tmp_path / name
+            scratch.mkdir()
+            command, environment = local(services[name], broker.bootstrap, scratch, spec["secrets"])
+            process = subprocess.Popen(LEDGER + command[1:], env={**os.environ, **environment},
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            running.callback(lambda p=process: (p.kill(), p.wait(30)))
+            wait_for_line(process, "serving" if name.startswith("server") else "ledger worker", timeout=90)
+            drain(process)
+            if name.startswith("server"):
+                urls.append(f"http://127.0.0.1:{command[command.index('--port') + 1]}")
+        yield urls
+
+
+async def test_approve_expense_through_the_entry_point(cluster: list[str]) -> None:
+    token = next(line.split()[0] for line in (COMPOSE / "tokens.example").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    async with round_robin(cluster) as (entry, served):
+        async with ModernClient(f"{entry}/mcp", token=token) as client:
+            task_id = (await client.result("tools/call", {
+                "name": "approve_expense", "arguments": {"amount": 12, "description": "cluster"}}))["taskId"]
+
+            async def asked() -> dict | None:
+                task = await client.result("tasks/get", {"taskId": task_id})
+                return task if task["status"] == "input_required" else None
+
+            key = next(iter((await until(asked, 60))["inputRequests"]))
+            await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+                key: {"action": "accept", "content": {"approved": True}}}})
+
+            async def completed() -> dict | None:
+                task = await client.result("tasks/get", {"taskId": task_id})
+                return task if task["status"] == "completed" else None
+
+            assert (await until(completed, 60))["result"]["content"][0]["text"] == "approved 12"
+    assert all(count > 0 for count in served.values()), served  # both servers answered
