@@ -34,18 +34,22 @@ class Metrics:
                                           "to its answer being applied.", buckets=WAIT_BUCKETS,
                                           registry=self.registry)
 
-    def watch(self, tasks_by_status: Callable[[], dict[str, int]], lag: Callable[[], int]) -> None:
-        """Series read at scrape time: tasks by status and how far behind the log this server is."""
-        self.registry.register(_Snapshot(tasks_by_status, lag))
+    def watch(self, tasks_by_status: Callable[[], dict[str, int]], lag: Callable[[], int],
+              dead_letters: Callable[[], int]) -> None:
+        """Series read at scrape time: tasks by status, how far behind the log this server is, and
+        how many undecodable records it skipped."""
+        self.registry.register(_Snapshot(tasks_by_status, lag, dead_letters))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _Snapshot(Collector):
-    def __init__(self, tasks_by_status: Callable[[], dict[str, int]], lag: Callable[[], int]) -> None:
+    def __init__(self, tasks_by_status: Callable[[], dict[str, int]], lag: Callable[[], int],
+                 dead_letters: Callable[[], int]) -> None:
         self._tasks_by_status = tasks_by_status
         self._lag = lag
+        self._dead_letters = dead_letters
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         tasks = GaugeMetricFamily("ledger_tasks", "Tasks by status, as this server's projection store holds them.",
@@ -56,3 +60,5 @@ class _Snapshot(Collector):
         yield tasks
         yield GaugeMetricFamily("ledger_consumer_lag", "Events on the topic this server has not applied yet.",
                                 value=self._lag())
+        yield GaugeMetricFamily("ledger_undecodable_records", "Records on the topic this server could not decode "
+                                "and skipped (corrupt, or an unknown schema).", value=self._dead_letters())

@@ -409,7 +409,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics)
     store = ProjectionStore(settings.store)
     view = LiveView(settings, store, metrics)
-    metrics.watch(store.count_by_status, view.lag)
+    metrics.watch(store.count_by_status, view.lag, view.dead_letters)
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}", metrics=metrics)
     modern_adapter = ModernAdapter(service, settings.round_wait_ms / 1000)
     read_side = ReadSide(store, settings.auditor_names, current=view.get)

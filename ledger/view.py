@@ -108,6 +108,10 @@ class LiveView:
             return "catching up with the log"
         return None
 
+    def dead_letters(self) -> int:
+        """Undecodable records this view skipped."""
+        return self._reader.dead_letter_count if self._reader is not None else 0
+
     def lag(self) -> int:
         """Events on the topic this view has not applied yet, as of its last fetch."""
         return self._reader.lag() if self._reader is not None else 0

@@ -193,6 +193,8 @@ class Worker:
             on_assigned=self._assigned,
             on_revoked=self._revoked,
             client_id=f"{settings.client_id}-{self.worker_id}",
+            # Each partition has one owner in the group, so each undecodable record is copied once.
+            dead_letters=self._log.record_dead_letter,
         )
         self._journals: dict[int, dict[str, Journal]] = {}
         self._runs: dict[str, Run] = {}
@@ -342,9 +344,9 @@ class Worker:
             return
         self._last_status = now
         log.info("worker %s: partitions %s, %d tasks open, %d running, %d hot, %d queued, %d/%d slots, "
-                 "%d holes waited for", self.worker_id, sorted(self._journals), sum(map(len, self._journals.values())),
-                 len(self._runs), self.hot, len(self._ready), self.slots.used, self.slots.limit,
-                 self._consumer.holes_waited)
+                 "%d holes waited for, %d undecodable records skipped", self.worker_id, sorted(self._journals),
+                 sum(map(len, self._journals.values())), len(self._runs), self.hot, len(self._ready), self.slots.used,
+                 self.slots.limit, self._consumer.holes_waited, self._consumer.dead_letter_count)
 
     def _remember_ended(self, task_id: str) -> None:
         # A producer retry can land a duplicate created event after the task ended.

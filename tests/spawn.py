@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,14 +32,13 @@ def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 
 
 
 def role_environment(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "LEDGER_BOOTSTRAP": settings.bootstrap,
-        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "LEDGER_PARTITIONS": str(settings.partitions),
-        "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
-        "LEDGER_HOT_WINDOW_MS": str(settings.hot_window_ms),
-    }
+    """This process's environment with every setting of ``settings`` as its LEDGER_* variable."""
+    environment = dict(os.environ)
+    for field in fields(Settings):
+        value = getattr(settings, field.name)
+        if value is not None:
+            environment[field.metadata["env"]] = str(value)
+    return environment
 
 
 def drain(process: subprocess.Popen[str], lines: int = 200) -> deque[str]:
