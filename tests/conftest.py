@@ -44,3 +44,22 @@ async def topics(settings: Settings) -> dict[str, int]:
 async def event_log(settings: Settings, topics: dict[str, int]) -> AsyncIterator[EventLog]:
     async with EventLog(settings) as log:
         yield log
+
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest):
+    """Record a line of measured figures; they are printed at the end of the run, after the results."""
+    def record(line: str) -> None:
+        FIGURES.append(f"{request.node.nodeid}: {line}")
+        print(line)
+    return record
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -62,7 +62,7 @@ async def approve(client: ModernClient, amount: int) -> str:
     return task_id
 
 
-async def test_bad_records_are_reported_counted_and_skipped(settings: Settings) -> None:
+async def test_bad_records_are_reported_counted_and_skipped(settings: Settings, figures) -> None:
     await ensure_topics(settings)
     port = free_port()
     with spawned(["worker", DEMO], settings, "ledger worker"), \
@@ -93,6 +93,6 @@ async def test_bad_records_are_reported_counted_and_skipped(settings: Settings) 
     reasons = [header["reason"] for header in copied]
     assert sum("not a single-object-encoded record" in r for r in reasons) == settings.partitions, reasons
     assert sum("fingerprint" in r for r in reasons) == settings.partitions, reasons
-    print(f"\n{bad} bad records ({settings.partitions} corrupt, {settings.partitions} of an unknown schema) "
+    figures(f"{bad} bad records ({settings.partitions} corrupt, {settings.partitions} of an unknown schema) "
           f"among 5 tasks: the server counted {server_count:.0f} and skipped them; all {1 + len(later)} tasks "
           "completed")

@@ -43,7 +43,7 @@ async def consumed(url: str) -> float:
     return float(re.search(r"^ledger_events_consumed_total (\S+)$", text, re.M).group(1))
 
 
-async def test_waiting_tasks_outlive_a_killed_server(settings: Settings, tmp_path: Path) -> None:
+async def test_waiting_tasks_outlive_a_killed_server(settings: Settings, tmp_path: Path, figures) -> None:
     await ensure_topics(settings)
     store_a = tmp_path / "server-a.sqlite"
     with_store = replace(settings, store=str(store_a))
@@ -99,7 +99,7 @@ async def test_waiting_tasks_outlive_a_killed_server(settings: Settings, tmp_pat
                 assert all(t["status"] == "completed" for t in await statuses(client, task_ids))
             read_after_restart = await consumed(a)
     total = checkpoint + read_after_restart
-    print(f"\n{TASKS} waiting tasks; server A SIGKILLed: all {TASKS} readable on B {readable_s * 1000:.0f} ms later, "
+    figures(f"{TASKS} waiting tasks; server A SIGKILLed: all {TASKS} readable on B {readable_s * 1000:.0f} ms later, "
           f"answered and completed there; A restarted and serving in {ready_s:.1f} s, reading "
           f"{read_after_restart:.0f} events from its checkpoint at {checkpoint} instead of {total:.0f} from offset 0")
     assert read_after_restart < total

@@ -37,7 +37,7 @@ def start_worker(settings: Settings) -> subprocess.Popen[str]:
     return process
 
 
-async def test_a_thousand_approvals_survive_workers_killed_every_two_seconds(settings: Settings) -> None:
+async def test_a_thousand_approvals_survive_workers_killed_every_two_seconds(settings: Settings, figures) -> None:
     settings = replace(settings, session_timeout_ms=3_000, hot_window_ms=2_000)
     await ensure_topics(settings)
     port = free_port()
@@ -105,7 +105,7 @@ async def test_a_thousand_approvals_survive_workers_killed_every_two_seconds(set
     completed = Counter(e.task_id for e in events if isinstance(e, TaskCompleted))
     starts = Counter(e.task_id for e in events if isinstance(e, TaskStarted))
     steps = Counter((e.task_id, e.sequence) for e in events if isinstance(e, StepRecorded))
-    print(f"\n{TASKS} approvals, {WORKERS} workers, {kills} SIGKILLs (one every {KILL_EVERY_S:g} s): "
+    figures(f"{TASKS} approvals, {WORKERS} workers, {kills} SIGKILLs (one every {KILL_EVERY_S:g} s): "
           f"all completed in {elapsed:.1f} s; runs per task: max {max(starts.values())}, "
           f"mean {sum(starts.values()) / len(starts):.2f}")
     assert len(completed) == TASKS and set(completed.values()) == {1}
