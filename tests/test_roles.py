@@ -4,6 +4,7 @@ share one broker, and a worker SIGKILLed while one task waits and another runs."
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import uuid
@@ -29,6 +30,12 @@ DEMO = "examples/demo.py"
 
 def approve(params: types.ElicitRequestFormParams) -> types.ElicitResult:
     return types.ElicitResult(action="accept", content={"approved": True})
+
+
+def counted(task: dict) -> int:
+    """How far count_slowly has counted, from its status message ("counted 7 of 40")."""
+    found = re.match(r"counted (\d+) of", task.get("statusMessage") or "")
+    return int(found.group(1)) if found else 0
 
 
 async def answer_first_pending(client, task_id: str, content: dict) -> None:
@@ -78,19 +85,20 @@ def shared(settings: Settings) -> Settings:
     return replace(settings, topic_prefix=f"roles-{uuid.uuid4().hex[:10]}")
 
 
-async def test_create_on_one_server_answer_and_read_on_another(shared: Settings) -> None:
+async def test_create_on_one_server_answer_on_a_second_and_read_on_a_third(shared: Settings) -> None:
     await ensure_topics(shared)
-    ports = [free_port(), free_port()]
+    ports = [free_port(), free_port(), free_port()]
     with spawned(["worker", DEMO], shared, "ledger worker"), \
             spawned(["server", DEMO, "--port", str(ports[0])], shared, "serving"), \
-            spawned(["server", DEMO, "--port", str(ports[1])], shared, "serving"):
-        first, second = (f"http://127.0.0.1:{p}/mcp" for p in ports)
-        async with connect(first) as one, connect(second) as two:
+            spawned(["server", DEMO, "--port", str(ports[1])], shared, "serving"), \
+            spawned(["server", DEMO, "--port", str(ports[2])], shared, "serving"):
+        first, second, third = (f"http://127.0.0.1:{p}/mcp" for p in ports)
+        async with connect(first) as one, connect(second) as two, connect(third) as three:
             task_id = (await call_as_task(one, "approve_expense", {"amount": 8, "description": "map"}))["task"]["taskId"]
             assert (await get_task(two, task_id))["taskId"] == task_id
             await answer_first_pending(two, task_id, {"approved": True})
-            await poll_until(one, task_id, lambda t: t["status"] == "completed")
-            assert (await task_result(one, task_id))["content"][0]["text"] == "approved 8"
+            await poll_until(three, task_id, lambda t: t["status"] == "completed")
+            assert (await task_result(three, task_id))["content"][0]["text"] == "approved 8"
 
 
 async def test_a_sigkilled_worker_hands_waiting_and_running_tasks_to_another(shared: Settings) -> None:
@@ -104,7 +112,7 @@ async def test_a_sigkilled_worker_hands_waiting_and_running_tasks_to_another(sha
                 waiting = (await call_as_task(client, "approve_expense", {"amount": 4, "description": "ink"}))["task"]["taskId"]
                 running = (await call_as_task(client, "count_slowly", {"n": 40}))["task"]["taskId"]
                 await poll_until(client, waiting, lambda t: t["status"] == "input_required")
-                await poll_until(client, running, lambda t: "counted 3 " in (t.get("statusMessage") or ""))
+                await poll_until(client, running, lambda t: counted(t) >= 3)
                 doomed.send_signal(signal.SIGKILL)
                 doomed.wait(10)
             with spawned(["worker", DEMO], shared, "ledger worker"):
