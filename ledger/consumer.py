@@ -16,7 +16,7 @@ from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GAP_PATIENCE_S = 2.0
+GAP_PATIENCE_S = 10.0
 
 
 class DecodingConsumer:
