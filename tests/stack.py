@@ -69,3 +69,22 @@ async def demo_stack(bootstrap: str, **overrides: Any) -> AsyncIterator[tuple[st
     await ensure_topics(settings)
     async with working(demo, settings), serving(demo, settings) as url:
         yield url, settings
+
+
+async def in_status(client: Any, task_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
+    """The task (through the tasks extension) once it is in ``status``."""
+    async def reached() -> dict[str, Any] | None:
+        task = await client.result("tasks/get", {"taskId": task_id})
+        return task if task["status"] == status else None
+
+    return await until(reached, timeout)
+
+
+async def approve_through_tasks(client: Any, amount: float, description: str) -> tuple[str, str]:
+    """approve_expense through the tasks extension, approved; its task id and result text."""
+    task_id = (await client.result("tools/call", {"name": "approve_expense", "arguments": {
+        "amount": amount, "description": description}}))["taskId"]
+    key = next(iter((await in_status(client, task_id, "input_required"))["inputRequests"]))
+    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+        key: {"action": "accept", "content": {"approved": True}}}})
+    return task_id, (await in_status(client, task_id, "completed"))["result"]["content"][0]["text"]

@@ -20,7 +20,7 @@ from ledger.broker import EmbeddedBroker, free_port
 from tests.proxy import round_robin
 from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, drain, wait_for_line
-from tests.stack import until
+from tests.stack import approve_through_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -103,20 +103,6 @@ async def test_approve_expense_through_the_entry_point(cluster: list[str]) -> No
                  if line and not line.startswith("#"))
     async with round_robin(cluster) as (entry, served):
         async with ModernClient(f"{entry}/mcp", token=token) as client:
-            task_id = (await client.result("tools/call", {
-                "name": "approve_expense", "arguments": {"amount": 12, "description": "cluster"}}))["taskId"]
-
-            async def asked() -> dict | None:
-                task = await client.result("tasks/get", {"taskId": task_id})
-                return task if task["status"] == "input_required" else None
-
-            key = next(iter((await until(asked, 60))["inputRequests"]))
-            await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
-                key: {"action": "accept", "content": {"approved": True}}}})
-
-            async def completed() -> dict | None:
-                task = await client.result("tasks/get", {"taskId": task_id})
-                return task if task["status"] == "completed" else None
-
-            assert (await until(completed, 60))["result"]["content"][0]["text"] == "approved 12"
+            _, text = await approve_through_tasks(client, 12, "cluster")
+            assert text == "approved 12"
     assert all(count > 0 for count in served.values()), served  # both servers answered

@@ -18,7 +18,7 @@ from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from tests.raw_http import ModernClient
 from tests.spawn import spawned
-from tests.stack import until
+from tests.stack import approve_through_tasks, until
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +43,8 @@ async def dead_letter_topic(settings: Settings, expected: int) -> list[dict[str,
 
 
 async def approve(client: ModernClient, amount: int) -> str:
-    task_id = (await client.result("tools/call", {"name": "approve_expense", "arguments": {
-        "amount": amount, "description": "around bad records"}}))["taskId"]
-
-    async def asked() -> dict | None:
-        task = await client.result("tasks/get", {"taskId": task_id})
-        return task if task["status"] == "input_required" else None
-
-    key = next(iter((await until(asked, 60))["inputRequests"]))
-    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
-        key: {"action": "accept", "content": {"approved": True}}}})
-
-    async def completed() -> dict | None:
-        task = await client.result("tasks/get", {"taskId": task_id})
-        return task if task["status"] == "completed" else None
-
-    assert (await until(completed, 60))["result"]["content"][0]["text"] == f"approved {amount}"
+    task_id, text = await approve_through_tasks(client, amount, "around bad records")
+    assert text == f"approved {amount}"
     return task_id
 
 
