@@ -131,6 +131,9 @@ def _banner(app: App, source: str, host: str, port: int, bootstrap: str) -> str:
 
 Try it:
   connect any MCP client to {url} and call approve_expense as a task;
-  it waits in input_required until you answer its elicitation. The history is on the
-  topic: other shells can read it with LEDGER_BOOTSTRAP={bootstrap}.
+  it waits in input_required until you answer its elicitation.
+  watch the tasks and their timelines at http://{host}:{port}/ui
+  read the history from another shell:
+    LEDGER_BOOTSTRAP={bootstrap} ledger tasks
+    LEDGER_BOOTSTRAP={bootstrap} ledger history TASK_ID
 Press Ctrl-C to stop."""
