@@ -1,0 +1,348 @@
+"""approve_expense flows through ledger and through the peer (FastMCP 4 + fastmcp-tasks on Redis),
+side by side on this machine, in one run, driven by the peer's own load generator.
+
+    source /work/venv/bin/activate
+    python bench/flow.py                          # N=2000 flows, C in 1,16,64, 3 runs: ~30 min on 2 cores
+    python bench/flow.py --flows 200 --runs 1     # quick check: ~2 min
+    python bench/flow.py --impls peer,ledger-tasks --concurrency 16 --json /tmp/flow.json
+
+Three implementations/paths, interleaved run by run so that machine load hits them alike:
+
+* ``peer``: shared/bench/peer_fastmcp/server.py (one uvicorn process with its in-process Docket
+  worker) on a redis-server this script starts, FLUSHALLed before every run; FastMCP defaults
+  (pollIntervalMs 5000, Docket worker concurrency 10). Its venv is made with the peer's setup.sh
+  when missing (``$PEER_FASTMCP_VENV``, default /tmp/peer_fastmcp_venv).
+* ``ledger-tasks``: the embedded broker, ``ledger server examples/demo.py`` and ``ledger worker
+  examples/demo.py`` as separate processes (a fresh broker per run), on the 2026-07-28 tasks
+  extension; ledger advertises ``--poll-ms`` (default 5000, the peer's value, so both are polled
+  on exactly the same schedule).
+* ``ledger-meta``: the same stack, on the 2025-11-25 ``_meta`` pattern.
+
+Every run: a fresh stack, 20 warm-up flows (not counted), then N flows at concurrency C through
+bench/flow_load.py, which runs under the peer's venv and calls the peer's ``loadgen.run_flow``
+(see its docstring for the one expectation that differs for ledger: the question text). CPU
+seconds of each process come from /proc/PID/stat over the measured run (the load client's from
+its own getrusage); idle CPU over 3 s between warm-up and run; peak RSS is VmHWM from
+/proc/PID/status, reset (clear_refs) after the warm-up. The table holds medians over the runs,
+like the peer's results.md; "×peer" is ours / peer's at the same C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
+from ledger.topics import ensure_topics  # noqa: E402
+from tests.spawn import spawned  # noqa: E402
+
+PEER_DIR = Path(os.environ.get("PEER_DIR", "/work/shared/bench/peer_fastmcp"))
+PEER_VENV = Path(os.environ.get("PEER_FASTMCP_VENV", "/tmp/peer_fastmcp_venv"))
+LOADER = ROOT / "bench" / "flow_load.py"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WARMUP = 20
+IDLE_S = 3.0
+
+
+@dataclass(frozen=True)
+class Impl:
+    key: str
+    label: str
+    path: str  # flow_load.py --path
+    expect: str  # flow_load.py --expect
+
+
+PEER = Impl("peer", "peer: FastMCP 4 + fastmcp-tasks, Redis (2026-07-28 tasks)", "tasks", "peer")
+IMPLS = [PEER,
+         Impl("ledger-tasks", "ledger (2026-07-28 tasks ext)", "tasks", "ledger"),
+         Impl("ledger-meta", "ledger (2025-11-25 `_meta`)", "meta", "ledger")]
+
+
+class SetupFailed(RuntimeError):
+    pass
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# processes: CPU and peak RSS from /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SetupFailed(f"no VmHWM for pid {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SetupFailed(f"{what} exited with code {process.returncode} while starting")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SetupFailed(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+# the peer: venv, Redis, server
+
+
+def peer_python() -> Path:
+    """The peer venv's python, made with the peer's setup.sh when missing or incomplete."""
+    python = PEER_VENV / "bin" / "python"
+    check = [str(python), "-c", "import fastmcp_tasks, docket, aiohttp, httpx"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        say(f"peer: using venv {PEER_VENV}")
+    else:
+        setup_log = Path("/tmp/flow_peer_setup.log")
+        say(f"peer: creating venv {PEER_VENV} with {PEER_DIR / 'setup.sh'} (log: {setup_log})")
+        with setup_log.open("w") as log:
+            done = subprocess.run(["bash", str(PEER_DIR / "setup.sh")], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PEER_FASTMCP_VENV": str(PEER_VENV), "PYTHON": sys.executable})
+        if done.returncode != 0 or subprocess.run(check, capture_output=True).returncode != 0:
+            raise SetupFailed(f"the peer's setup.sh failed (exit {done.returncode}); see {setup_log}")
+    if subprocess.run(["redis-server", "--version"], capture_output=True).returncode != 0:
+        raise SetupFailed("redis-server is not installed (apt-get install -y redis-server)")
+    return python
+
+
+@contextmanager
+def redis_server() -> Iterator[tuple[int, int]]:
+    """A redis-server of our own on a free port, as the peer's README runs it: (port, pid)."""
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process, "redis-server", timeout=15)
+        say(f"peer: redis-server {redis_cli(port, 'info', 'server').split('redis_version:')[1].split()[0]} "
+            f"on port {port} (pid {process.pid})")
+        yield port, process.pid
+    finally:
+        stop(process)
+
+
+def redis_cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=30).stdout
+
+
+@contextmanager
+def peer_stack(python: Path, redis: tuple[int, int]) -> Iterator[tuple[str, dict[str, int]]]:
+    """FLUSHALL, then a fresh peer server.py: (url, pids)."""
+    redis_port, redis_pid = redis
+    if redis_cli(redis_port, "flushall").strip() != "OK":
+        raise SetupFailed("redis FLUSHALL failed")
+    port = free_port()
+    log = open("/tmp/flow_peer_server.log", "a")
+    process = subprocess.Popen([str(python), str(PEER_DIR / "server.py"), "--port", str(port),
+                                "--backend", f"redis://127.0.0.1:{redis_port}/0"], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, process, "peer server.py (log: /tmp/flow_peer_server.log)")
+        yield f"http://127.0.0.1:{port}/mcp", {"server": process.pid, "redis": redis_pid}
+    finally:
+        stop(process)
+        log.close()
+
+
+# ledger: broker, server, worker
+
+
+@contextmanager
+def ledger_stack() -> Iterator[tuple[str, dict[str, int]]]:
+    """A fresh embedded broker, then ``ledger worker`` and ``ledger server`` on examples/demo.py."""
+    with EmbeddedBroker(port=free_port(), output=subprocess.DEVNULL) as broker:
+        settings = Settings.from_env(bootstrap=broker.bootstrap, topic_prefix=f"flow-{uuid.uuid4().hex[:8]}")
+        asyncio.run(ensure_topics(settings))
+        port = free_port()
+        with spawned(["worker", "examples/demo.py"], settings, "ledger worker") as worker, \
+                spawned(["server", "examples/demo.py", "--port", str(port)], settings, "serving") as server:
+            yield f"http://127.0.0.1:{port}/mcp", {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
+
+
+# measuring
+
+
+def load(python: Path, impl: Impl, url: str, flows: int, concurrency: int) -> dict:
+    """One run of bench/flow_load.py (the peer's loadgen) under the peer's venv."""
+    cmd = [str(python), str(LOADER), "--path", impl.path, "--expect", impl.expect, "--url", url,
+           "-n", str(flows), "-c", str(concurrency)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PEER_DIR": str(PEER_DIR)})
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SetupFailed(f"load generator failed ({impl.key}, exit {done.returncode}): {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def idle_cpu_percent(pids: dict[str, int]) -> dict[str, float]:
+    """Percent of one core each process burns with no load, over IDLE_S seconds."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    time.sleep(IDLE_S)
+    return {name: 100 * (cpu_seconds(pid) - before[name]) / IDLE_S for name, pid in pids.items()}
+
+
+def measure(python: Path, impl: Impl, url: str, pids: dict[str, int], flows: int, concurrency: int) -> dict:
+    load(python, impl, url, WARMUP, min(concurrency, WARMUP))
+    idle = idle_cpu_percent(pids)
+    load1 = os.getloadavg()[0]
+    for pid in pids.values():
+        reset_peak_rss(pid)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = load(python, impl, url, flows, concurrency)
+    ok = max(result["ok"], 1)
+    result["cpu_s_per_task"] = {name: (cpu_seconds(pid) - cpu0[name]) / ok for name, pid in pids.items()}
+    result["cpu_s_per_task"]["client"] = result["client_cpu_s"] / ok
+    result["peak_rss_mb"] = {name: peak_rss_mb(pid) for name, pid in pids.items()}
+    result["idle_cpu_percent"] = idle
+    result["loadavg1_before"] = load1
+    return result
+
+
+def one_run(python: Path, redis: tuple[int, int], impl: Impl, flows: int, concurrency: int) -> dict:
+    stack = peer_stack(python, redis) if impl is PEER else ledger_stack()
+    with stack as (url, pids):
+        return measure(python, impl, url, pids, flows, concurrency)
+
+
+# the table
+
+
+def median(runs: list[dict], *path: str) -> float:
+    values = []
+    for run in runs:
+        value = run
+        for key in path:
+            value = value[key]
+        values.append(value)
+    return statistics.median(values)
+
+
+def ratio(ours: float, peer: float) -> str:
+    return f"{ours / peer:.2f}" if peer else "n/a"
+
+
+def row(impl: Impl, concurrency: int, runs: list[dict], peer_runs: list[dict]) -> str:
+    legs = ("create_ms", "to_input_required_ms", "answer_to_completed_ms")
+    latency = [f"{median(runs, leg, 'p50'):.1f} / {median(runs, leg, 'p99'):.1f}" for leg in legs]
+    tps = median(runs, "throughput_tps")
+    if impl is PEER or not peer_runs:
+        tps_ratio = p50_ratio = "—"
+    else:
+        tps_ratio = ratio(tps, median(peer_runs, "throughput_tps"))
+        p50_ratio = " / ".join(ratio(median(runs, leg, "p50"), median(peer_runs, leg, "p50")) for leg in legs)
+    cpu = {name: median(runs, "cpu_s_per_task", name) for name in runs[0]["cpu_s_per_task"]}
+    own_cpu = sum(v for name, v in cpu.items() if name != "client")
+    cpu_text = ", ".join(f"{name} {v:.4f}" for name, v in cpu.items()) + f"; total w/o client {own_cpu:.4f}"
+    idle = ", ".join(f"{name} {median(runs, 'idle_cpu_percent', name):.1f}" for name in runs[0]["idle_cpu_percent"])
+    rss = ", ".join(f"{name} {max(r['peak_rss_mb'][name] for r in runs):.0f}" for name in runs[0]["peak_rss_mb"])
+    loads = [r["loadavg1_before"] for r in runs]
+    return (f"| {impl.label} | {concurrency} | {tps:.1f} ({', '.join(str(r['throughput_tps']) for r in runs)}) | "
+            f"{tps_ratio} | {' | '.join(latency)} | {p50_ratio} | {median(runs, 'mean_polls_per_task'):.2f} | "
+            f"{cpu_text} | {idle} | {rss} | {sum(r['errors'] for r in runs)} | {min(loads):.2f}–{max(loads):.2f} |")
+
+
+def table(results: dict[tuple[str, int], list[dict]], impls: list[Impl], levels: list[int]) -> str:
+    lines = ["| implementation / path | C | completed flows/s (runs) | flows/s ×peer | create p50/p99 ms | "
+             "create→input_required p50/p99 ms | answer→completed p50/p99 ms | p50 ×peer (create / →IR / "
+             "answer→done) | polls/task | CPU s per task | idle CPU % of a core | peak RSS MB | errors | "
+             "load1 before |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for concurrency in levels:
+        for impl in impls:
+            runs = results.get((impl.key, concurrency))
+            if runs:
+                lines.append(row(impl, concurrency, runs, results.get((PEER.key, concurrency), [])))
+    return "\n".join(lines)
+
+
+def run_all(python: Path, impls: list[Impl], levels: list[int], runs: int, flows: int) -> dict:
+    """Every (implementation, C, run), interleaved: C, then run, then implementation."""
+    results: dict[tuple[str, int], list[dict]] = {}
+    with redis_server() as redis:
+        for concurrency in levels:
+            for run in range(1, runs + 1):
+                for impl in impls:
+                    tag = f"[{impl.key} C={concurrency} run {run}/{runs}]"
+                    say(f"{tag} starting a fresh stack, {WARMUP} warm-up flows, {IDLE_S:.0f} s idle, {flows} flows")
+                    result = one_run(python, redis, impl, flows, concurrency)
+                    results.setdefault((impl.key, concurrency), []).append(result)
+                    say(f"{tag} load1 before {result['loadavg1_before']:.2f}: {result['throughput_tps']} flows/s, "
+                        f"{result['ok']} ok, {result['errors']} errors {result['error_samples'][:1] or ''}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flows", type=int, default=2000, help="flows per run (default %(default)s)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per implementation and C (default %(default)s)")
+    parser.add_argument("--concurrency", default="1,16,64", help="levels, comma-separated (default %(default)s)")
+    parser.add_argument("--poll-ms", type=int, default=5000,
+                        help="LEDGER_POLL_INTERVAL_MS, the pollInterval ledger advertises (default %(default)s, "
+                             "the peer's)")
+    parser.add_argument("--impls", default=",".join(i.key for i in IMPLS), help="which to run (default %(default)s)")
+    parser.add_argument("--json", type=Path, help="also write every run's raw result here")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    impls = [i for i in IMPLS if i.key in args.impls.split(",")]
+    os.environ["LEDGER_POLL_INTERVAL_MS"] = str(args.poll_ms)
+
+    try:
+        python = peer_python()
+        say(f"{os.cpu_count()} CPUs, load1 {os.getloadavg()[0]:.2f}; ledger advertises pollInterval {args.poll_ms} ms, "
+            f"the peer 5000 ms; {args.flows} flows per run, {args.runs} runs, C in {levels}")
+        say("validation: loadgen's checks throughout; for ledger the question text expected is examples/demo.py's "
+            "'Approve expense of {amount} for {description!r}?' instead of the peer's "
+            "'Approve expense of {amount}: {description}?'")
+        results = run_all(python, impls, levels, args.runs, args.flows)
+    except SetupFailed as failure:
+        sys.exit(f"flow.py: {failure}")
+    if args.json:
+        args.json.write_text(json.dumps({f"{k} C={c}": runs for (k, c), runs in results.items()}, indent=1))
+    say("")
+    say(table(results, impls, levels))
+    say("\n×peer: ours ÷ the peer's at the same C (flows/s: above 1 is more; latency: below 1 is faster). "
+        "Medians over runs; peak RSS is the largest over runs; CPU s per task is over the measured run, "
+        "idle burn included.")
+
+
+if __name__ == "__main__":
+    main()

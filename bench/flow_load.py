@@ -1,0 +1,202 @@
+"""The load side of bench/flow.py: one run of the peer's load generator, as a JSON line.
+
+Runs under the peer's venv (it imports the peer's loadgen.py, which needs aiohttp and httpx;
+the ledger venv has neither), so every path is driven by the same code and HTTP library:
+
+    PEER_PY bench/flow_load.py --path tasks --expect peer   --url URL -n 2000 -c 16
+    PEER_PY bench/flow_load.py --path tasks --expect ledger --url URL -n 2000 -c 16
+    PEER_PY bench/flow_load.py --path meta                  --url URL -n 2000 -c 16
+
+* ``tasks``: ``loadgen.run_flow`` unchanged (2026-07-28 tasks extension). With ``--expect
+  ledger`` the only change is the expected question text, which in examples/demo.py is
+  ``Approve expense of {amount} for {description!r}?`` rather than the peer's
+  ``Approve expense of {amount}: {description}?``; method, schema and result text are
+  checked exactly as loadgen checks them.
+* ``meta``: the same flow on ledger's 2025-11-25 ``_meta`` pattern: task-augmented
+  ``tools/call``, ``tasks/get`` until ``_meta[pending-elicitations]`` shows the question, the
+  answer as ``tasks/get _meta[elicitation-response]``, ``tasks/get`` until completed, then
+  ``tasks/result`` for the result text. Polling is loadgen's own ``McpHttp.poll_until``.
+
+Prints one JSON object: loadgen's run_flow summary plus ``client_cpu_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+PEER_DIR = os.environ.get("PEER_DIR", "/work/shared/bench/peer_fastmcp")
+sys.path.insert(0, PEER_DIR)
+import loadgen  # noqa: E402  (the peer's load generator, from PEER_DIR)
+
+PENDING = "io.modelcontextprotocol/pending-elicitations"
+RESPONSE = "io.modelcontextprotocol/elicitation-response"
+LEGACY_VERSION = "2025-11-25"
+
+
+def ledger_message(amount: float, description: str) -> str:
+    return f"Approve expense of {amount} for {description!r}?"
+
+
+def check_ir_ledger(cur: dict, amount: float, description: str) -> str:
+    """loadgen.check_ir with examples/demo.py's question text; everything else checked alike."""
+    reqs = cur.get("inputRequests") or {}
+    if len(reqs) != 1:
+        raise loadgen.ProtocolError(f"expected 1 input request, got {reqs}")
+    key, req = next(iter(reqs.items()))
+    p = req.get("params", {})
+    if req.get("method") != "elicitation/create" or p.get("message") != ledger_message(amount, description) \
+            or p.get("requestedSchema") != loadgen.EXPECTED_SCHEMA:
+        raise loadgen.ProtocolError(f"unexpected input request {req}")
+    return key
+
+
+def check_pending(cur: dict, amount: float, description: str) -> str:
+    """The 2025-11-25 ``_meta`` form of the same check; returns the elicitationId."""
+    pending = (cur.get("_meta") or {}).get(PENDING) or []
+    if len(pending) != 1:
+        raise loadgen.ProtocolError(f"expected 1 pending elicitation, got {pending}")
+    p = pending[0]
+    if p.get("mode") != "form" or p.get("message") != ledger_message(amount, description) \
+            or p.get("requestedSchema") != loadgen.EXPECTED_SCHEMA:
+        raise loadgen.ProtocolError(f"unexpected pending elicitation {p}")
+    return p["elicitationId"]
+
+
+class LegacyHttp(loadgen.McpHttp):
+    """loadgen's HTTP client speaking 2025-11-25: one initialized session, no routing headers."""
+
+    session_id: str | None = None
+
+    async def start(self) -> None:
+        self._open()
+        body = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": LEGACY_VERSION, "capabilities": {},
+            "clientInfo": {"name": "flow-meta-loader", "version": "0.1"}}}
+        async with self.client.post(self.url, json=body, headers=self._headers()) as r:
+            self.session_id = r.headers["mcp-session-id"]
+            await r.read()
+        await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"}, self._headers())
+
+    def _headers(self) -> dict:
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        if self.session_id:
+            headers.update({"mcp-session-id": self.session_id, "mcp-protocol-version": LEGACY_VERSION})
+        return headers
+
+    async def rpc(self, method: str, params: dict, name: str | None = None) -> dict:
+        self._id += 1
+        request_id = self._id
+        status, ctype, text = await self._post(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}, self._headers())
+        if status != 200:
+            raise loadgen.ProtocolError(f"{method}: HTTP {status} {text[:200]}")
+        if ctype.startswith("text/event-stream"):
+            msgs = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
+            msg = next((m for m in msgs if m.get("id") == request_id), None)
+        else:
+            msg = json.loads(text)
+        if msg is None or "error" in msg:
+            raise loadgen.ProtocolError(f"{method}: {msg and msg.get('error')}")
+        return msg["result"]
+
+    async def get(self, task_id: str, meta: dict | None = None) -> dict:
+        params = {"taskId": task_id, **({"_meta": meta} if meta else {})}
+        task = await self.rpc("tasks/get", params)
+        # poll_until caps its backoff at pollIntervalMs; 2025-11-25 names it pollInterval (ms).
+        return {**task, "pollIntervalMs": task.get("pollInterval")}
+
+
+async def meta_flow(m, i: int, st, deadline: float) -> None:
+    """loadgen.one_flow, step for step, on the 2025-11-25 ``_meta`` pattern."""
+    amount = float(100 + i % 900) + 0.5
+    desc = f"expense {i}"
+    t0 = time.perf_counter()
+    created = await m.rpc("tools/call", {"name": "approve_expense", "task": {},
+                                         "arguments": {"amount": amount, "description": desc}})
+    t1 = time.perf_counter()
+    if "task" not in created:
+        raise loadgen.ProtocolError(f"tools/call did not create a task: {created}")
+    task_id = created["task"]["taskId"]
+    st.advertised_poll_ms.add(created["task"].get("pollInterval"))
+    cur, n1 = await m.poll_until(task_id, {"input_required"}, deadline)
+    t2 = time.perf_counter()
+    elicitation_id = check_pending(cur, amount, desc)
+    t3 = time.perf_counter()
+    cur = await m.get(task_id, {RESPONSE: {"elicitationId": elicitation_id, **loadgen.ANSWER}})
+    n2 = 0
+    if cur.get("status") != "completed":
+        cur, n2 = await m.poll_until(task_id, {"completed"}, deadline)
+    t4 = time.perf_counter()
+    loadgen.check_done({"result": await m.rpc("tasks/result", {"taskId": task_id})}, amount)
+    st.create.append(t1 - t0)
+    st.to_ir.append(t2 - t1)
+    st.answer_to_done.append(t4 - t3)
+    st.polls.append(n1 + n2)
+    st.ok += 1
+
+
+async def run_meta(url: str, n: int, conc: int, poll: str, max_s: float) -> dict:
+    """loadgen.run_flow for the ``_meta`` path: same workers, same summary."""
+    m = LegacyHttp(url, conc, poll)
+    await m.start()
+    st = loadgen.Stats()
+    deadline = time.monotonic() + max_s
+    q = iter(range(n))
+
+    async def worker():
+        for i in q:
+            if time.monotonic() > deadline:
+                return
+            try:
+                await meta_flow(m, i, st, deadline)
+            except Exception as e:  # noqa: BLE001 - counted and reported, as in loadgen
+                st.err(e)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    wall = time.perf_counter() - t
+    await m.close()
+    return {
+        "n": n, "concurrency": conc, "poll": poll, "ok": st.ok, "errors": st.errors,
+        "error_samples": st.error_samples, "wall_s": round(wall, 3),
+        "throughput_tps": round(st.ok / wall, 2),
+        "create_ms": loadgen.summarize(st.create), "to_input_required_ms": loadgen.summarize(st.to_ir),
+        "answer_to_completed_ms": loadgen.summarize(st.answer_to_done),
+        "mean_polls_per_task": round(statistics.mean(st.polls), 2) if st.polls else None,
+        "advertised_poll_ms": sorted(x for x in st.advertised_poll_ms if x is not None),
+    }
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--path", choices=["tasks", "meta"], required=True)
+    ap.add_argument("--expect", choices=["peer", "ledger"], default="ledger",
+                    help="whose question text to expect on the tasks path")
+    ap.add_argument("--url", required=True)
+    ap.add_argument("-n", type=int, required=True)
+    ap.add_argument("-c", type=int, required=True)
+    ap.add_argument("--max-s", type=float, default=900)
+    a = ap.parse_args()
+    if a.path == "tasks" and a.expect == "ledger":
+        loadgen.check_ir = check_ir_ledger
+    run = loadgen.run_flow if a.path == "tasks" else run_meta
+    cpu0 = cpu_seconds()
+    res = asyncio.run(run(a.url, a.n, a.c, "fastmcp", a.max_s))
+    res["client_cpu_s"] = round(cpu_seconds() - cpu0, 2)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
