@@ -12,6 +12,8 @@ from mcp import Client
 from pydantic import TypeAdapter
 
 RAW = TypeAdapter(dict[str, Any])
+PENDING = "io.modelcontextprotocol/pending-elicitations"
+RESPONSE = "io.modelcontextprotocol/elicitation-response"
 Answer = Callable[[types.ElicitRequestFormParams], types.ElicitResult]
 
 
@@ -76,3 +78,11 @@ async def poll_until(client: Client, task_id: str, done: Callable[[dict[str, Any
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s")
         await asyncio.sleep(min(task.get("pollInterval", 100), 100) / 1000)
+
+
+async def answer_first_pending(client: Client, task_id: str, content: dict[str, Any]) -> None:
+    """Wait until the task asks, then accept its first pending question with ``content`` (``_meta`` pattern)."""
+    task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
+    elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
+    await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
+                                                "content": content}})

@@ -80,11 +80,16 @@ async def in_status(client: Any, task_id: str, status: str, timeout: float = 60)
     return await until(reached, timeout)
 
 
+async def answer_through_tasks(client: Any, task_id: str, content: dict[str, Any]) -> None:
+    """Wait until the task asks, then accept its question with ``content`` (``tasks/update``)."""
+    key = next(iter((await in_status(client, task_id, "input_required"))["inputRequests"]))
+    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+        key: {"action": "accept", "content": content}}})
+
+
 async def approve_through_tasks(client: Any, amount: float, description: str) -> tuple[str, str]:
     """approve_expense through the tasks extension, approved; its task id and result text."""
     task_id = (await client.result("tools/call", {"name": "approve_expense", "arguments": {
         "amount": amount, "description": description}}))["taskId"]
-    key = next(iter((await in_status(client, task_id, "input_required"))["inputRequests"]))
-    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
-        key: {"action": "accept", "content": {"approved": True}}}})
+    await answer_through_tasks(client, task_id, {"approved": True})
     return task_id, (await in_status(client, task_id, "completed"))["result"]["content"][0]["text"]

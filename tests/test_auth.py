@@ -15,7 +15,7 @@ from ledger.settings import Settings
 from tests.engine import history
 from tests.raw_http import ModernClient, RawSession, bearer
 from tests.spawn import LEDGER, role_environment
-from tests.stack import demo_stack, until
+from tests.stack import demo_stack, in_status, until
 
 APPROVE = {"name": "approve_expense", "arguments": {"amount": 5, "description": "ink"}}
 
@@ -30,12 +30,7 @@ async def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
 
 async def waiting_task(alice: ModernClient) -> tuple[str, str]:
     task_id = (await alice.result("tools/call", APPROVE))["taskId"]
-
-    async def asked() -> dict | None:
-        task = await alice.result("tasks/get", {"taskId": task_id})
-        return task if task["status"] == "input_required" else None
-
-    return task_id, next(iter((await until(asked))["inputRequests"]))
+    return task_id, next(iter((await in_status(alice, task_id, "input_required"))["inputRequests"]))
 
 
 async def test_requests_without_a_valid_token_are_refused(stack: tuple[str, Settings]) -> None:
@@ -91,11 +86,7 @@ async def test_the_owner_sees_and_answers_its_task(stack: tuple[str, Settings]) 
         await alice.result("tasks/update", {"taskId": task_id, "inputResponses": {
             key: {"action": "accept", "content": {"approved": True}}}})
 
-        async def done() -> dict | None:
-            task = await alice.result("tasks/get", {"taskId": task_id})
-            return task if task["status"] == "completed" else None
-
-        assert (await until(done))["result"]["content"][0]["text"] == "approved 5"
+        assert (await in_status(alice, task_id, "completed"))["result"]["content"][0]["text"] == "approved 5"
         page = await alice.result("tools/call", {"name": "list_tasks", "arguments": {}})
         assert all(t["principal"] == "alice" for t in page["structuredContent"]["tasks"])
 

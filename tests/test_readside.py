@@ -16,25 +16,16 @@ from ledger.records import LogRecord
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
 from tests.factories import sample
-from tests.mcp_client import call_as_task, connect, get_task, poll_until
+from tests.mcp_client import answer_first_pending, call_as_task, connect, poll_until
 from tests.raw_http import ModernClient
 from tests.stack import demo_stack, until
 
-PENDING = "io.modelcontextprotocol/pending-elicitations"
-RESPONSE = "io.modelcontextprotocol/elicitation-response"
 
 
 @pytest.fixture(scope="module")
 async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
     async with demo_stack(bootstrap) as stack:
         yield stack
-
-
-async def answer(client: Any, task_id: str, content: dict[str, Any]) -> None:
-    task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
-    elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
-    await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
-                                                "content": content}})
 
 
 async def tool(client: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -47,8 +38,8 @@ async def test_a_plan_trip_timeline_through_tools_and_resources(stack: tuple[str
     url, _ = stack
     async with connect(url) as client:
         trip = (await call_as_task(client, "plan_trip", {"destination": "Rome"}))["task"]["taskId"]
-        await answer(client, trip, {"start_date": "2027-03-01", "nights": 4})
-        await answer(client, trip, {"confirm": True})
+        await answer_first_pending(client, trip, {"start_date": "2027-03-01", "nights": 4})
+        await answer_first_pending(client, trip, {"confirm": True})
         await poll_until(client, trip, lambda t: t["status"] == "completed")
 
         async def finished() -> dict[str, Any] | None:

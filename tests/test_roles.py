@@ -18,13 +18,11 @@ from ledger.events import TaskCompleted, TaskStarted
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from tests.engine import history
-from tests.mcp_client import call_as_task, connect, get_task, poll_until, task_result
+from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
 from tests.spawn import LEDGER, spawned, wait_for_line
 
 pytestmark = pytest.mark.slow
 
-PENDING = "io.modelcontextprotocol/pending-elicitations"
-RESPONSE = "io.modelcontextprotocol/elicitation-response"
 DEMO = "examples/demo.py"
 
 
@@ -36,12 +34,6 @@ def counted(task: dict) -> int:
     """How far count_slowly has counted, from its status message ("counted 7 of 40")."""
     found = re.match(r"counted (\d+) of", task.get("statusMessage") or "")
     return int(found.group(1)) if found else 0
-
-
-async def answer_first_pending(client, task_id: str, content: dict) -> None:
-    task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
-    elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
-    await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept", "content": content}})
 
 
 async def test_ledger_dev_as_a_new_user_runs_it() -> None:

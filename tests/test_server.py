@@ -20,14 +20,12 @@ from ledger.events import RequestRejected, ResponseSubmitted
 from ledger.settings import Settings
 from tests.engine import history
 from tests.mcp_client import (
-    answers, call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
+    PENDING, RESPONSE, answers, call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
 )
 from tests.raw_http import RawSession
 from tests.stack import demo_stack, until
 
 RELATED = "io.modelcontextprotocol/related-task"
-PENDING = "io.modelcontextprotocol/pending-elicitations"
-RESPONSE = "io.modelcontextprotocol/elicitation-response"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.raw_http import ModernClient
-from tests.stack import demo_stack, until
+from tests.stack import answer_through_tasks, demo_stack, in_status, until
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +29,6 @@ async def stack(bootstrap: str) -> AsyncIterator[str]:
 
 async def start(client: ModernClient, tool: str, arguments: dict[str, Any]) -> str:
     return (await client.result("tools/call", {"name": tool, "arguments": arguments}))["taskId"]
-
-
-async def question(client: ModernClient, task_id: str) -> str:
-    """The key of the question the task waits on, once it waits."""
-    async def asked() -> str | None:
-        task = await client.result("tasks/get", {"taskId": task_id})
-        requests = task.get("inputRequests") or {}
-        return next(iter(requests), None) if task["status"] == "input_required" else None
-    return await until(asked)
-
-
-async def answer(client: ModernClient, task_id: str, content: dict[str, Any]) -> None:
-    key = await question(client, task_id)
-    await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
-        key: {"action": "accept", "content": content}}})
 
 
 class Rows(HTMLParser):
@@ -129,9 +114,9 @@ async def test_the_page_shows_tasks_and_the_selected_timeline_and_follows_them_l
     async with ModernClient(stack) as client, httpx.AsyncClient(base_url=base, timeout=30) as http, \
             Chromium(tmp_path / "profile") as browser:
         trip = await start(client, "plan_trip", {"destination": "Rome"})
-        await answer(client, trip, {"start_date": "2027-03-01", "nights": 4})
+        await answer_through_tasks(client, trip, {"start_date": "2027-03-01", "nights": 4})
         expense = await start(client, "approve_expense", {"amount": 6, "description": "map"})
-        await question(client, expense)
+        await in_status(client, expense, "input_required")
 
         async def stored() -> bool:
             listed = {t["taskId"]: t["status"] for t in (await http.get("/ui/api/tasks")).json()["tasks"]}
@@ -154,9 +139,9 @@ async def test_the_page_shows_tasks_and_the_selected_timeline_and_follows_them_l
         def shows(expression: str) -> Any:
             return lambda: browser.evaluate(page, expression)
         await until(shows("document.getElementById('live').textContent === 'live'"), 5)
-        await answer(client, expense, {"approved": True})
+        await answer_through_tasks(client, expense, {"approved": True})
         await until(shows(f"!!document.querySelector('tr.task[data-task-id=\"{expense}\"][data-status=completed]')"), 5)
-        await answer(client, trip, {"confirm": True})
+        await answer_through_tasks(client, trip, {"confirm": True})
         await until(shows(f"!!document.querySelector('tr.task[data-task-id=\"{trip}\"][data-status=completed]')"), 5)
         await until(shows("!!document.querySelector('tr.entry[data-kind=completed]')"), 5)
 
