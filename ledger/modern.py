@@ -118,7 +118,7 @@ class ModernAdapter:
         else:
             task_id = params.request_state  # unsealed and checked by the SDK's boundary
             with service_errors():
-                row = self.service.get(task_id, principal)
+                row = await self.service.find(task_id, principal)
                 if params.input_responses:
                     row = await self.service.answer_all(task_id, principal, _answers(params.input_responses),
                                                         protocol=protocol)
@@ -138,7 +138,7 @@ class ModernAdapter:
     async def get_task(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
         self._check(ctx, task_id)
         with service_errors():
-            row = self.service.get(task_id, principal_of(ctx))
+            row = await self.service.find(task_id, principal_of(ctx))
         return detailed_task_json(row)
 
     async def update_task(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> dict[str, Any]:

@@ -272,7 +272,7 @@ class Adapter:
         answer = (params.meta or {}).get(ELICITATION_RESPONSE)
         with service_errors():
             if answer is None:
-                row = self.service.get(params.task_id, principal)
+                row = await self.service.find(params.task_id, principal)
             else:
                 row = await self._submit(params.task_id, principal, answer, PROTOCOL + "/meta")
         return with_pending(task_json(row), row)

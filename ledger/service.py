@@ -86,6 +86,13 @@ class TaskService:
             raise TaskNotFound(task_id)
         return row
 
+    async def find(self, task_id: str, principal: str | None) -> TaskRow:
+        """``get``, except that a task this server has not seen yet is looked for once more after the
+        view has read the log as it is now (another server may have created it a moment ago)."""
+        if self.view.get(task_id) is None:
+            await self.view.settle(self.settings.read_timeout_ms / 1000)
+        return self.get(task_id, principal)
+
     def _record_in_background(self, event: TaskEvent) -> None:
         # The caller is answered "not found" at once; the audit record follows it onto the log.
         recording = asyncio.get_running_loop().create_task(self.log.append(event))
@@ -100,7 +107,7 @@ class TaskService:
     async def wait(self, task_id: str, principal: str | None, done: Callable[[TaskRow], bool],
                    timeout: float | None) -> TaskRow:
         """The task once ``done`` holds for it (or as it is at ``timeout``)."""
-        self.get(task_id, principal)
+        await self.find(task_id, principal)
         row = await self.view.wait(task_id, lambda r: r is None or done(r), timeout)
         if row is None:
             raise TaskNotFound(task_id)
@@ -122,7 +129,7 @@ class TaskService:
         an answer that repeats the applied one is recorded as a duplicate and acknowledged.
         """
         async with self._locks.hold(task_id):
-            row = self.get(task_id, principal)
+            row = await self.find(task_id, principal)
             refusals: list[RequestRejected] = []
             duplicates: list[RequestRejected] = []
             fresh: list[ResponseSubmitted] = []
@@ -155,7 +162,7 @@ class TaskService:
     async def cancel(self, task_id: str, principal: str | None, *, protocol: str, reason: str | None = None) -> TaskRow:
         """Record the request and the cancellation together, so no worker needs to be alive for it."""
         async with self._locks.hold(task_id):
-            row = self.get(task_id, principal)
+            row = await self.find(task_id, principal)
             if row.terminal:
                 await self._reject(row, "cancel", f"already {row.status}", protocol)
                 raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")

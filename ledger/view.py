@@ -62,6 +62,8 @@ class LiveView:
         self._listing: dict[str | None, list[ListKey]] = {}
         self._listeners: list[Callable[[TaskRow | None, TaskRow | None], None]] = []
         self.caught_up = asyncio.Event()
+        self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
+        self._round_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def listen(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
         """Call ``listener(before, after)`` for every row an event changes (live events only)."""
@@ -186,6 +188,8 @@ class LiveView:
                     if len(self._projector.batch) > MAX_UNFLUSHED:
                         await self._flush()
             self._release_offset_waiters()
+            self._rounds += 1
+            self._release_round_waiters()
             if not self.caught_up.is_set() and self._reader.caught_up():
                 self.caught_up.set()
 
@@ -238,6 +242,31 @@ class LiveView:
                     self._flushed = checkpoint
             finally:
                 self._projector.written(batch)
+
+    async def settle(self, timeout: float) -> None:
+        """Return once this view has applied what was on the log when it was called.
+
+        Two fetches: the first may have been sent before the caller's event was written; the
+        second is sent after. A task another server just created is then visible here.
+        """
+        if self._follower is None or self._follower.done():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._round_waiters.append((self._rounds + 2, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+
+    def _release_round_waiters(self) -> None:
+        waiting = []
+        for target, waiter in self._round_waiters:
+            if target <= self._rounds:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._round_waiters = waiting
 
     def _release_offset_waiters(self) -> None:
         positions = self._reader.positions()
