@@ -67,10 +67,14 @@ async def _until(stop: asyncio.Event, *roles: asyncio.Task[None]) -> None:
 
 
 async def _serve(server: HttpServer) -> None:
+    """Serve until cancelled; a cancel asks uvicorn to finish (lifespan shutdown included) and waits
+    for it, rather than cancelling uvicorn mid-way (which it reports as a traceback)."""
+    serving = asyncio.ensure_future(server.serve())
     try:
-        await server.serve()
+        await asyncio.shield(serving)
     except asyncio.CancelledError:
         server.should_exit = True
+        await serving
         raise
 
 

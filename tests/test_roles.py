@@ -55,7 +55,8 @@ async def test_ledger_dev_as_a_new_user_runs_it() -> None:
         assert result["content"][0]["text"] == "booked Rome for 4 nights from 2027-03-01"
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
-        assert "ledger dev: stopped" in process.stdout.read()
+        output = process.stdout.read()
+        assert "ledger dev: stopped" in output and "Traceback" not in output, output
     finally:
         process.kill()
 
