@@ -147,6 +147,8 @@ class Adapter:
         self.modern = modern_adapter
         self.read_side = read_side
         self.read_tools = [name for name in READ_TOOLS if name not in app.tools]
+        # The read tools' JSON schemas are built once, not on every tools/list.
+        self._read_tool_definitions = [d for d in read_tool_definitions() if d["name"] in self.read_tools]
         if len(self.read_tools) < len(READ_TOOLS):
             log.warning("the application defines %s; ledger's read tools of the same names are not served",
                         ", ".join(sorted(set(READ_TOOLS) - set(self.read_tools))))
@@ -181,8 +183,8 @@ class Adapter:
     # tools
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
-        tools: dict[str, Any] = {"tools": [tool.definition() for tool in self.app.tools.values()] + [
-            definition for definition in read_tool_definitions() if definition["name"] in self.read_tools]}
+        tools: dict[str, Any] = {"tools": [tool.definition() for tool in self.app.tools.values()]
+                                 + self._read_tool_definitions}
         if is_modern(ctx):
             # The same tools for every principal, fixed for the life of the process.
             tools.update(resultType="complete", ttlMs=TOOLS_CACHE_MS, cacheScope="public")
