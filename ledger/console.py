@@ -18,6 +18,7 @@ from typing import TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.reader import LogReader
+from ledger.readside import row_json
 from ledger.replay import Progress, ReplaySummary, replay
 from ledger.settings import Settings
 from projections.history import Entry, entry
@@ -99,8 +100,6 @@ def print_tasks(store: ProjectionStore, *, status: str | None, principal: str | 
             break
         after = (page[-1].created_at, page[-1].task_id)
     if as_json:
-        from ledger.readside import row_json
-
         for row in rows:
             print(json.dumps(row_json(row)), file=out)
         return len(rows)
