@@ -17,7 +17,8 @@ the ledger venv has neither), so every path is driven by the same code and HTTP 
   answer as ``tasks/get _meta[elicitation-response]``, ``tasks/get`` until completed, then
   ``tasks/result`` for the result text. Polling is loadgen's own ``McpHttp.poll_until``.
 
-Prints one JSON object: loadgen's run_flow summary plus ``client_cpu_s``.
+``--park FILE`` and ``--answer FILE`` run loadgen's ``run_park`` and ``run_answer`` instead (bench/park.py).
+Prints one JSON object: loadgen's summary plus ``client_cpu_s``.
 """
 
 from __future__ import annotations
@@ -188,12 +189,20 @@ def main() -> None:
     ap.add_argument("-n", type=int, required=True)
     ap.add_argument("-c", type=int, required=True)
     ap.add_argument("--max-s", type=float, default=900)
+    ap.add_argument("--park", metavar="FILE", help="tasks path: loadgen.run_park, create -n tasks and leave them "
+                    "input_required, their ids written to FILE")
+    ap.add_argument("--answer", metavar="FILE", help="tasks path: loadgen.run_answer, answer the tasks FILE holds")
     a = ap.parse_args()
     if a.path == "tasks" and a.expect == "ledger":
         loadgen.check_ir = check_ir_ledger
-    run = loadgen.run_flow if a.path == "tasks" else run_meta
     cpu0 = cpu_seconds()
-    res = asyncio.run(run(a.url, a.n, a.c, "fastmcp", a.max_s))
+    if a.park:
+        res = asyncio.run(loadgen.run_park(a.url, a.n, a.c, "fastmcp", a.max_s, a.park))
+    elif a.answer:
+        res = asyncio.run(loadgen.run_answer(a.url, a.answer, a.c, "fastmcp", a.max_s))
+    else:
+        run = loadgen.run_flow if a.path == "tasks" else run_meta
+        res = asyncio.run(run(a.url, a.n, a.c, "fastmcp", a.max_s))
     res["client_cpu_s"] = round(cpu_seconds() - cpu0, 2)
     print(json.dumps(res))
 

@@ -17,6 +17,7 @@ from ledger.settings import Settings
 log = logging.getLogger(__name__)
 
 GAP_PATIENCE_S = 10.0
+QUIET_WAIT_GROWTH_MS_PER_S = 10  # per second with no event, up to LEDGER_IDLE_FETCH_WAIT_MS
 
 
 class DecodingConsumer:
@@ -29,6 +30,11 @@ class DecodingConsumer:
     out and the partition is read again from the hole (offsets in ledger's topics are
     contiguous: no compaction, no transactions). A hole that stays for ``GAP_PATIENCE_S`` is
     reported and read past.
+
+    The broker holds a fetch for its whole wait when nothing arrives (the embedded broker does
+    not answer early when an event is appended), so the wait is each hop's latency: short while
+    events flow, growing the longer the topic is quiet, so that an idle consumer costs little CPU
+    and a short pause costs little latency.
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class DecodingConsumer:
         self._positions: dict[int, int] = {}  # next offset to hand out, once known
         self._holes: dict[int, tuple[int, float]] = {}  # partition -> (offset, first seen)
         self.holes_waited = 0
+        self._last_event = time.monotonic()
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -65,8 +72,10 @@ class DecodingConsumer:
 
     async def fetch(self, timeout_ms: int | None = None) -> list[LogRecord]:
         """One fetch across the assigned partitions; may be empty."""
-        wait = self.settings.fetch_max_wait_ms if timeout_ms is None else timeout_ms
+        wait = self._pace() if timeout_ms is None else timeout_ms
         fetched = await self._consumer.getmany(timeout_ms=wait, max_records=self._max_records)
+        if fetched:
+            self._last_event = time.monotonic()
         records: list[LogRecord] = []
         for tp, messages in fetched.items():
             messages = self._without_holes(tp, messages)
@@ -79,6 +88,14 @@ class DecodingConsumer:
                 await self._dead_letters(letter)
             self._positions[tp.partition] = messages[-1].offset + 1
         return records
+
+    def _pace(self) -> int:
+        """The broker-side fetch wait for the fetches from now on."""
+        quiet_ms = int((time.monotonic() - self._last_event) * QUIET_WAIT_GROWTH_MS_PER_S)
+        wait = min(max(self.settings.fetch_max_wait_ms, quiet_ms), self.settings.idle_fetch_wait_ms)
+        # aiokafka takes the wait from this attribute for every fetch request it builds; it has no setter.
+        self._consumer._fetcher._fetch_max_wait_ms = wait
+        return wait
 
     def _without_holes(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[ConsumerRecord]:
         expected = self._positions.get(tp.partition)

@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
 from ledger.app import Tool
-from ledger.service import TaskService
+from ledger.service import TaskService, awaits_client
 from ledger.wire import (
     INTERNAL_ERROR, INVALID_PARAMS, create_task, principal_of, service_errors, task_fields, tool_call_result,
 )
@@ -104,6 +104,8 @@ class ModernAdapter:
                         tool: Tool) -> dict[str, Any]:
         if tool.task_support != "forbidden" and declared_tasks(ctx):
             row = await create_task(self.service, params, ctx, None, f"{PROTOCOL}/tasks")
+            with service_errors():
+                row = await self.service.settle(row)
             return {"resultType": "task", **task_json(row)}
         if tool.task_support == "required":
             require_client_extension(ctx, TASKS_EXTENSION)
@@ -123,8 +125,7 @@ class ModernAdapter:
                     row = await self.service.answer_all(task_id, principal, _answers(params.input_responses),
                                                         protocol=protocol)
         with service_errors():
-            row = await self.service.wait(row.task_id, principal, lambda r: r.terminal or bool(r.pending),
-                                          self.round_wait_s)
+            row = await self.service.wait(row.task_id, principal, awaits_client, self.round_wait_s)
         if row.terminal:
             return {"resultType": "complete", **tool_call_result(row)}
         if not row.pending:
@@ -145,8 +146,9 @@ class ModernAdapter:
         self._check(ctx, params.task_id)
         answers = _answers({key: _elicit_result(key, value) for key, value in params.input_responses.items()})
         with service_errors():
-            await self.service.answer_all(params.task_id, principal_of(ctx), answers,
-                                          protocol=f"{PROTOCOL}/tasks")
+            row = await self.service.answer_all(params.task_id, principal_of(ctx), answers,
+                                                protocol=f"{PROTOCOL}/tasks")
+            await self.service.settle(row)
         return {"resultType": "complete"}
 
     async def cancel_task(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:

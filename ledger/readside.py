@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,13 +46,15 @@ def pending_json(pending: PendingElicitation) -> dict[str, Any]:
 
 class ReadSide:
     """``current`` gives a task's row as the server sees it now; the store (written in batches a
-    moment later) answers the rest."""
+    moment later) answers the rest, after ``written`` wrote what the server has seen so far."""
 
     def __init__(self, store: ProjectionStore, auditors: Iterable[str] = (),
-                 current: Callable[[str], TaskRow | None] | None = None) -> None:
+                 current: Callable[[str], TaskRow | None] | None = None,
+                 written: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
         self.auditors = frozenset(auditors)
         self._current = current
+        self._written = written
 
     def scope(self, principal: str | None) -> Any:
         return EVERYONE if principal in self.auditors else principal
@@ -85,6 +87,8 @@ class ReadSide:
 
     async def history(self, principal: str | None, task_id: str) -> dict[str, Any]:
         task = await self.task(principal, task_id)
+        if self._written is not None:  # the timeline then holds at least what the task row shows
+            await self._written()
         entries = await asyncio.to_thread(self.store.history, task_id)
         return {"task": task, "history": [entry.as_json() for entry in entries]}
 

@@ -50,7 +50,7 @@ from ledger.log import EventLog
 from ledger.metrics import Metrics
 from ledger.modern import ModernAdapter
 from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
-from ledger.service import Refused, TaskNotFound, TaskService
+from ledger.service import Refused, TaskNotFound, TaskService, awaits_client
 from ledger.settings import Settings
 from ledger.ui import ui_routes
 from ledger.view import LiveView
@@ -223,7 +223,7 @@ class Adapter:
             return tool_call_result(await self._relay_until_ended(ctx, row.task_id, principal, related=False))
         # The client cannot be asked: rather than hold the call open forever, say which task
         # waits for what, so that it can be answered through tasks/get _meta.
-        row = await self.service.wait(row.task_id, principal, lambda r: r.terminal or bool(r.pending), None)
+        row = await self.service.wait(row.task_id, principal, awaits_client, None)
         if row.terminal:
             return tool_call_result(row)
         waiting = error_result(f"Task {row.task_id} needs input: {row.pending[0].message} Answer it with "
@@ -276,7 +276,8 @@ class Adapter:
             if answer is None:
                 row = await self.service.find(params.task_id, principal)
             else:
-                row = await self._submit(params.task_id, principal, answer, PROTOCOL + "/meta")
+                row = await self.service.settle(
+                    await self._submit(params.task_id, principal, answer, PROTOCOL + "/meta"))
         return with_pending(task_json(row), row)
 
     async def task_result(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
@@ -414,7 +415,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     metrics.watch(store.count_by_status, view.lag, view.dead_letters)
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}", metrics=metrics)
     modern_adapter = ModernAdapter(service, settings.round_wait_ms / 1000)
-    read_side = ReadSide(store, settings.auditor_names, current=view.get)
+    read_side = ReadSide(store, settings.auditor_names, current=view.get, written=view.flush)
     adapter = Adapter(app, service, view, modern_adapter, read_side)
     server = build_mcp_server(app, adapter, request_state_security(settings))
     server.middleware.insert(0, timed(metrics))

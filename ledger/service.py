@@ -113,6 +113,13 @@ class TaskService:
             raise TaskNotFound(task_id)
         return row
 
+    async def settle(self, row: TaskRow) -> TaskRow:
+        """The task once it needs its client again (it asks, or it ended), or as it is after
+        ``LEDGER_SETTLE_MS``: the client's next poll then finds the next step instead of ``working``."""
+        if awaits_client(row) or self.settings.settle_ms == 0:
+            return row
+        return await self.wait(row.task_id, row.principal, awaits_client, self.settings.settle_ms / 1000)
+
     async def answer(
         self, task_id: str, principal: str | None, elicitation_id: str, action: str,
         content: Any, *, protocol: str,
@@ -210,6 +217,11 @@ REASON_KINDS = (
     ("elicitation", "conflicting"), ("task is already", "task ended"), ("already", "task ended"),
     ("not the owner", "not owner"),
 )
+
+
+def awaits_client(row: TaskRow) -> bool:
+    """Nothing more happens to the task until its client answers, or ever."""
+    return row.terminal or bool(row.pending)
 
 
 def reason_kind(reason: str) -> str:

@@ -36,10 +36,17 @@ class Settings:
         "min.insync.replicas of created topics; default: 2 when replicated, unset otherwise.",
     )
     linger_ms: int = _setting(
-        1, "LEDGER_LINGER_MS", "Producer linger: how long appends wait to be batched together."
+        0, "LEDGER_LINGER_MS", "Producer linger: how long appends wait to be batched together (appends made "
+        "while a produce is in flight are batched anyway)."
     )
     fetch_max_wait_ms: int = _setting(
-        10, "LEDGER_FETCH_MAX_WAIT_MS", "Longest a consumer fetch waits for new events (latency bound)."
+        2, "LEDGER_FETCH_MAX_WAIT_MS", "Longest a consumer fetch waits for new events while events flow "
+        "(the latency of each hop between server and worker)."
+    )
+    idle_fetch_wait_ms: int = _setting(
+        250, "LEDGER_IDLE_FETCH_WAIT_MS", "Longest a consumer fetch waits on a quiet topic: the wait grows by "
+        "10 ms per second without events up to this (bounds idle CPU; the first event after a long quiet "
+        "spell may take this long to be read)."
     )
     session_timeout_ms: int = _setting(
         10_000, "LEDGER_SESSION_TIMEOUT_MS", "Group session timeout: how soon a dead worker's partitions move."
@@ -96,6 +103,12 @@ class Settings:
         "How long a tools/call without the tasks extension (2026-07-28) waits for the tool to ask or "
         "finish before it answers input_required, to be retried.",
     )
+    settle_ms: int = _setting(
+        200,
+        "LEDGER_SETTLE_MS",
+        "How long a request that moves a task on (2026-07-28 tools/call, an answer) waits for the tool to "
+        "ask again or finish before it answers, so that the client's next poll finds that step (0: answer at once).",
+    )
     request_state_key: str | None = _setting(
         None,
         "LEDGER_REQUEST_STATE_KEY",
@@ -150,14 +163,17 @@ class Settings:
                 f"LEDGER_MIN_INSYNC_REPLICAS must be between 1 and LEDGER_REPLICATION_FACTOR "
                 f"({self.replication_factor}), got {mir}"
             )
+        if self.idle_fetch_wait_ms < self.fetch_max_wait_ms:
+            raise SettingsError(f"LEDGER_IDLE_FETCH_WAIT_MS ({self.idle_fetch_wait_ms}) must not be less than "
+                                f"LEDGER_FETCH_MAX_WAIT_MS ({self.fetch_max_wait_ms})")
         if self.request_state_key is not None and len(self.request_state_key) < 32:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
         for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
                      "cached_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("linger_ms", "fetch_max_wait_ms", "hot_window_ms", "max_hot_tasks", "poll_interval_ms",
-                     "round_wait_ms"):
+        for name in ("linger_ms", "fetch_max_wait_ms", "idle_fetch_wait_ms", "hot_window_ms", "max_hot_tasks",
+                     "poll_interval_ms", "round_wait_ms", "settle_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env_name(name)} must not be negative, got {getattr(self, name)}")
 

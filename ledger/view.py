@@ -95,7 +95,7 @@ class LiveView:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self.store is not None:
-            await self._flush()
+            await self.flush()
         if self._reader is not None:
             await self._reader.stop()
 
@@ -186,7 +186,7 @@ class LiveView:
                 if self.store is not None:
                     self._unflushed.set()
                     if len(self._projector.batch) > MAX_UNFLUSHED:
-                        await self._flush()
+                        await self.flush()
             self._release_offset_waiters()
             self._rounds += 1
             self._release_round_waiters()
@@ -229,9 +229,9 @@ class LiveView:
         while True:
             await self._unflushed.wait()
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self._flush()
+            await self.flush()
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         """Write what changed, with the offsets it reaches, to the store (off the event loop, in order)."""
         async with self._flush_lock:
             self._unflushed.clear()
