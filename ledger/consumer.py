@@ -91,8 +91,8 @@ class DecodingConsumer:
 
     def _pace(self) -> int:
         """The broker-side fetch wait for the fetches from now on."""
-        quiet_ms = int((time.monotonic() - self._last_event) * QUIET_WAIT_GROWTH_MS_PER_S)
-        wait = min(max(self.settings.fetch_max_wait_ms, quiet_ms), self.settings.idle_fetch_wait_ms)
+        wait = fetch_wait_ms(time.monotonic() - self._last_event, self.settings.fetch_max_wait_ms,
+                             self.settings.idle_fetch_wait_ms)
         # aiokafka takes the wait from this attribute for every fetch request it builds; it has no setter.
         self._consumer._fetcher._fetch_max_wait_ms = wait
         return wait
@@ -117,6 +117,11 @@ class DecodingConsumer:
         self.holes_waited += 1
         self._consumer.seek(tp, hole)
         return messages[:run]
+
+
+def fetch_wait_ms(quiet_s: float, flowing_ms: int, idle_ms: int) -> int:
+    """The fetch wait after ``quiet_s`` seconds without an event."""
+    return min(max(flowing_ms, int(quiet_s * QUIET_WAIT_GROWTH_MS_PER_S)), idle_ms)
 
 
 def contiguous_run(expected: int, offsets: Sequence[int]) -> int:

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ledger.codec import Codec
-from ledger.consumer import contiguous_run
+from ledger.consumer import contiguous_run, fetch_wait_ms
 from ledger.events import EVENT_TYPES, ProgressReported, TaskCreated
 from ledger.group import GroupConsumer
 from ledger.log import EventLog
@@ -100,6 +100,26 @@ async def test_a_follower_sees_every_event_of_concurrent_writers_once_and_in_ord
     for partition, offsets in seen.items():
         assert offsets == list(range(len(offsets))), f"partition {partition} skipped or repeated offsets"
     assert sum(map(len, seen.values())) == per_writer * len(writers)
+
+
+@pytest.mark.parametrize(("quiet_s", "wait"), [(0, 2), (0.1, 2), (1, 10), (10, 100), (25, 250), (3600, 250)])
+def test_fetches_wait_longer_the_longer_the_topic_is_quiet(quiet_s: float, wait: int) -> None:
+    assert fetch_wait_ms(quiet_s, flowing_ms=2, idle_ms=250) == wait
+
+
+async def test_a_follower_fetches_with_the_short_wait_while_events_flow(settings: Settings,
+                                                                         event_log: EventLog) -> None:
+    async with LogReader(settings) as reader:
+        fetcher = reader._consumer._fetcher  # the attribute DecodingConsumer paces; aiokafka sets it from config
+        assert fetcher._fetch_max_wait_ms == settings.fetch_max_wait_ms
+        reader._last_event -= 3600
+        assert await reader.fetch() == []
+        assert fetcher._fetch_max_wait_ms == settings.idle_fetch_wait_ms
+        await event_log.append(sample(TaskCreated, "paced"))
+        while not await reader.fetch():
+            pass
+        await reader.fetch()
+        assert fetcher._fetch_max_wait_ms == settings.fetch_max_wait_ms
 
 
 async def test_catch_up_reads_everything_across_many_batches(settings: Settings, event_log: EventLog) -> None:

@@ -16,7 +16,7 @@ import pytest
 from ledger.events import RequestRejected, ResponseSubmitted, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events, history
-from tests.mcp_client import call_as_task, connect, get_task, poll_until
+from tests.mcp_client import PENDING, RESPONSE, call_as_task, connect, get_task, poll_until
 from tests.modern_client import modern_client
 from tests.raw_http import TASKS, ModernClient
 from tests.stack import demo_stack
@@ -158,6 +158,35 @@ async def test_extension_methods_need_the_extension_and_removed_methods_are_gone
         assert missing["error"]["code"] == -32602
         wrong_version = await with_tasks.call("tools/list", headers={"MCP-Protocol-Version": "2099-01-01"})
         assert wrong_version["status"] == 400 and wrong_version["error"]["code"] in (-32020, -32022)
+
+
+async def test_requests_that_move_a_task_answer_once_it_needs_the_client_again(bootstrap: str) -> None:
+    """LEDGER_SETTLE_MS: tools/call answers once the tool asked and an answer once the tool ended, so
+    the client's next tasks/get finds that step; a tool still working when the wait is up is
+    answered ``working``."""
+    async with demo_stack(bootstrap, settle_ms=5_000) as (url, _):
+        async with ModernClient(url) as client:
+            created = await client.result("tools/call", {"name": "approve_expense",
+                                                         "arguments": {"amount": 3.5, "description": "tea"}})
+            assert created["status"] == "input_required"
+            key, _ = only_request(await client.result("tasks/get", {"taskId": created["taskId"]}))
+            await client.result("tasks/update", {"taskId": created["taskId"], "inputResponses": {
+                key: {"action": "accept", "content": {"approved": True}}}})
+            done = await client.result("tasks/get", {"taskId": created["taskId"]})
+            assert done["status"] == "completed" and done["result"]["content"][0]["text"] == "approved 3.5"
+
+            slow = await client.result("tools/call", {"name": "count_slowly", "arguments": {"n": 200}})
+            assert slow["status"] == "working"
+            await client.result("tasks/cancel", {"taskId": slow["taskId"]})
+
+        async with connect(url) as legacy:
+            task_id = (await call_as_task(legacy, "approve_expense", {"amount": 4.5, "description": "cake"}))[
+                "task"]["taskId"]
+            asked = await poll_until(legacy, task_id, lambda t: t["status"] == "input_required")
+            answered = await get_task(legacy, task_id, {RESPONSE: {
+                "elicitationId": asked["_meta"][PENDING][0]["elicitationId"], "action": "accept",
+                "content": {"approved": True}}})
+            assert answered["status"] == "completed"
 
 
 async def test_cancel_through_the_extension_stops_the_task(stack: tuple[str, Settings]) -> None:

@@ -29,6 +29,9 @@ def test_environment_overrides_and_topic_names() -> None:
         ({"LEDGER_BOOTSTRAP": "localhost"}, "LEDGER_BOOTSTRAP must be host:port"),
         ({"LEDGER_MIN_INSYNC_REPLICAS": "2"}, "between 1 and LEDGER_REPLICATION_FACTOR"),
         ({"LEDGER_LINGER_MS": "-1"}, "LEDGER_LINGER_MS must not be negative"),
+        ({"LEDGER_SETTLE_MS": "-5"}, "LEDGER_SETTLE_MS must not be negative"),
+        ({"LEDGER_FETCH_MAX_WAIT_MS": "50", "LEDGER_IDLE_FETCH_WAIT_MS": "20"},
+         "LEDGER_IDLE_FETCH_WAIT_MS .20. must not be less than LEDGER_FETCH_MAX_WAIT_MS .50."),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], message: str) -> None:
