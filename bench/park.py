@@ -12,7 +12,7 @@ load generator (``loadgen.run_park`` and ``loadgen.run_answer`` through bench/fl
 2. park: create the tasks and poll each until input_required, never answering;
 3. RSS of server, worker and broker with every task parked (VmRSS; the peak too);
 4. restart: SIGTERM server and worker, start both again on the same broker and store, and time
-   until the server's /readyz says it caught up;
+   until the worker owns its partitions and the server's /readyz says it caught up;
 5. answer every parked task (loadgen checks that it was still input_required, answers through
    ``tasks/update``, polls until completed and checks the result) and report the drain rate;
 6. read the log: exactly one ``TaskCompleted`` per parked task.
@@ -104,7 +104,8 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
         asyncio.run(ensure_topics(settings))
         ids = str(Path(scratch) / "parked.json")
         port = free_port()
-        worker_args, server_args = ["worker", "examples/demo.py"], ["server", "examples/demo.py", "--port", str(port)]
+        demo = str(ROOT / "examples" / "demo.py")
+        worker_args, server_args = ["worker", demo], ["server", demo, "--port", str(port)]
 
         with spawned(worker_args, settings, "ledger worker") as worker, \
                 spawned(server_args, settings, "serving") as server:
@@ -126,15 +127,16 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
             stop_gracefully(worker, "the worker")
 
         started = time.monotonic()
-        with spawned(worker_args, settings, "ledger worker") as worker, \
+        with spawned(worker_args, settings, "owns partitions") as worker, \
                 spawned(server_args, settings, "serving") as server:
+            result["worker_owns_partitions_after_restart_s"] = round(time.monotonic() - started, 2)
             until_ready(port, server)
             result["server_ready_after_restart_s"] = round(time.monotonic() - started, 2)
             pids = {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
             result["memory_restarted"] = memory(pids)
             say(f"server ready {result['server_ready_after_restart_s']} s after the restart; answering all")
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            result["answer"] = load(python, url, ["--answer", ids, "-c", str(concurrency)])
+            result["answer"] = load(python, url, ["--answer", ids, "-n", str(tasks), "-c", str(concurrency)])
             result["answer_cpu_s"] = {name: round(cpu_seconds(pid) - cpu0[name], 1) for name, pid in pids.items()}
             result["memory_drained"] = memory(pids)
 
@@ -167,7 +169,8 @@ def report(r: dict) -> str:
                      + " ; " + " / ".join(f"{m[n]['peak_mb']:.0f}" for n in ("server", "worker", "broker")) + " |")
     lines += [
         f"| server + worker RSS with all parked | {server_worker:.0f} MB |",
-        f"| server ready after restart | {r['server_ready_after_restart_s']} s |",
+        f"| after the restart: worker owns its partitions / server ready | "
+        f"{r['worker_owns_partitions_after_restart_s']} s / {r['server_ready_after_restart_s']} s |",
         f"| answered: still input_required / update ok / completed approved | {answer['still_input_required']:,} / "
         f"{answer['update_ok']:,} / {answer['completed_approved']:,} (not found {answer['not_found']}, "
         f"other errors {answer['other_error']}) |",
