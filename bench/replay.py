@@ -28,11 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.log import approve_expense_flow  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
 from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.codec import Codec  # noqa: E402
 from ledger.log import EventLog  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
 from ledger.topics import ensure_topics  # noqa: E402
+from ledger.records import LogRecord  # noqa: E402
 from ledger.view import LiveView  # noqa: E402
+from projections.projector import Projector  # noqa: E402
 from projections.store import ProjectionStore  # noqa: E402
 
 CHUNK = 5_000
@@ -100,10 +105,40 @@ def replay(settings: Settings, store: Path) -> tuple[float, str, int]:
     return seconds, finished.stdout.splitlines()[0], peak_mb
 
 
+async def stage_rate(settings: Settings, events: int, stage: str) -> float:
+    """events/s of the first stages of a replay alone, in this process: ``read`` (aiokafka only),
+    ``decode`` (+ Avro into events), ``fold`` (+ status rows and history entries, no store)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        codec, projector = Codec(), Projector()
+        seen = 0
+        started = time.perf_counter()
+        while seen < events:
+            for tp, messages in (await consumer.getmany(timeout_ms=100, max_records=20_000)).items():
+                seen += len(messages)
+                if stage == "read":
+                    continue
+                decoded = [LogRecord(tp.partition, m.offset, codec.decode(m.value)) for m in messages]
+                if stage == "fold":
+                    for record in decoded:
+                        projector.apply(record)
+                    projector.written(projector.take())
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--bootstrap", default=os.environ.get("LEDGER_BOOTSTRAP"))
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the first stages alone (read, + decode, + fold) to show what bounds replay")
     args = parser.parse_args()
     events = args.events - args.events % 5
     with (nullcontext(None) if args.bootstrap else EmbeddedBroker(port=free_port())) as broker:
@@ -120,6 +155,8 @@ def main() -> None:
             tasks, completed, history = store.count(), store.count(status="completed"), store.history_size()
             store.close()
             row_diff, history_diff = differences(path, live)
+            stages = {stage: asyncio.run(stage_rate(settings, events, stage))
+                      for stage in (("read", "decode", "fold") if args.stages else ())}
     own_rate = re.search(r"([\d,]+) events/s", summary).group(1)
     print(f"\n{summary}\n")
     print("| measure | value |\n|---|---:|")
@@ -127,6 +164,10 @@ def main() -> None:
     print(f"| `ledger replay` wall time (process start to exit) | {wall_s:.1f} s |")
     print(f"| replay rate, end to end | {events / wall_s:,.0f} events/s |")
     print(f"| replay rate, as ledger replay reports it (fold + store) | {own_rate} events/s |")
+    for stage, what in (("read", "aiokafka reading the records, nothing else"), ("decode", "+ Avro decode into events"),
+                        ("fold", "+ status and history fold, no store")):
+        if stage in stages:
+            print(f"| stage alone, in one process: {what} | {stages[stage]:,.0f} events/s |")
     print(f"| replay process peak RSS | {peak_mb:,} MB |")
     print(f"| tasks in the store / completed | {tasks:,} / {completed:,} |")
     print(f"| history entries | {history:,} |")

@@ -14,6 +14,7 @@ from pathlib import Path
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+import uvloop
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ledger import console
@@ -301,7 +302,8 @@ def _check_port(port: int) -> None:
 def _run(role: Coroutine[Any, Any, None]) -> int:
     """Run a role until it ends or SIGINT/SIGTERM; a signal is a clean stop (exit 0)."""
     try:
-        asyncio.run(role)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(role)
     except KeyboardInterrupt:
         pass
     return 0

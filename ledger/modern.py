@@ -104,9 +104,7 @@ class ModernAdapter:
                         tool: Tool) -> dict[str, Any]:
         if tool.task_support != "forbidden" and declared_tasks(ctx):
             row = await create_task(self.service, params, ctx, None, f"{PROTOCOL}/tasks")
-            with service_errors():
-                row = await self.service.settle(row)
-            return {"resultType": "task", **task_json(row)}
+            return {"resultType": "task", **task_json(await self.service.settle(row))}
         if tool.task_support == "required":
             require_client_extension(ctx, TASKS_EXTENSION)
         return await self._round(ctx, params)

@@ -118,7 +118,9 @@ class TaskService:
         ``LEDGER_SETTLE_MS``: the client's next poll then finds the next step instead of ``working``."""
         if awaits_client(row) or self.settings.settle_ms == 0:
             return row
-        return await self.wait(row.task_id, row.principal, awaits_client, self.settings.settle_ms / 1000)
+        settled = await self.view.wait(row.task_id, lambda r: r is None or awaits_client(r),
+                                       self.settings.settle_ms / 1000)
+        return settled or row
 
     async def answer(
         self, task_id: str, principal: str | None, elicitation_id: str, action: str,
