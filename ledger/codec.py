@@ -9,6 +9,7 @@ the current event models.
 from __future__ import annotations
 
 import io
+from sys import intern
 from typing import Any
 
 from fastavro import schemaless_writer
@@ -36,6 +37,12 @@ class UnknownSchema(DecodeError):
 
 class CorruptRecord(DecodeError):
     """The bytes are not a single-object-encoded task event."""
+
+
+# Values that repeat across tasks (a tool's name and question schema, who wrote the event, the
+# protocol path): decoded events share one copy, so the many tasks a worker or server holds in
+# memory cost less.
+SHARED_TEXT_FIELDS = ("tool", "actor", "principal", "protocol", "requested_schema_json", "mode", "action")
 
 
 class Codec:
@@ -81,4 +88,8 @@ class Codec:
             raise CorruptRecord(f"{len(data) - body.tell()} trailing bytes after the Avro body")
         name, payload = record.pop("payload")
         record.update(payload)
+        for field in SHARED_TEXT_FIELDS:
+            value = record.get(field)
+            if value is not None:
+                record[field] = intern(value)
         return EVENT_TYPES[name].trusted(record)

@@ -63,6 +63,7 @@ class GroupConsumer(DecodingConsumer):
         )
         super().__init__(settings, consumer, codec, dead_letters, max_records)
         self._listener = _Listener(on_assigned, on_revoked)
+        self._starts: dict[int, int] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -75,10 +76,25 @@ class GroupConsumer(DecodingConsumer):
         """Next offset to read in ``partition``, once something was fetched from it."""
         return self._positions.get(partition)
 
+    async def note_starts(self, partitions: set[int]) -> None:
+        """Remember where reading newly assigned partitions begins: the committed offset, else 0."""
+        for partition in partitions:
+            committed = await self._consumer.committed(TopicPartition(self.topic, partition))
+            self._starts[partition] = committed or 0
+
+    def next_offset(self, partition: int) -> int:
+        """Next offset to hand out in ``partition`` (its start until something was fetched)."""
+        return self._positions.get(partition, self._starts.get(partition, 0))
+
+    def highwater(self, partition: int) -> int | None:
+        """The end of ``partition`` as the last fetch from it reported (None before any fetch)."""
+        return self._consumer.highwater(TopicPartition(self.topic, partition))
+
     def forget(self, partitions: set[int]) -> None:
         """Drop the read positions of partitions this member no longer owns."""
         for partition in partitions:
             self._positions.pop(partition, None)
+            self._starts.pop(partition, None)
             self._holes.pop(partition, None)
 
     async def commit(self, next_offsets: Mapping[int, int]) -> None:

@@ -197,6 +197,10 @@ class Worker:
             dead_letters=self._log.record_dead_letter,
         )
         self._journals: dict[int, dict[str, Journal]] = {}
+        # Partitions being read up to where they ended when this worker got them (None: end not
+        # known yet). Their tasks start no run before then: a run must see the task's whole history,
+        # or it would ask again a question the task already asked.
+        self._catching_up: dict[int, int | None] = {}
         self._runs: dict[str, Run] = {}
         self._ready: deque[Journal] = deque()
         self._queued: set[Journal] = set()
@@ -244,7 +248,9 @@ class Worker:
             if journal is not None:
                 touched[journal.task_id] = journal
         for journal in touched.values():
-            self.reconcile(journal)
+            if journal.partition not in self._catching_up:
+                self.reconcile(journal)
+        self._finish_catching_up()
         self._sweep()
         await self._commit()
 
@@ -261,9 +267,23 @@ class Worker:
             return journal
         return journal if journal.apply(event) else None
 
+    def _finish_catching_up(self) -> None:
+        for partition, end in list(self._catching_up.items()):
+            if end is None:
+                end = self._catching_up[partition] = self._consumer.highwater(partition)
+            if end is None or self._consumer.next_offset(partition) < end:
+                continue
+            del self._catching_up[partition]
+            journals = self._journals.get(partition, {})
+            log.info("worker %s: partition %d read to offset %d, %d tasks open in it", self.worker_id, partition,
+                     end, len(journals))
+            for journal in list(journals.values()):
+                self.reconcile(journal)
+
     def reconcile(self, journal: Journal) -> None:
         """Do what the journal says the task needs."""
-        if self._closing or self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
+        if self._closing or journal.partition in self._catching_up or \
+                self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             return
         run = self._runs.get(journal.task_id)
         if journal.ended:
@@ -331,7 +351,9 @@ class Worker:
         if now - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = now
-        for journals in self._journals.values():
+        for partition, journals in self._journals.items():
+            if partition in self._catching_up:
+                continue
             for journal in journals.values():
                 if journal.ended or journal.waiting_for is not None:
                     continue
@@ -383,8 +405,10 @@ class Worker:
         self._committed.update(changed)
 
     async def _assigned(self, partitions: set[int]) -> None:
+        await self._consumer.note_starts(partitions)
         for partition in partitions:
             self._journals.setdefault(partition, {})
+            self._catching_up[partition] = None
         log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
         if self._ready_signal is not None:
             self._ready_signal.set()
@@ -397,4 +421,5 @@ class Worker:
                 if run is not None:
                     run.stop()
             self._committed.pop(partition, None)
+            self._catching_up.pop(partition, None)
         self._consumer.forget(partitions)

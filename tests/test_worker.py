@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,3 +129,28 @@ async def test_workers_joining_and_leaving_lose_and_repeat_nothing(settings: Set
     for row in rows:
         events = await history(settings, row.task_id)
         assert sum(isinstance(e, TaskCompleted) for e in events) == 1, row.task_id
+
+
+async def test_a_restarted_worker_reads_its_partitions_to_the_end_before_it_runs_anything(
+    settings: Settings, topics: dict
+) -> None:
+    """A run must see its task's whole history. A worker that started runs while still reading its
+    partitions back would find a parked task without its later steps and its question, and would
+    run those steps and ask that question a second time."""
+    settings = replace(settings, hot_window_ms=0)
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("bulky", {"parts": 40}, principal=None, ttl_ms=None, protocol="test")
+        row = await engine.settled(row.task_id, "input_required")
+        first_worker = engine.workers.pop()
+        first_worker.cancel()
+        await asyncio.gather(first_worker, return_exceptions=True)
+        await engine.start_worker("w-restarted")
+        await asyncio.sleep(2)  # the restarted worker reads the 4 MB history back meanwhile
+        await engine.service.answer(row.task_id, None, row.pending[0].elicitation_id, "accept", {"ok": True},
+                                    protocol="test")
+        row = await engine.settled(row.task_id, "completed")
+    assert result_text(row) == "shipped 40"
+    events = await history(settings, row.task_id)
+    steps = Counter(e.name for e in events if isinstance(e, StepRecorded))
+    assert len(steps) == 40 and set(steps.values()) == {1}
+    assert sum(isinstance(e, ElicitationRequested) for e in events) == 1

@@ -24,6 +24,15 @@ async def journaled(ledger_file: str, ctx: Context) -> str:
 
 
 @app.tool
+async def bulky(parts: int, ctx: Context) -> str:
+    """Large journaled steps before a question: a history that takes many fetches to read back."""
+    for part in range(parts):
+        await ctx.step(f"part {part}", lambda: "x" * 100_000)
+    await ctx.elicit("All parts made; ship?", YES)
+    return f"shipped {parts}"
+
+
+@app.tool
 async def fickle(ctx: Context) -> str:
     """Asks a different question each time it runs: a replay must notice."""
     count = QUESTIONS_ASKED[ctx.task_id] = QUESTIONS_ASKED.get(ctx.task_id, 0) + 1
