@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -186,6 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ledger: cannot reach Kafka: {exc}; check LEDGER_BOOTSTRAP", file=sys.stderr)
     except EXPECTED_ERRORS as exc:
         print(f"ledger: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        # Whoever read the output stopped (``ledger tail | head``): not an error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not fail once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 2
 
 

@@ -91,3 +91,19 @@ async def test_topics_and_tail(settings: Settings, trips: list[str]) -> None:
         tail.kill()
         tail.wait(10)
     assert sorted(e["kind"] for e in entries if e["kind"] == "asked") == ["asked"] * 3
+
+
+async def test_a_reader_that_stops_reading_ends_tail_quietly(settings: Settings, trips: list[str]) -> None:
+    """``ledger tail | head``: once the reader is gone, the next line ends the command, with no traceback."""
+    tail = subprocess.Popen(LEDGER + ["tail", "--from-beginning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=role_environment(settings))
+    try:
+        assert tail.stdout.readline()
+        tail.stdout.close()
+        async with EventLog(settings) as log:
+            await log.append_many([sample(TaskStarted, trips[0], attempt=9) for _ in range(50)])
+        assert tail.wait(60) == 0
+        assert "Traceback" not in tail.stderr.read()
+    finally:
+        tail.kill()
+        tail.wait(10)
