@@ -248,8 +248,7 @@ class Worker:
             if journal is not None:
                 touched[journal.task_id] = journal
         for journal in touched.values():
-            if journal.partition not in self._catching_up:
-                self.reconcile(journal)
+            self.reconcile(journal)
         self._finish_catching_up()
         self._sweep()
         await self._commit()
