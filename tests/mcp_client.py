@@ -80,9 +80,15 @@ async def poll_until(client: Client, task_id: str, done: Callable[[dict[str, Any
         await asyncio.sleep(min(task.get("pollInterval", 100), 100) / 1000)
 
 
-async def answer_first_pending(client: Client, task_id: str, content: dict[str, Any]) -> None:
-    """Wait until the task asks, then accept its first pending question with ``content`` (``_meta`` pattern)."""
+async def first_question(client: Client, task_id: str) -> str:
+    """Wait until the task asks; the elicitation id of its first pending question (``_meta`` pattern)."""
     task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
-    elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
-    await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
-                                                "content": content}})
+    return task["_meta"][PENDING][0]["elicitationId"]
+
+
+async def answer_first_pending(client: Client, task_id: str, content: dict[str, Any]) -> dict[str, Any]:
+    """Wait until the task asks, then accept its first pending question with ``content``; the task as
+    the answering ``tasks/get`` returns it (``_meta`` pattern)."""
+    elicitation_id = await first_question(client, task_id)
+    return await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
+                                                       "content": content}})

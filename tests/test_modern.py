@@ -16,7 +16,7 @@ import pytest
 from ledger.events import RequestRejected, ResponseSubmitted, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events, history
-from tests.mcp_client import PENDING, RESPONSE, call_as_task, connect, get_task, poll_until
+from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
 from tests.modern_client import modern_client
 from tests.raw_http import TASKS, ModernClient
 from tests.stack import demo_stack
@@ -182,10 +182,7 @@ async def test_requests_that_move_a_task_answer_once_it_needs_the_client_again(b
         async with connect(url) as legacy:
             task_id = (await call_as_task(legacy, "approve_expense", {"amount": 4.5, "description": "cake"}))[
                 "task"]["taskId"]
-            asked = await poll_until(legacy, task_id, lambda t: t["status"] == "input_required")
-            answered = await get_task(legacy, task_id, {RESPONSE: {
-                "elicitationId": asked["_meta"][PENDING][0]["elicitationId"], "action": "accept",
-                "content": {"approved": True}}})
+            answered = await answer_first_pending(legacy, task_id, {"approved": True})
             assert answered["status"] == "completed"
 
 

@@ -20,7 +20,8 @@ from ledger.events import RequestRejected, ResponseSubmitted
 from ledger.settings import Settings
 from tests.engine import history
 from tests.mcp_client import (
-    PENDING, RESPONSE, answers, call_as_task, cancel_task, connect, get_task, list_tasks, poll_until, task_result,
+    PENDING, RESPONSE, answers, call_as_task, cancel_task, connect, first_question, get_task, list_tasks, poll_until,
+    task_result,
 )
 from tests.raw_http import RawSession
 from tests.stack import demo_stack, until
@@ -120,8 +121,7 @@ async def test_bad_answers_are_refused_recorded_and_change_nothing(stack: tuple[
     url, settings = stack
     async with connect(url) as client:
         task_id = (await call_as_task(client, "approve_expense", {"amount": 7, "description": "book"}))["task"]["taskId"]
-        task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
-        elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
+        elicitation_id = await first_question(client, task_id)
 
         async def answer(response: dict) -> dict:
             return await get_task(client, task_id, {RESPONSE: response})
@@ -319,8 +319,7 @@ async def test_metrics_show_what_the_server_did(stack: tuple[str, Settings]) -> 
     url, _ = stack
     async with connect(url) as client:
         task_id = (await call_as_task(client, "approve_expense", {"amount": 2, "description": "tea"}))["task"]["taskId"]
-        task = await poll_until(client, task_id, lambda t: t["status"] == "input_required")
-        elicitation_id = task["_meta"][PENDING][0]["elicitationId"]
+        elicitation_id = await first_question(client, task_id)
         with pytest.raises(MCPError):
             await get_task(client, task_id, {RESPONSE: {"elicitationId": elicitation_id, "action": "accept",
                                                         "content": {"approved": "very"}}})
