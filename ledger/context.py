@@ -62,7 +62,7 @@ class Context:
 
     @property
     def principal(self) -> str | None:
-        return self._journal.created.principal
+        return self._journal.principal
 
     @overload
     async def elicit(self, message: str, schema: type[T]) -> Elicited[T]: ...

@@ -150,7 +150,7 @@ class Run:
         """The event that ends the task, or None when the run parked or was stopped."""
         journal, worker = self.journal, self.worker
         try:
-            tool = worker.app.get(journal.created.tool)
+            tool = worker.app.get(journal.tool)
             arguments = json.loads(journal.created.arguments_json)
             value = await tool.call(arguments, Context(journal, self, worker.actor))
         except Parked:
@@ -165,15 +165,15 @@ class Run:
         except Exception as exc:
             if self.stopped:
                 return None
-            log.exception("task %s: tool %s raised", journal.task_id, journal.created.tool)
+            log.exception("task %s: tool %s raised", journal.task_id, journal.tool)
             return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
         result = tool_result(value)
         return self._event(TaskCompleted, result_json=json.dumps(result, separators=(",", ":")),
                            is_error=bool(result.get("isError")))
 
     def _event(self, cls: type[TaskEvent], **fields: object) -> TaskEvent:
-        created = self.journal.created
-        return cls(task_id=created.task_id, principal=created.principal, actor=self.worker.actor, **fields)
+        journal = self.journal
+        return cls(task_id=journal.task_id, principal=journal.principal, actor=self.worker.actor, **fields)
 
 
 class Worker:
@@ -291,7 +291,7 @@ class Worker:
             if run is not None:
                 run.stop()
             return
-        if journal.waiting_for is not None:
+        if journal.waiting:
             return
         if run is None:
             if journal not in self._queued:
@@ -309,7 +309,7 @@ class Worker:
             journal = self._ready.popleft()
             self._queued.discard(journal)
             tracked = self._journals.get(journal.partition, {}).get(journal.task_id) is journal
-            if not tracked or journal.ended or journal.waiting_for is not None or journal.task_id in self._runs:
+            if not tracked or journal.ended or journal.waiting or journal.task_id in self._runs:
                 self.slots.give()
                 continue
             run = Run(self, journal)
@@ -354,7 +354,7 @@ class Worker:
             if partition in self._catching_up:
                 continue
             for journal in journals.values():
-                if journal.ended or journal.waiting_for is not None:
+                if journal.ended or journal.waiting:
                     continue
                 if journal.task_id in self._runs or journal.task_id in self._retrying:
                     continue

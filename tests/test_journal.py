@@ -1,0 +1,80 @@
+"""The worker's journal: what it folds in, what it ignores, and the events it gives back."""
+
+from __future__ import annotations
+
+from ledger.events import (
+    ElicitationRequested,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskCompleted,
+    TaskCreated,
+    TaskStarted,
+)
+from ledger.journal import Journal
+
+TASK = {"task_id": "task-1", "principal": "alice", "actor": "worker:w1"}
+
+
+def created() -> TaskCreated:
+    return TaskCreated(task_id="task-1", principal="alice", actor="server:s1", tool="plan_trip",
+                       arguments_json='{"city": "Oslo"}', protocol="mcp-2026-07-28/tasks")
+
+
+def asked(sequence: int) -> ElicitationRequested:
+    return ElicitationRequested(**TASK, elicitation_id=f"e{sequence}", sequence=sequence, message=f"question {sequence}?",
+                                requested_schema_json='{"type":"object"}')
+
+
+def answered(sequence: int, action: str = "accept") -> ResponseSubmitted:
+    return ResponseSubmitted(task_id="task-1", principal="alice", actor="server:s1", elicitation_id=f"e{sequence}",
+                             action=action, content_json='{"ok":true}' if action == "accept" else None)
+
+
+def test_a_journal_gives_back_the_events_it_keeps() -> None:
+    first = created()
+    journal = Journal(first, partition=3, offset=17)
+    step = StepRecorded(**TASK, name="book", sequence=0, result_json='{"ref":"X1"}')
+    question, answer, second_question = asked(0), answered(0), asked(1)
+    for event in (TaskStarted(**TASK, attempt=1), question, answer, step, second_question):
+        assert journal.apply(event)
+
+    assert (journal.task_id, journal.principal, journal.tool) == ("task-1", "alice", "plan_trip")
+    assert (journal.partition, journal.offset, journal.attempts) == (3, 17, 1)
+    assert journal.created == first
+    assert journal.elicitation(0) == question and journal.elicitation(1) == second_question
+    assert journal.elicitation(2) is None
+    assert journal.response("e0") == answer and journal.response("e1") is None
+    assert journal.step(0) == step and journal.step(1) is None
+    assert journal.waiting and not journal.ended
+
+
+def test_a_task_waits_from_its_question_until_the_answer() -> None:
+    journal = Journal(created(), 0, 0)
+    assert not journal.waiting
+    journal.apply(asked(0))
+    assert journal.waiting
+    journal.apply(answered(0))
+    assert not journal.waiting
+
+
+def test_repeats_and_events_the_fold_ignores_change_nothing() -> None:
+    first = created()
+    journal = Journal(first, 0, 0)
+    started, question, answer = TaskStarted(**TASK, attempt=2), asked(0), answered(0)
+    for event in (started, question, answer):
+        assert journal.apply(event)
+        assert not journal.apply(event)  # a producer retry's copy, or the worker's own write read back
+
+    assert not journal.apply(first)
+    assert not journal.apply(TaskStarted(**TASK, attempt=1))  # an older attempt
+    assert not journal.apply(asked(3))  # out of sequence
+    assert not journal.apply(answered(7))  # to a question never asked
+    assert not journal.apply(answered(0, "decline"))  # the first answer in log order wins
+    assert journal.response("e0") == answer and journal.attempts == 2
+
+
+def test_an_ending_event_ends_the_journal_once() -> None:
+    journal = Journal(created(), 0, 0)
+    ending = TaskCompleted(**TASK, result_json='{"content":[]}')
+    assert journal.apply(ending) and journal.ended
+    assert not journal.apply(ending)
