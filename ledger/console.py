@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.reader import LogReader
 from ledger.readside import row_json
-from ledger.replay import Progress, ReplaySummary, replay
+from ledger.replay import Progress, ReplaySummary, build_store, replay
 from ledger.settings import Settings
 from projections.history import Entry, entry
 from projections.status import TaskRow
@@ -51,16 +51,18 @@ def progress_printer(label: str, err: TextIO = sys.stderr) -> Callable[[Progress
 
 
 async def run_replay(settings: Settings, path: Path, *, projection: str, since_ms: int | None,
-                     to_offset: int | None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> ReplaySummary:
+                     to_offset: int | None, processes: int = 1, out: TextIO = sys.stdout,
+                     err: TextIO = sys.stderr) -> ReplaySummary:
     """Build a fresh store beside ``path`` and move it into place when complete (readers never see half)."""
     building = path.with_name(path.name + ".building")
     for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
         leftover.unlink(missing_ok=True)
+    options = {"status": projection in ("status", "all"), "history": projection in ("history", "all"),
+               "since_ms": since_ms, "to_offset": to_offset}
+    summary = await build_store(settings, building, processes=processes, progress=progress_printer("replay", err),
+                                **options)
     store = ProjectionStore(building)
     try:
-        summary = await replay(settings, store, status=projection in ("status", "all"),
-                               history=projection in ("history", "all"), since_ms=since_ms, to_offset=to_offset,
-                               progress=progress_printer("replay", err))
         store.set_meta("topic", settings.events_topic)
     finally:
         store.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -14,7 +14,8 @@ from ledger.topics import TopicError
 
 
 class LogReader(DecodingConsumer):
-    """Reads every partition from a checkpoint (next offset per partition) or from the start.
+    """Reads every partition (or the ``partitions`` given) from a checkpoint (next offset per
+    partition) or from the start.
 
     Catch-up is judged against the high watermark each fetch reports, never against
     ``end_offsets()``, which the embedded broker under-reports (TANSU.md).
@@ -25,6 +26,7 @@ class LogReader(DecodingConsumer):
         settings: Settings,
         *,
         checkpoint: Mapping[int, int] | None = None,
+        partitions: Collection[int] | None = None,
         codec: Codec | None = None,
         dead_letters: DeadLetterSink = log_dead_letter,
         client_id: str | None = None,
@@ -42,6 +44,7 @@ class LogReader(DecodingConsumer):
         )
         super().__init__(settings, consumer, codec, dead_letters, max_records)
         self._checkpoint = dict(checkpoint or {})
+        self._only = set(partitions) if partitions is not None else None
         self._partitions: list[TopicPartition] = []
 
     async def start(self) -> None:
@@ -52,12 +55,21 @@ class LogReader(DecodingConsumer):
         if not partitions:
             await self._consumer.stop()
             raise TopicError(f"topic {self.topic} does not exist; start `ledger broker` or create the topics first")
+        if self._only is not None:
+            if missing := self._only - partitions:
+                await self._consumer.stop()
+                raise TopicError(f"topic {self.topic} has no partition {', '.join(map(str, sorted(missing)))}")
+            partitions = self._only
         self._partitions = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(self._partitions)
         for tp in self._partitions:
             start = self._checkpoint.get(tp.partition, 0)
             self._consumer.seek(tp, start)
             self._positions[tp.partition] = start
+
+    def partitions(self) -> list[int]:
+        """The partitions this reader reads, once started."""
+        return [tp.partition for tp in self._partitions]
 
     def positions(self) -> dict[int, int]:
         """Next offset to read per partition: the checkpoint to resume from."""

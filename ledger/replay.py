@@ -3,14 +3,23 @@
 The fold is the server's (``projections.projector``), so a replayed store holds exactly what a
 server that followed the log live holds. Writes go to SQLite in large batches off the event loop
 while the consumer keeps fetching.
+
+A task's events all sit in one partition, so partitions fold independently: ``build_store`` (what
+``ledger replay`` runs) gives each of several processes a share of the partitions, all writing into
+one store being built. Decoding and folding are CPU-bound Python: processes, not threads, use more
+cores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ledger.reader import LogReader
 from ledger.settings import Settings
@@ -21,6 +30,10 @@ BATCH_ENTRIES = 50_000
 REPLAY_ROWS = 50_000  # task rows held in memory; the store holds them all
 REMEMBERED_IDS = 200_000
 PROGRESS_EVERY_S = 0.5
+
+
+class ReplayFailed(RuntimeError):
+    """A process of a parallel replay stopped with an error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +61,11 @@ class ReplaySummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-async def replay(settings: Settings, store: ProjectionStore, *, status: bool = True, history: bool = True,
-                 since_ms: int | None = None, to_offset: int | None = None,
-                 progress: Callable[[Progress], None] | None = None) -> ReplaySummary:
-    """Fold the topic from offset 0 into ``store`` until caught up (or every partition reached ``to_offset``).
+async def replay(settings: Settings, store: ProjectionStore, *, partitions: Collection[int] | None = None,
+                 status: bool = True, history: bool = True, since_ms: int | None = None,
+                 to_offset: int | None = None, progress: Callable[[Progress], None] | None = None) -> ReplaySummary:
+    """Fold the topic (or its ``partitions``) from offset 0 into ``store`` until caught up (or every
+    partition reached ``to_offset``).
 
     ``since_ms`` leaves out events that occurred before it; ``to_offset`` stops each partition there.
     """
@@ -61,7 +75,8 @@ async def replay(settings: Settings, store: ProjectionStore, *, status: bool = T
     last_report = started
     applied = skipped = 0
     pending_write: asyncio.Task[None] | None = None
-    async with LogReader(settings, client_id=f"{settings.client_id}-replay", max_records=20_000) as reader:
+    async with LogReader(settings, partitions=partitions, client_id=f"{settings.client_id}-replay",
+                         max_records=20_000) as reader:
         while True:
             records = await reader.fetch(timeout_ms=100)
             for record in records:
@@ -87,6 +102,96 @@ async def replay(settings: Settings, store: ProjectionStore, *, status: bool = T
             await pending_write
         return ReplaySummary(applied, skipped, store.count(), time.perf_counter() - started,
                              reader.dead_letter_count, _capped(reader.positions(), to_offset))
+
+
+async def build_store(settings: Settings, path: Path, *, processes: int = 1,
+                      progress: Callable[[Progress], None] | None = None, **options: Any) -> ReplaySummary:
+    """Replay into a new store file at ``path`` with up to ``processes`` processes, each folding a
+    share of the partitions; ``options`` as for ``replay``. The store gets its query indexes once
+    every share is in.
+    """
+    if processes > 1:
+        async with LogReader(settings, client_id=f"{settings.client_id}-replay") as reader:
+            partitions = reader.partitions()
+        if len(partitions) > 1:
+            return await _replay_in_processes(settings, path, partitions, processes, progress, options)
+    store = ProjectionStore(path, building=True)
+    try:
+        summary = await replay(settings, store, progress=progress, **options)
+        store.index()
+    finally:
+        store.close()
+    return summary
+
+
+async def _replay_in_processes(settings: Settings, path: Path, partitions: list[int], processes: int,
+                               progress: Callable[[Progress], None] | None,
+                               options: dict[str, Any]) -> ReplaySummary:
+    started = time.perf_counter()
+    shares = [partitions[i::processes] for i in range(min(processes, len(partitions)))]
+    context = multiprocessing.get_context("spawn")
+    counts = context.Array("q", 2 * len(shares), lock=False)  # events, lag of each share
+    results = context.Queue()
+    children = [context.Process(target=_replay_share, name=f"ledger-replay-{i}",
+                                args=(settings, str(path), share, options, counts, i, results))
+                for i, share in enumerate(shares)]
+    for child in children:
+        child.start()
+    summaries: dict[int, ReplaySummary | str] = {}
+    try:
+        while len(summaries) < len(children):
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            exited = not any(child.is_alive() for child in children)
+            _collect(results, summaries)  # after is_alive: a share's result is queued before it exits
+            if progress is not None:
+                progress(Progress(sum(counts[0::2]), time.perf_counter() - started, sum(counts[1::2])))
+            if exited and len(summaries) < len(children):
+                raise ReplayFailed(f"replay processes exited with codes {[c.exitcode for c in children]}")
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+    failures = [outcome for outcome in summaries.values() if isinstance(outcome, str)]
+    if failures:
+        raise ReplayFailed("; ".join(failures))
+    done = [outcome for outcome in summaries.values() if isinstance(outcome, ReplaySummary)]
+    store = ProjectionStore(path, building=True)
+    try:
+        store.index()
+        tasks = store.count()
+    finally:
+        store.close()
+    checkpoint = {p: o for summary in done for p, o in summary.checkpoint.items()}
+    return ReplaySummary(sum(s.events for s in done), sum(s.skipped for s in done), tasks,
+                         time.perf_counter() - started, sum(s.dead_letters for s in done), checkpoint)
+
+
+def _collect(results: Any, summaries: dict[int, ReplaySummary | str]) -> None:
+    while True:
+        try:
+            index, outcome = results.get_nowait()
+        except queue.Empty:
+            return
+        summaries[index] = outcome
+
+
+def _replay_share(settings: Settings, path: str, partitions: list[int], options: dict[str, Any],
+                  counts: Any, index: int, results: Any) -> None:
+    """One process of ``replay_in_processes``: its partitions into the shared store being built."""
+
+    def report(progress: Progress) -> None:
+        counts[2 * index], counts[2 * index + 1] = progress.events, progress.lag
+
+    store = ProjectionStore(path, building=True)
+    try:
+        outcome: ReplaySummary | str = asyncio.run(replay(settings, store, partitions=partitions,
+                                                          progress=report, **options))
+    except Exception as exc:
+        outcome = f"partitions {partitions}: {type(exc).__name__}: {exc}"
+    finally:
+        store.close()
+    results.put((index, outcome))
 
 
 async def _write(projector: Projector, store: ProjectionStore, checkpoint: dict[int, int]) -> None:

@@ -9,8 +9,7 @@ is the same entry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.events import (
     CancelRequested,
@@ -30,9 +29,13 @@ from ledger.events import (
 
 DUPLICATE_PREFIX = "duplicate"
 
+# json.dumps builds an encoder per call when given separators; a replay encodes every event.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+
+class Entry(NamedTuple):
+    """One timeline entry; its fields are the store's columns, in order."""
+
     event_id: str
     task_id: str
     partition: int
@@ -46,11 +49,6 @@ class Entry:
     summary: str
     detail_json: str
 
-    def values(self) -> tuple[Any, ...]:
-        """The fields in declaration order (the store's column order)."""
-        return (self.event_id, self.task_id, self.partition, self.offset, self.occurred_at, self.kind, self.actor,
-                self.principal, self.protocol, self.elicitation_id, self.summary, self.detail_json)
-
     def as_json(self) -> dict[str, Any]:
         return {
             "eventId": self.event_id, "partition": self.partition, "offset": self.offset,
@@ -63,12 +61,9 @@ class Entry:
 def entry(event: TaskEvent, partition: int, offset: int) -> Entry:
     kind, summary = describe(event)
     payload = event.payload()
-    return Entry(
-        event_id=event.event_id, task_id=event.task_id, partition=partition, offset=offset,
-        occurred_at=event.occurred_at, kind=kind, actor=event.actor, principal=event.principal,
-        protocol=payload.get("protocol"), elicitation_id=payload.get("elicitation_id"), summary=summary,
-        detail_json=json.dumps(payload, separators=(",", ":")),
-    )
+    return Entry(event.event_id, event.task_id, partition, offset, event.occurred_at, kind, event.actor,
+                 event.principal, payload.get("protocol"), payload.get("elicitation_id"), summary,
+                 compact_json(payload))
 
 
 def describe(event: TaskEvent) -> tuple[str, str]:

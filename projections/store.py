@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from projections.history import Entry
+from projections.history import Entry, compact_json
 from projections.status import TERMINAL, Answer, PendingElicitation, TaskRow
 
 SCHEMA = """
@@ -29,8 +29,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     last_updated_at INTEGER NOT NULL,
     row_json TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
-CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
 CREATE TABLE IF NOT EXISTS history (
     event_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -46,12 +44,19 @@ CREATE TABLE IF NOT EXISTS history (
     detail_json TEXT NOT NULL,
     PRIMARY KEY (partition, "offset")
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, partition, "offset");
 CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# What the queries need; a store being built gets them once, at the end (sorting once is faster
+# than keeping them in order through a million inserts).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, partition, "offset");
+"""
+BUILDING_LOCK_WAIT_S = 120  # the processes of a parallel replay take turns writing
 
-ROW_FIELDS = tuple(TaskRow.__dataclass_fields__)
+ROW_FIELDS = TaskRow._fields
 PENDING_AT, ANSWERS_AT = ROW_FIELDS.index("pending"), ROW_FIELDS.index("answers")
 PENDING_FIELDS = tuple(PendingElicitation.__dataclass_fields__)
 ANSWER_FIELDS = tuple(Answer.__dataclass_fields__)
@@ -71,14 +76,29 @@ def _locked(method: F) -> F:
 
 
 class ProjectionStore:
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    """A store at ``path`` (in memory by default).
+
+    ``building=True`` opens a store that ``ledger replay`` is building, possibly from several
+    processes at once: no syncs (a replay that dies leaves a file the next one deletes) and no
+    query indexes until ``index()``.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", *, building: bool = False) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=BUILDING_LOCK_WAIT_S if building else 5.0)
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA synchronous={'OFF' if building else 'NORMAL'}")
         self._db.executescript(SCHEMA)
+        if not building:
+            self._db.executescript(INDEXES)
         self._lock = threading.Lock()
+
+    @_locked
+    def index(self) -> None:
+        """Create the query indexes a store opened with ``building=True`` left out."""
+        self._db.executescript(INDEXES)
 
     def close(self) -> None:
         self._db.close()
@@ -105,7 +125,7 @@ class ProjectionStore:
             )
             db.executemany("DELETE FROM tasks WHERE task_id = ?", [(task_id,) for task_id in removed])
             db.executemany("INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [e.values() for e in entries])
+                           entries)
             db.executemany("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", list(checkpoint.items()))
             db.execute("COMMIT")
         except BaseException:
@@ -218,11 +238,12 @@ def _filters(*, principal: Any = EVERYONE, status: str | None = None, tool: str 
 
 
 def row_json(row: TaskRow) -> str:
-    # dataclasses.astuple deep-copies; the rows are immutable, so a shallow walk does.
-    fields = [getattr(row, name) for name in ROW_FIELDS]
-    fields[PENDING_AT] = [tuple(getattr(p, n) for n in PENDING_FIELDS) for p in row.pending]
-    fields[ANSWERS_AT] = [tuple(getattr(a, n) for n in ANSWER_FIELDS) for a in row.answers]
-    return json.dumps(fields, separators=(",", ":"))
+    fields = list(row)
+    if row.pending:
+        fields[PENDING_AT] = [tuple(getattr(p, n) for n in PENDING_FIELDS) for p in row.pending]
+    if row.answers:
+        fields[ANSWERS_AT] = [tuple(getattr(a, n) for n in ANSWER_FIELDS) for a in row.answers]
+    return compact_json(fields)
 
 
 def row_from_json(text: str) -> TaskRow:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -77,6 +78,27 @@ async def test_replay_builds_a_store_the_other_commands_read(settings: Settings,
     assert bad.returncode == 2 and "--from must be ISO 8601" in bad.stderr
     absent = ledger(settings, "tasks", "--store", str(tmp_path / "absent.sqlite"))
     assert absent.returncode == 2 and "ledger replay --store" in absent.stderr
+
+
+async def test_replay_in_several_processes_builds_the_store_one_process_builds(settings: Settings, topics: dict,
+                                                                              tmp_path: Path) -> None:
+    async with EventLog(settings) as log:
+        await log.append_many([event for i in range(24) for event in plan_trip(f"trip-{i}")[: 3 + i % 6]])
+    alone, shared = tmp_path / "alone.sqlite", tmp_path / "shared.sqlite"
+    for path, processes in ((alone, "1"), (shared, "3")):
+        built = ledger(settings, "replay", "--store", str(path), "--processes", processes)
+        assert built.returncode == 0, built.stderr
+    db = sqlite3.connect(alone)
+    db.execute("ATTACH DATABASE ? AS shared", (str(shared),))
+    for table in ("tasks", "history", "checkpoint"):
+        assert db.execute(f"SELECT count(*) FROM main.{table}").fetchone()[0] > 0
+        for one, other in (("main", "shared"), ("shared", "main")):
+            assert db.execute(f"SELECT * FROM {one}.{table} EXCEPT SELECT * FROM {other}.{table}").fetchall() == []
+    indexes = "SELECT name FROM {}.sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
+    assert db.execute(indexes.format("main")).fetchall() == db.execute(indexes.format("shared")).fetchall() != []
+    db.close()
+    refused = ledger(settings, "replay", "--store", str(shared), "--processes", "0")
+    assert refused.returncode == 2 and "--processes must be at least 1" in refused.stderr
 
 
 async def test_topics_and_tail(settings: Settings, trips: list[str]) -> None:
