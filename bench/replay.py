@@ -1,11 +1,12 @@
 """Replay throughput: write N task events, then time ``ledger replay`` end to end; prints a markdown table.
 
-    python bench/replay.py [--events 1000000] [--bootstrap HOST:PORT]
+    python bench/replay.py [--events 1000000] [--processes 1 2] [--stages] [--bootstrap HOST:PORT]
 
 Without --bootstrap (or LEDGER_BOOTSTRAP) it starts the embedded broker. The events are
 approve_expense flows (five events a task). A live view (what a server runs) follows the topic
 into its own store while the events are written; then ``ledger replay`` runs as its own process,
-as a user runs it, into a fresh store, and the two stores must hold the same rows and history.
+as a user runs it, into a fresh store (once per --processes value), and each store must hold the
+same rows and history as the live one.
 Target (issue 8): >= 150,000 events/s end to end.
 """
 
@@ -93,16 +94,15 @@ async def write(settings: Settings, events: int) -> float:
     return time.perf_counter() - started
 
 
-def replay(settings: Settings, store: Path) -> tuple[float, str, int]:
-    """Run ``ledger replay``; returns wall seconds, its summary line and its peak RSS in MB."""
+def replay(settings: Settings, store: Path, processes: int) -> tuple[float, str]:
+    """Run ``ledger replay``; returns wall seconds and its summary line."""
     environment = {**os.environ, "LEDGER_BOOTSTRAP": settings.bootstrap, "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
                    "LEDGER_PARTITIONS": str(settings.partitions)}
     started = time.perf_counter()
-    finished = subprocess.run([sys.executable, "-m", "ledger.cli", "replay", "--store", str(store)],
+    finished = subprocess.run([sys.executable, "-m", "ledger.cli", "replay", "--store", str(store),
+                               "--processes", str(processes)],
                               capture_output=True, text=True, env=environment, check=True)
-    seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-    return seconds, finished.stdout.splitlines()[0], peak_mb
+    return time.perf_counter() - started, finished.stdout.splitlines()[0]
 
 
 async def stage_rate(settings: Settings, events: int, stage: str) -> float:
@@ -137,43 +137,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--bootstrap", default=os.environ.get("LEDGER_BOOTSTRAP"))
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, len(os.sched_getaffinity(0))],
+                        help="run ledger replay with each of these --processes (default: 1 and the usable CPUs)")
     parser.add_argument("--stages", action="store_true",
                         help="also time the first stages alone (read, + decode, + fold) to show what bounds replay")
     args = parser.parse_args()
     events = args.events - args.events % 5
+    runs: list[tuple[int, float, str, tuple[int, int, int, int, int]]] = []
     with (nullcontext(None) if args.bootstrap else EmbeddedBroker(port=free_port())) as broker:
         bootstrap = args.bootstrap or broker.bootstrap
         settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"bench-replay-{uuid.uuid4().hex[:8]}")
         with tempfile.TemporaryDirectory() as scratch:
-            live, path = Path(scratch) / "live.sqlite", Path(scratch) / "replayed.sqlite"
+            live = Path(scratch) / "live.sqlite"
             print(f"writing {events:,} events to {settings.events_topic} on {bootstrap}, followed live",
                   file=sys.stderr)
             write_s = asyncio.run(write_followed(settings, events, live))
-            print("replaying", file=sys.stderr)
-            wall_s, summary, peak_mb = replay(settings, path)
-            store = ProjectionStore(path)
-            tasks, completed, history = store.count(), store.count(status="completed"), store.history_size()
-            store.close()
-            row_diff, history_diff = differences(path, live)
+            for processes in dict.fromkeys(args.processes):
+                print(f"replaying with --processes {processes}", file=sys.stderr)
+                path = Path(scratch) / f"replayed-{processes}.sqlite"
+                wall_s, summary = replay(settings, path, processes)
+                store = ProjectionStore(path)
+                counts = (store.count(), store.count(status="completed"), store.history_size(),
+                          *differences(path, live))
+                store.close()
+                runs.append((processes, wall_s, summary, counts))
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
             stages = {stage: asyncio.run(stage_rate(settings, events, stage))
                       for stage in (("read", "decode", "fold") if args.stages else ())}
-    own_rate = re.search(r"([\d,]+) events/s", summary).group(1)
-    print(f"\n{summary}\n")
-    print("| measure | value |\n|---|---:|")
+    print()
+    for processes, _, summary, _ in runs:
+        print(f"--processes {processes}: {summary}")
+    print("\n| measure | value |\n|---|---:|")
     print(f"| events written | {events:,} ({events / write_s:,.0f} events/s, acks=all) |")
-    print(f"| `ledger replay` wall time (process start to exit) | {wall_s:.1f} s |")
-    print(f"| replay rate, end to end | {events / wall_s:,.0f} events/s |")
-    print(f"| replay rate, as ledger replay reports it (fold + store) | {own_rate} events/s |")
+    for processes, wall_s, summary, _ in runs:
+        own_rate = re.search(r"([\d,]+) events/s", summary).group(1)
+        print(f"| `ledger replay --processes {processes}`: wall time (process start to exit) / end to end / "
+              f"as it reports it | {wall_s:.1f} s / **{events / wall_s:,.0f} events/s** / {own_rate} events/s |")
     for stage, what in (("read", "aiokafka reading the records, nothing else"), ("decode", "+ Avro decode into events"),
                         ("fold", "+ status and history fold, no store")):
         if stage in stages:
             print(f"| stage alone, in one process: {what} | {stages[stage]:,.0f} events/s |")
-    print(f"| replay process peak RSS | {peak_mb:,} MB |")
-    print(f"| tasks in the store / completed | {tasks:,} / {completed:,} |")
-    print(f"| history entries | {history:,} |")
-    print(f"| rows / history entries that differ from the live view's store | {row_diff:,} / {history_diff:,} |")
-    if tasks != events // 5 or completed != tasks or history != events or row_diff or history_diff:
-        sys.exit("the replayed store does not equal the live one")
+    print(f"| largest replay process, peak RSS | {peak_mb:,} MB |")
+    failed = False
+    for processes, _, _, (tasks, completed, history, row_diff, history_diff) in runs:
+        print(f"| --processes {processes}: tasks / completed / history entries; rows / entries that differ from the "
+              f"live view's store | {tasks:,} / {completed:,} / {history:,}; {row_diff:,} / {history_diff:,} |")
+        failed |= tasks != events // 5 or completed != tasks or history != events or bool(row_diff or history_diff)
+    if failed:
+        sys.exit("a replayed store does not equal the live one")
 
 
 if __name__ == "__main__":

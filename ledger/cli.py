@@ -22,7 +22,7 @@ from ledger import console
 from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker
 from ledger.loading import AppNotFound, default_app_path, load_app
 from ledger.roles import PortTaken, serve, serve_dev, work
-from ledger.replay import ReplayFailed
+from ledger.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
 from ledger.topics import TopicError, ensure_topics
 
@@ -114,9 +114,10 @@ def _read_commands(commands: argparse._SubParsersAction) -> None:
     start.add_argument("--from", dest="since", metavar="TIMESTAMP",
                        help="leave out events that occurred before TIMESTAMP (ISO 8601, or Unix milliseconds)")
     replay.add_argument("--to-offset", type=int, metavar="N", help="stop each partition at offset N")
-    replay.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
-                        help="processes that fold partitions side by side (default: the CPUs this may use, "
-                             "%(default)s; at most one per partition)")
+    replay.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="processes that fold partitions side by side, at most one a partition (default: the "
+                             f"CPUs this may use, {len(os.sched_getaffinity(0))}, for a topic of "
+                             f"{PARALLEL_FROM_EVENTS:,} events or more, else 1)")
     replay.set_defaults(run=run_replay)
 
     tasks = _read_parser(commands, "tasks", "list tasks and their status",
@@ -257,7 +258,7 @@ def run_replay(args: argparse.Namespace) -> int:
     path = args.store or (Path(settings.store) if settings.store != ":memory:" else Path("ledger.sqlite"))
     if args.to_offset is not None and args.to_offset < 0:
         raise SettingsError(f"--to-offset must not be negative, got {args.to_offset}")
-    if args.processes < 1:
+    if args.processes is not None and args.processes < 1:
         raise SettingsError(f"--processes must be at least 1, got {args.processes}")
     since = _timestamp(args.since) if args.since else None
     asyncio.run(console.run_replay(settings, path, projection=args.projection, since_ms=since,

@@ -51,7 +51,7 @@ def progress_printer(label: str, err: TextIO = sys.stderr) -> Callable[[Progress
 
 
 async def run_replay(settings: Settings, path: Path, *, projection: str, since_ms: int | None,
-                     to_offset: int | None, processes: int = 1, out: TextIO = sys.stdout,
+                     to_offset: int | None, processes: int | None = None, out: TextIO = sys.stdout,
                      err: TextIO = sys.stderr) -> ReplaySummary:
     """Build a fresh store beside ``path`` and move it into place when complete (readers never see half)."""
     building = path.with_name(path.name + ".building")

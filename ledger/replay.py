@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import queue
 import time
 from collections.abc import Callable, Collection
@@ -30,6 +31,8 @@ BATCH_ENTRIES = 50_000
 REPLAY_ROWS = 50_000  # task rows held in memory; the store holds them all
 REMEMBERED_IDS = 200_000
 PROGRESS_EVERY_S = 0.5
+# Below this many events one process is done before more processes would have started (~1 s each).
+PARALLEL_FROM_EVENTS = 100_000
 
 
 class ReplayFailed(RuntimeError):
@@ -104,16 +107,22 @@ async def replay(settings: Settings, store: ProjectionStore, *, partitions: Coll
                              reader.dead_letter_count, _capped(reader.positions(), to_offset))
 
 
-async def build_store(settings: Settings, path: Path, *, processes: int = 1,
+async def build_store(settings: Settings, path: Path, *, processes: int | None = None,
                       progress: Callable[[Progress], None] | None = None, **options: Any) -> ReplaySummary:
-    """Replay into a new store file at ``path`` with up to ``processes`` processes, each folding a
-    share of the partitions; ``options`` as for ``replay``. The store gets its query indexes once
-    every share is in.
+    """Replay into a new store file at ``path`` with ``processes`` processes (at most one a
+    partition), each folding a share of the partitions; ``options`` as for ``replay``. The store
+    gets its query indexes once every share is in.
+
+    ``processes=None`` chooses: the CPUs this process may use, or one for a topic of fewer than
+    ``PARALLEL_FROM_EVENTS`` events.
     """
-    if processes > 1:
-        async with LogReader(settings, client_id=f"{settings.client_id}-replay") as reader:
-            partitions = reader.partitions()
-        if len(partitions) > 1:
+    if processes is None or processes > 1:
+        async with LogReader(settings, client_id=f"{settings.client_id}-replay", max_records=1) as reader:
+            await reader.fetch(timeout_ms=1_000)  # learns each partition's high watermark
+            partitions, events = reader.partitions(), reader.lag()
+        if processes is None:
+            processes = len(os.sched_getaffinity(0)) if events >= PARALLEL_FROM_EVENTS else 1
+        if processes > 1 and len(partitions) > 1:
             return await _replay_in_processes(settings, path, partitions, processes, progress, options)
     store = ProjectionStore(path, building=True)
     try:
