@@ -1,8 +1,17 @@
 """Park many approve_expense tasks in input_required, restart server and worker, answer them all.
 
     source /work/venv/bin/activate
-    python bench/park.py                      # 100,000 tasks at concurrency 64: ~25 min on 2 cores
-    python bench/park.py --tasks 2000         # quick check: ~1 min
+    python bench/park.py --tasks 2000         # quick check: ~2 min
+    python bench/park.py                      # 15,000 tasks: ~25 min, the embedded broker slows as its partitions fill
+    python bench/park.py --seeded 100000      # 100,000 parked tasks written to the log: ~10 min
+
+The embedded broker's fetch costs CPU in proportion to the batches a partition holds
+(bench/broker_fetch.py), and parking through MCP writes every event as its own batch, so past
+~15,000 tasks the broker, not ledger, sets the pace. ``--seeded N`` measures N parked tasks
+without that: the histories of N parked tasks (created, started, asked: a copy of one task parked
+through MCP, with fresh ids and amounts) are written to the log in large batches, a server and a
+worker start on it as after a restart, their RSS is read once both have read it all, and
+``--answer-sample`` of the tasks are answered through MCP and checked as below.
 
 One fresh stack (the embedded broker, ``ledger server`` and ``ledger worker`` on examples/demo.py
 as separate processes, the server with a projection store on disk), driven by the peer's own
@@ -40,9 +49,14 @@ from pathlib import Path
 from flow import LOADER, PEER_DIR, ROOT, SetupFailed, cpu_seconds, peak_rss_mb, peer_python, say
 
 from ledger.broker import EmbeddedBroker, free_port
+from ledger.events import ElicitationRequested, TaskCreated, TaskEvent, TaskStarted
+from ledger.log import EventLog
+from ledger.reader import LogReader
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
-from tests.spawn import spawned
+from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
+
+SEED_CHUNK = 6_000  # events per append_many while seeding
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -151,6 +165,119 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
     return result
 
 
+def run_seeded(tasks: int, sample: int, concurrency: int) -> dict:
+    python = peer_python()
+    result: dict = {"tasks": tasks, "concurrency": concurrency, "seeded": True}
+    with tempfile.TemporaryDirectory(prefix="ledger-park-") as scratch, \
+            EmbeddedBroker(port=free_port(), output=subprocess.DEVNULL) as broker:
+        settings = Settings.from_env(bootstrap=broker.bootstrap, topic_prefix=f"park-{uuid.uuid4().hex[:8]}",
+                                     store=str(Path(scratch) / "projections.db"))
+        asyncio.run(ensure_topics(settings))
+        template_file, ids = Path(scratch) / "template.json", Path(scratch) / "parked.json"
+        port = free_port()
+        demo = str(ROOT / "examples" / "demo.py")
+        worker_args, server_args = ["worker", demo], ["server", demo, "--port", str(port)]
+        url = f"http://127.0.0.1:{port}/mcp"
+        with spawned(worker_args, settings, "ledger worker") as worker, \
+                spawned(server_args, settings, "serving") as server:
+            result["memory_empty"] = memory({"server": server.pid, "worker": worker.pid, "broker": broker.pid})
+            load(python, url, ["--park", str(template_file), "-n", "1", "-c", "1"])
+            stop_gracefully(server, "the server")
+            stop_gracefully(worker, "the worker")
+        say(f"one task parked through MCP as the template; writing {tasks:,} parked tasks to the log")
+        template = json.loads(template_file.read_text())[0]
+        started = time.monotonic()
+        parked = asyncio.run(seed(settings, template, tasks))
+        result["seed_s"] = round(time.monotonic() - started, 1)
+        Path(ids).write_text(json.dumps(parked[:sample]))
+        say(f"wrote {3 * tasks:,} events in {result['seed_s']} s; starting server and worker on them")
+
+        started = time.monotonic()
+        # The worker is started by hand: its log says when it has read each partition to the end.
+        worker = subprocess.Popen(LEDGER + worker_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=role_environment(settings))
+        try:
+            with spawned(server_args, settings, "serving") as server:
+                until_ready(port, server)
+                result["server_ready_after_restart_s"] = round(time.monotonic() - started, 2)
+                for _ in range(settings.partitions):
+                    try:
+                        wait_for_line(worker, " read to offset ", timeout=900)
+                    except AssertionError as exc:
+                        raise SetupFailed(f"the worker did not read its partitions back: {exc}"[:500]) from None
+                drain(worker)
+                result["worker_read_all_s"] = round(time.monotonic() - started, 2)
+                pids = {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
+                time.sleep(5)
+                result["memory_parked"] = memory(pids)
+                say(f"server ready {result['server_ready_after_restart_s']} s, worker read its partitions "
+                    f"{result['worker_read_all_s']} s after the start; memory {result['memory_parked']}; "
+                    f"answering {sample:,} of the {tasks:,}")
+                cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                result["answer"] = load(python, url, ["--answer", str(ids), "-n", str(sample), "-c", str(concurrency)])
+                result["answer_cpu_s"] = {name: round(cpu_seconds(pid) - cpu0[name], 1) for name, pid in pids.items()}
+                result["memory_drained"] = memory(pids)
+                stop_gracefully(server, "the server")
+                stop_gracefully(worker, "the worker")
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(30)
+        result["log"] = fold_check(Path(settings.store), [p["taskId"] for p in parked[:sample]])
+        result["log"]["parked_still_input_required"] = still_waiting(Path(settings.store), parked[sample:])
+    return result
+
+
+async def seed(settings: Settings, template: dict, tasks: int) -> list[dict]:
+    """Write ``tasks`` copies of the template task's history (fresh ids, amounts and descriptions)."""
+    async with LogReader(settings) as reader:
+        history = [record.event async for batch in reader.catch_up() for record in batch
+                   if record.event.task_id == template["taskId"]]
+    created, started_, asked = (next(e for e in history if isinstance(e, kind))
+                                for kind in (TaskCreated, TaskStarted, ElicitationRequested))
+    arguments = json.loads(created.arguments_json)
+    if asked.message != demo_question(arguments["amount"], arguments["description"]):
+        raise SetupFailed(f"examples/demo.py asks {asked.message!r}; bench/park.py's demo_question no longer matches")
+    if template["key"] != asked.elicitation_id:
+        raise SetupFailed(f"inputRequests is no longer keyed by elicitation id ({template['key']!r})")
+    parked: list[dict] = []
+    events: list[TaskEvent] = []
+    async with EventLog(settings) as log:
+        for i in range(tasks):
+            amount, description = float(100 + i % 900) + 0.5, f"parked {i}"
+            task_id, elicitation_id = str(uuid.uuid4()), str(uuid.uuid4())
+            arguments_json = json.dumps({**arguments, "amount": amount, "description": description})
+            events += [
+                created.model_copy(update={"event_id": str(uuid.uuid4()), "task_id": task_id,
+                                           "arguments_json": arguments_json}),
+                started_.model_copy(update={"event_id": str(uuid.uuid4()), "task_id": task_id}),
+                asked.model_copy(update={"event_id": str(uuid.uuid4()), "task_id": task_id,
+                                         "elicitation_id": elicitation_id,
+                                         "message": demo_question(amount, description)}),
+            ]
+            parked.append({"taskId": task_id, "key": elicitation_id, "amount": amount})
+            if len(events) >= SEED_CHUNK or i == tasks - 1:
+                await log.append_many(events)
+                events = []
+            if (i + 1) % 20_000 == 0:
+                say(f"  {i + 1:,} tasks written")
+    return parked
+
+
+def demo_question(amount: float, description: str) -> str:
+    """What examples/demo.py's approve_expense asks (a copy must ask it word for word, or its replay fails)."""
+    return f"Approve expense of {amount} for {description!r}?"
+
+
+def still_waiting(store: Path, parked: list[dict]) -> int:
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        waiting = {task_id for (task_id,) in db.execute("SELECT task_id FROM tasks WHERE status = 'input_required'")}
+    finally:
+        db.close()
+    return sum(1 for p in parked if p["taskId"] in waiting)
+
+
 def fold_check(store: Path, parked: list[str]) -> dict:
     """How often the log says each parked task asked and completed, from the server's projection store."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
@@ -205,24 +332,60 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def report_seeded(r: dict) -> str:
+    answer, log, parked = r["answer"], r["log"], r["memory_parked"]
+    lines = [
+        f"| measure | {r['tasks']:,} tasks written to the log as parked; {answer['tasks']:,} answered, C={r['concurrency']} |",
+        "|---|---|",
+        f"| seeding (3 events a task, large batches) | {r['seed_s']} s |",
+        f"| server ready / worker read its partitions, after the start | {r['server_ready_after_restart_s']} s / "
+        f"{r['worker_read_all_s']} s |",
+    ]
+    for stage in ("empty", "parked", "drained"):
+        m = r[f"memory_{stage}"]
+        lines.append(f"| RSS MB {stage} (server / worker / broker; peak) | "
+                     + " / ".join(f"{m[n]['rss_mb']:.0f}" for n in ("server", "worker", "broker"))
+                     + " ; " + " / ".join(f"{m[n]['peak_mb']:.0f}" for n in ("server", "worker", "broker")) + " |")
+    lines += [
+        f"| server + worker RSS with all parked | {parked['server']['rss_mb'] + parked['worker']['rss_mb']:.0f} MB |",
+        f"| answered: still input_required / update ok / completed approved | {answer['still_input_required']:,} / "
+        f"{answer['update_ok']:,} / {answer['completed_approved']:,} (not found {answer['not_found']}, "
+        f"other errors {answer['other_error']}) |",
+        f"| drain of the sample | {answer['drain_wall_s']:.0f} s, {answer['drain_tps']} tasks/s |",
+        f"| answered: exactly one TaskCompleted / more / none; asked more than once | "
+        f"{log['parked_completed_once']:,} / {log['parked_completed_more_than_once']} / {log['parked_not_completed']}; "
+        f"{log['parked_asked_more_than_once']} |",
+        f"| not answered: still input_required | {log['parked_still_input_required']:,} of "
+        f"{r['tasks'] - answer['tasks']:,} |",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", type=int, default=100_000, help="tasks to park (default 100000)")
+    ap.add_argument("--tasks", type=int, default=15_000, help="tasks to park through MCP (default 15000)")
     ap.add_argument("--concurrency", type=int, default=64, help="load generator concurrency (default 64)")
     ap.add_argument("--quiet", type=float, default=30, help="seconds of quiet before idle CPU is measured "
                     "(default 30: long enough for fetch waits to reach LEDGER_IDLE_FETCH_WAIT_MS)")
+    ap.add_argument("--seeded", type=int, metavar="N",
+                    help="write N parked tasks to the log instead of parking them through MCP (see above)")
+    ap.add_argument("--answer-sample", type=int, default=2_000,
+                    help="with --seeded: how many of the tasks to answer through MCP (default 2000)")
     ap.add_argument("--json", help="also write the raw result here")
     args = ap.parse_args()
-    if args.tasks < 1 or args.concurrency < 1:
-        ap.error("--tasks and --concurrency must be at least 1")
+    if args.tasks < 1 or args.concurrency < 1 or (args.seeded is not None and not 1 <= args.answer_sample <= args.seeded):
+        ap.error("--tasks, --seeded and --concurrency must be at least 1, and --answer-sample from 1 to --seeded")
     try:
-        result = run(args.tasks, args.concurrency, args.quiet)
+        if args.seeded is not None:
+            result = run_seeded(args.seeded, args.answer_sample, args.concurrency)
+        else:
+            result = run(args.tasks, args.concurrency, args.quiet)
     except SetupFailed as exc:
         sys.exit(f"park: {exc}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print()
-    print(report(result))
+    print(report_seeded(result) if args.seeded is not None else report(result))
 
 
 if __name__ == "__main__":
