@@ -7,8 +7,10 @@ in. ``tests/test_events.py`` proves the two agree field for field.
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +66,12 @@ class TaskEvent(BaseModel):
         object.__setattr__(event, "__pydantic_extra__", None)
         object.__setattr__(event, "__pydantic_private__", None)
         return event
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied, unvalidated as pydantic's is; also for events from ``trusted``,
+        whose fields-set is one frozen set shared by the class, which pydantic's copy would update."""
+        fields = {**self.__dict__, **(update or {})}
+        return self.trusted(copy.deepcopy(fields) if deep else fields)
 
     def payload(self) -> dict[str, Any]:
         """The fields of this event's payload record (everything but the envelope)."""

@@ -57,6 +57,15 @@ def test_every_event_round_trips_through_its_schema(event: TaskEvent) -> None:
     assert decoded.model_dump() == event.model_dump()
 
 
+def test_a_decoded_event_copies_with_changes_like_a_constructed_one() -> None:
+    event = EVENT_TYPES["ledger.TaskStarted"](task_id="t", actor="test:x", attempt=1)
+    decoded = codec.decode(codec.encode(event))
+    for original in (event, decoded):
+        copied = original.model_copy(update={"task_id": "u"})
+        assert (copied.task_id, copied.attempt, copied.event_id) == ("u", 1, event.event_id)
+        assert original.task_id == "t"
+
+
 def test_events_are_immutable() -> None:
     event = EVENT_TYPES["ledger.TaskStarted"](task_id="t", actor="test:x", attempt=1)
     with pytest.raises(Exception, match="frozen"):
