@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from ledger.elicitation import canonical_json, requested_schema
 from ledger.events import ElicitationRequested, ProgressReported, ResponseAction, ResponseSubmitted, StepRecorded, TaskEvent
-from ledger.journal import Journal
+from ledger.journal import Asked, Journal
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -75,7 +75,7 @@ class Context:
         schema_json = canonical_json(requested_schema(schema))
         sequence = self._next_elicitation
         self._next_elicitation += 1
-        recorded = self._journal.elicitation(sequence)
+        recorded: Asked | ElicitationRequested | None = self._journal.elicitation(sequence)
         if recorded is None:
             recorded = ElicitationRequested(
                 task_id=self.task_id,

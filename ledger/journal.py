@@ -5,11 +5,14 @@ same thing whether it saw each event live, read them back after a restart, or to
 over from a worker that died.
 
 A worker holds the journal of every open task of its partitions, most of them parked on a
-question for hours, so a journal keeps the events it needs again Avro-encoded (about a third of
-the memory of the decoded event) and decodes one when a run asks for it.
+question for hours, so a journal keeps little: the tool's arguments, each question as the three
+fields a replay checks, and answers and step results Avro-encoded (about a third of the memory of
+the decoded event), decoded when a run asks for one.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from ledger.codec import Codec
 from ledger.events import (
@@ -25,6 +28,14 @@ from ledger.events import (
 CODEC = Codec()
 
 
+class Asked(NamedTuple):
+    """A question the task asked, as a replay compares it with the one it asks again."""
+
+    elicitation_id: str
+    message: str
+    requested_schema_json: str
+
+
 class Journal:
     """One task's replay journal.
 
@@ -32,25 +43,21 @@ class Journal:
     worker's own write read back) changes nothing, and neither does an event the fold ignores.
     """
 
-    __slots__ = ("task_id", "principal", "tool", "partition", "offset", "attempts", "ended",
-                 "_created", "_asked", "_answers", "_steps")
+    __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "attempts", "ended",
+                 "_asked", "_answers", "_steps")
 
     def __init__(self, created: TaskCreated, partition: int, offset: int) -> None:
         self.task_id = created.task_id
         self.principal = created.principal
         self.tool = created.tool
+        self.arguments_json = created.arguments_json
         self.partition = partition
         self.offset = offset  # of the created event: the partition cannot be committed past it
         self.attempts = 0
         self.ended = False
-        self._created = CODEC.encode(created)
-        self._asked: list[tuple[str, bytes]] = []  # (elicitation id, encoded event) by sequence
+        self._asked: list[Asked] = []  # by sequence
         self._answers: dict[str, bytes] | None = None
         self._steps: dict[int, bytes] | None = None
-
-    @property
-    def created(self) -> TaskCreated:
-        return CODEC.decode(self._created)  # type: ignore[return-value]
 
     def apply(self, event: TaskEvent) -> bool:
         """Fold ``event`` in; False when it changed nothing."""
@@ -62,11 +69,12 @@ class Journal:
             case ElicitationRequested():
                 if event.sequence != len(self._asked):
                     return False
-                self._asked.append((event.elicitation_id, CODEC.encode(event)))
+                self._asked.append(Asked(event.elicitation_id, event.message, event.requested_schema_json))
             case ResponseSubmitted():
                 # The first answer in log order wins, as in the status projection.
                 answers = self._answers or {}
-                if event.elicitation_id in answers or all(asked != event.elicitation_id for asked, _ in self._asked):
+                asked = any(question.elicitation_id == event.elicitation_id for question in self._asked)
+                if not asked or event.elicitation_id in answers:
                     return False
                 answers[event.elicitation_id] = CODEC.encode(event)
                 self._answers = answers
@@ -82,10 +90,8 @@ class Journal:
                 return False
         return True
 
-    def elicitation(self, sequence: int) -> ElicitationRequested | None:
-        if sequence >= len(self._asked):
-            return None
-        return CODEC.decode(self._asked[sequence][1])  # type: ignore[return-value]
+    def elicitation(self, sequence: int) -> Asked | None:
+        return self._asked[sequence] if sequence < len(self._asked) else None
 
     def response(self, elicitation_id: str) -> ResponseSubmitted | None:
         encoded = self._answers.get(elicitation_id) if self._answers else None
@@ -98,4 +104,4 @@ class Journal:
     @property
     def waiting(self) -> bool:
         """Whether the task is parked: it asked a question that is not answered yet."""
-        return bool(self._asked) and not (self._answers and self._asked[-1][0] in self._answers)
+        return bool(self._asked) and not (self._answers and self._asked[-1].elicitation_id in self._answers)

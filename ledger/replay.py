@@ -26,12 +26,11 @@ from typing import Any
 
 from ledger.reader import LogReader
 from ledger.settings import Settings
-from projections.projector import Projector, flush
+from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.store import ProjectionStore
 
 BATCH_ENTRIES = 50_000
 REPLAY_ROWS = 50_000  # task rows held in memory; the store holds them all
-REMEMBERED_IDS = 200_000
 PROGRESS_EVERY_S = 0.5
 REPLAY_GC_THRESHOLD = 70_000  # allocations between young-generation collections (default 700)
 # Below this many events one process is done before more processes would have started (~1 s each).
@@ -96,7 +95,7 @@ async def _replay(settings: Settings, store: ProjectionStore, partitions: Collec
                   history: bool, since_ms: int | None, to_offset: int | None,
                   progress: Callable[[Progress], None] | None) -> ReplaySummary:
     projector = Projector(status=status, history=history, store=store, capacity=REPLAY_ROWS,
-                          remembered_ids=REMEMBERED_IDS)
+                          remembered_ids=REMEMBERED_EVENT_IDS)
     started = time.perf_counter()
     last_report = started
     applied = skipped = 0

@@ -19,7 +19,7 @@ from ledger.metrics import Metrics
 from ledger.reader import LogReader
 from ledger.records import LogRecord, Position
 from ledger.settings import Settings
-from projections.projector import Projector, flush
+from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
 
@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 ListKey = tuple[int, str]  # (created_at, task_id): the order tasks/list pages in
 
 FLUSH_INTERVAL_S = 0.2
-REMEMBERED_IDS = 200_000  # event ids kept to drop a producer retry's copy (it lands right after)
-MAX_UNFLUSHED = 50_000  # history entries held in memory before the follower waits for the store
+MAX_UNFLUSHED = 10_000  # history entries held in memory before the follower waits for the store
 
 
 class ReadTimeout(TimeoutError):
@@ -47,7 +46,8 @@ class LiveView:
         if store is None:
             self._projector = Projector(StatusProjection(), history=False)
         else:
-            self._projector = Projector(store=store, capacity=settings.cached_rows, remembered_ids=REMEMBERED_IDS)
+            self._projector = Projector(store=store, capacity=settings.cached_rows,
+                                        remembered_ids=REMEMBERED_EVENT_IDS)
         self.projection = self._projector.projection
         self._reader: LogReader | None = None
         self._flushing: asyncio.Task[None] | None = None

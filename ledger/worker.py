@@ -151,7 +151,7 @@ class Run:
         journal, worker = self.journal, self.worker
         try:
             tool = worker.app.get(journal.tool)
-            arguments = json.loads(journal.created.arguments_json)
+            arguments = json.loads(journal.arguments_json)
             value = await tool.call(arguments, Context(journal, self, worker.actor))
         except Parked:
             return None

@@ -15,6 +15,13 @@ from projections.history import Entry, entry
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
 
+# Event ids a bounded projector remembers to drop a producer retry's copy, which lands soon after
+# the original (a retry follows a lost acknowledgement within the request timeout). The live view
+# and ``ledger replay`` must remember as many, or a late copy would be dropped by one and not the
+# other. A copy later than this leaves the row unchanged (the transitions ignore a repeat) and adds
+# a history entry that repeats the event id.
+REMEMBERED_EVENT_IDS = 50_000
+
 
 @dataclass
 class Batch:

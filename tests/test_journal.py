@@ -1,4 +1,4 @@
-"""The worker's journal: what it folds in, what it ignores, and the events it gives back."""
+"""The worker's journal: what it folds in, what it ignores, and what it gives back."""
 
 from __future__ import annotations
 
@@ -40,8 +40,10 @@ def test_a_journal_gives_back_the_events_it_keeps() -> None:
 
     assert (journal.task_id, journal.principal, journal.tool) == ("task-1", "alice", "plan_trip")
     assert (journal.partition, journal.offset, journal.attempts) == (3, 17, 1)
-    assert journal.created == first
-    assert journal.elicitation(0) == question and journal.elicitation(1) == second_question
+    assert journal.arguments_json == first.arguments_json
+    for sequence, asked_event in enumerate((question, second_question)):
+        assert journal.elicitation(sequence) == (asked_event.elicitation_id, asked_event.message,
+                                                 asked_event.requested_schema_json)
     assert journal.elicitation(2) is None
     assert journal.response("e0") == answer and journal.response("e1") is None
     assert journal.step(0) == step and journal.step(1) is None
