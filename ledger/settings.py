@@ -25,7 +25,7 @@ class Settings:
     )
     topic_prefix: str = _setting("ledger", "LEDGER_TOPIC_PREFIX", "Prefix of every topic name.")
     partitions: int = _setting(
-        8, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism)."
+        32, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism)."
     )
     replication_factor: int = _setting(
         1, "LEDGER_REPLICATION_FACTOR", "Replication factor of created topics (3 on a production cluster)."
