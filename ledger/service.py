@@ -139,6 +139,10 @@ class TaskService:
         """
         async with self._locks.hold(task_id):
             row = await self.find(task_id, principal)
+            if not row.terminal and any(row.pending_elicitation(e) is None and row.answer(e) is None for e in answers):
+                # The client may have the question from another server that read the log further.
+                await self.view.settle(self.settings.read_timeout_ms / 1000)
+                row = self.get(task_id, principal)
             refusals: list[RequestRejected] = []
             duplicates: list[RequestRejected] = []
             fresh: list[ResponseSubmitted] = []

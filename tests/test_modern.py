@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from tests.engine import all_events, history
 from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
 from tests.modern_client import modern_client
 from tests.raw_http import TASKS, ModernClient
-from tests.stack import demo_stack
+from tests.stack import demo_stack, in_status, serving
 
 STATE_KEY = "k" * 40
 
@@ -184,6 +185,29 @@ async def test_requests_that_move_a_task_answer_once_it_needs_the_client_again(b
                 "task"]["taskId"]
             answered = await answer_first_pending(legacy, task_id, {"approved": True})
             assert answered["status"] == "completed"
+
+
+async def test_an_answer_to_a_server_that_has_not_read_the_question_yet_is_applied(bootstrap: str) -> None:
+    """Two servers: the client gets the second question from one and answers it through the other,
+    whose view is behind (the embedded broker holds each of its fetches for the whole 8 s wait). The
+    answer waits for that view to read the log as it is now instead of being refused."""
+    from examples.demo import app as demo
+
+    async with demo_stack(bootstrap) as (url, settings):
+        lagging = replace(settings, fetch_max_wait_ms=8_000, idle_fetch_wait_ms=8_000)
+        async with serving(demo, lagging, "lagging") as behind_url, ModernClient(url) as ahead, \
+                ModernClient(behind_url) as behind:
+            task_id = (await ahead.result("tools/call", {"name": "plan_trip", "arguments": {"destination": "Oslo"}}))[
+                "taskId"]
+            dates, _ = only_request(await in_status(behind, task_id, "input_required"))
+            await ahead.result("tasks/update", {"taskId": task_id, "inputResponses": {
+                dates: {"action": "accept", "content": {"start_date": "2026-12-01", "nights": 3}}}})
+            confirm, _ = only_request(await in_status(ahead, task_id, "input_required"))
+            assert confirm != dates
+            await behind.result("tasks/update", {"taskId": task_id, "inputResponses": {
+                confirm: {"action": "accept", "content": {"confirm": True}}}})
+            done = await in_status(behind, task_id, "completed")
+            assert done["result"]["content"][0]["text"] == "booked Oslo for 3 nights from 2026-12-01"
 
 
 async def test_cancel_through_the_extension_stops_the_task(stack: tuple[str, Settings]) -> None:
