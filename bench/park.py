@@ -297,6 +297,13 @@ def fold_check(store: Path, parked: list[str]) -> dict:
     }
 
 
+def memory_row(stage: str, memory: dict) -> str:
+    roles = ("server", "worker", "broker")
+    return (f"| RSS MB {stage} (server / worker / broker; peak) | "
+            + " / ".join(f"{memory[n]['rss_mb']:.0f}" for n in roles) + " ; "
+            + " / ".join(f"{memory[n]['peak_mb']:.0f}" for n in roles) + " |")
+
+
 def report(r: dict) -> str:
     park, answer, log = r["park"], r["answer"], r["log"]
     server_worker = r["memory_parked"]["server"]["rss_mb"] + r["memory_parked"]["worker"]["rss_mb"]
@@ -307,11 +314,7 @@ def report(r: dict) -> str:
         f"| parked (input_required, unanswered) | {park['created_and_parked']:,} in {park['wall_s']:.0f} s "
         f"({park['created_and_parked'] / park['wall_s']:.0f}/s), {park['errors']} errors |",
     ]
-    for stage in ("empty", "parked", "restarted", "drained"):
-        m = r[f"memory_{stage}"]
-        lines.append(f"| RSS MB {stage} (server / worker / broker; peak) | "
-                     + " / ".join(f"{m[n]['rss_mb']:.0f}" for n in ("server", "worker", "broker"))
-                     + " ; " + " / ".join(f"{m[n]['peak_mb']:.0f}" for n in ("server", "worker", "broker")) + " |")
+    lines += [memory_row(stage, r[f"memory_{stage}"]) for stage in ("empty", "parked", "restarted", "drained")]
     lines += [
         f"| server + worker RSS with all parked | {server_worker:.0f} MB |",
         f"| after the restart: worker owns its partitions / server ready | "
@@ -339,11 +342,7 @@ def report_seeded(r: dict) -> str:
         f"| seeding (3 events a task, large batches) | {r['seed_s']} s |",
         f"| server ready (/readyz) and worker through its partitions, after the start | {r['both_caught_up_s']} s |",
     ]
-    for stage in ("empty", "parked", "drained"):
-        m = r[f"memory_{stage}"]
-        lines.append(f"| RSS MB {stage} (server / worker / broker; peak) | "
-                     + " / ".join(f"{m[n]['rss_mb']:.0f}" for n in ("server", "worker", "broker"))
-                     + " ; " + " / ".join(f"{m[n]['peak_mb']:.0f}" for n in ("server", "worker", "broker")) + " |")
+    lines += [memory_row(stage, r[f"memory_{stage}"]) for stage in ("empty", "parked", "drained")]
     lines += [
         f"| server + worker RSS with all parked | {parked['server']['rss_mb'] + parked['worker']['rss_mb']:.0f} MB |",
         f"| answered: still input_required / update ok / completed approved | {answer['still_input_required']:,} / "
