@@ -56,6 +56,7 @@ class Journal:
         self.attempts = 0
         self.ended = False
         self._asked: list[Asked] = []  # by sequence
+        # None until the first: most parked tasks have neither, and an empty dict costs 64 bytes.
         self._answers: dict[str, bytes] | None = None
         self._steps: dict[int, bytes] | None = None
 

@@ -209,7 +209,7 @@ def _collect(results: Any, summaries: dict[int, ReplaySummary | str]) -> None:
 
 def _replay_share(settings: Settings, path: str, partitions: list[int], options: dict[str, Any],
                   counts: Any, index: int, results: Any) -> None:
-    """One process of ``replay_in_processes``: its partitions into the shared store being built."""
+    """One process of ``_replay_in_processes``: its partitions into the shared store being built."""
 
     def report(progress: Progress) -> None:
         counts[2 * index], counts[2 * index + 1] = progress.events, progress.lag

@@ -86,10 +86,13 @@ class TaskService:
             raise TaskNotFound(task_id)
         return row
 
-    async def find(self, task_id: str, principal: str | None) -> TaskRow:
-        """``get``, except that a task this server has not seen yet is looked for once more after the
-        view has read the log as it is now (another server may have created it a moment ago)."""
-        if self.view.get(task_id) is None:
+    async def find(self, task_id: str, principal: str | None,
+                   knows: Callable[[TaskRow], bool] = lambda row: True) -> TaskRow:
+        """``get``, except that a task this server has not seen yet, or whose row does not yet show
+        what ``knows`` asks for, is looked for once more after the view has read the log as it is
+        now (another server may have written it a moment ago)."""
+        row = self.view.get(task_id)
+        if row is None or not knows(row):
             await self.view.settle(self.settings.read_timeout_ms / 1000)
         return self.get(task_id, principal)
 
@@ -138,11 +141,9 @@ class TaskService:
         an answer that repeats the applied one is recorded as a duplicate and acknowledged.
         """
         async with self._locks.hold(task_id):
-            row = await self.find(task_id, principal)
-            if not row.terminal and any(row.pending_elicitation(e) is None and row.answer(e) is None for e in answers):
-                # The client may have the question from another server that read the log further.
-                await self.view.settle(self.settings.read_timeout_ms / 1000)
-                row = self.get(task_id, principal)
+            # The client may have a question from another server that read the log further.
+            row = await self.find(task_id, principal, lambda row: row.terminal or all(
+                row.pending_elicitation(e) is not None or row.answer(e) is not None for e in answers))
             refusals: list[RequestRejected] = []
             duplicates: list[RequestRejected] = []
             fresh: list[ResponseSubmitted] = []
