@@ -53,18 +53,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def answers_metadata(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when a Kafka broker at host:port answers a Metadata (v0) request."""
+def answers_metadata(host: str, port: int, timeout: float = 0.5, expect_brokers: int = 1) -> bool:
+    """True when a Kafka broker at host:port answers a Metadata (v0) request listing at least
+    ``expect_brokers`` brokers (a cluster's broker lists the others once they registered)."""
     client_id = b"ledger"
     correlation_id = 0x1ED6E2
     body = struct.pack(">hhih", 3, 0, correlation_id, len(client_id)) + client_id + struct.pack(">i", 0)
     try:
         with socket.create_connection((host, port), timeout=timeout) as conn:
             conn.sendall(struct.pack(">i", len(body)) + body)
-            header = _recv_exactly(conn, 8)
+            # Response: size, correlation id, then the broker array's length.
+            header = _recv_exactly(conn, 12)
     except OSError:
         return False
-    return header is not None and struct.unpack(">ii", header)[1] == correlation_id
+    if header is None:
+        return False
+    _, correlation, brokers = struct.unpack(">iii", header)
+    return correlation == correlation_id and brokers >= expect_brokers
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
@@ -77,7 +82,7 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
     return data
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Linux: the broker gets SIGTERM when the process that started it dies, even by SIGKILL,
     # so a killed `ledger broker` or test session never leaves an orphan broker behind.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -126,7 +131,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=self._output,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready(timeout)
 

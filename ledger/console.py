@@ -17,6 +17,8 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ledger.consumer import topic_partitions
+from ledger.profiles import broker_profile
 from ledger.reader import LogReader
 from ledger.readside import row_json
 from ledger.replay import Progress, ReplaySummary, build_store, replay
@@ -183,14 +185,15 @@ async def describe_topics(settings: Settings, out: TextIO = sys.stdout) -> dict[
 
 
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """End offsets from the high watermarks fetches report (the embedded broker's ListOffsets under-reports)."""
+    """End offsets: as the broker lists them where they are exact, else from the high watermarks that
+    fetches report (the embedded broker's ListOffsets under-reports)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
                                 client_id=f"{settings.client_id}-topics", max_partition_fetch_bytes=1024)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        assigned = [TopicPartition(topic, p) for p in partitions]
+        assigned = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
+        if (await broker_profile(settings.bootstrap)).exact_end_offsets:
+            return {tp.partition: offset for tp, offset in (await consumer.end_offsets(assigned)).items()}
         consumer.assign(assigned)
         for tp in assigned:
             consumer.seek(tp, 0)

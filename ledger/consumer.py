@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from ledger.codec import Codec
+from ledger.profiles import BrokerProfile, broker_profile
 from ledger.records import DeadLetterSink, LogRecord, decode_records
 from ledger.settings import Settings
 
@@ -24,23 +25,25 @@ class DecodingConsumer:
     """An aiokafka consumer on the task-events topic that yields decoded events.
 
     Records that do not decode go to the dead-letter sink and are counted; they never stop
-    the loop. Records are handed out without holes: the embedded broker, under load, can serve a
-    batch before an earlier one of the same partition is readable, and a consumer that took it
-    would never see the earlier one. A hole means "not yet": the records before it are handed
-    out and the partition is read again from the hole (offsets in ledger's topics are
-    contiguous: no compaction, no transactions). A hole that stays for ``GAP_PATIENCE_S`` is
-    reported and read past.
+    the loop. What the broker needs (``ledger.profiles``) decides two things:
 
-    The broker holds a fetch for its whole wait when nothing arrives (the embedded broker does
-    not answer early when an event is appended), so the wait is each hop's latency: short while
-    events flow, growing the longer the topic is quiet, so that an idle consumer costs little CPU
-    and a short pause costs little latency.
+    * On a broker that can serve a batch before an earlier one of the same partition is readable
+      (the embedded broker, under load), records are handed out without holes: a consumer that took
+      the later batch would never see the earlier one. A hole means "not yet": the records before it
+      are handed out and the partition is read again from the hole (offsets in ledger's topics are
+      contiguous: no compaction, no transactions). A hole that stays for ``GAP_PATIENCE_S`` is
+      reported and read past.
+    * A broker that answers a fetch as soon as an event arrives (Kafka) is long-polled for
+      ``LEDGER_IDLE_FETCH_WAIT_MS``. One that holds every empty fetch for its whole wait (the
+      embedded broker) is paced: the wait is each hop's latency, short while events flow and growing
+      the longer the topic is quiet, so that an idle consumer costs little CPU and a short pause
+      costs little latency.
     """
 
     def __init__(
         self,
         settings: Settings,
-        consumer: AIOKafkaConsumer,
+        options: dict[str, Any],
         codec: Codec | None,
         dead_letters: DeadLetterSink,
         max_records: int,
@@ -49,7 +52,9 @@ class DecodingConsumer:
         self.topic = settings.events_topic
         self.codec = codec or Codec()
         self.dead_letter_count = 0
-        self._consumer = consumer
+        self.profile: BrokerProfile | None = None
+        self._options = options
+        self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters = dead_letters
         self._max_records = max_records
         self._positions: dict[int, int] = {}  # next offset to hand out, once known
@@ -58,10 +63,17 @@ class DecodingConsumer:
         self._last_event = time.monotonic()
 
     async def start(self) -> None:
+        self.profile = await broker_profile(self.settings.bootstrap)
+        wait = self.settings.fetch_max_wait_ms
+        if self.profile.answers_fetch_early:
+            wait = self.settings.idle_fetch_wait_ms
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, fetch_max_wait_ms=wait,
+                                          enable_auto_commit=False, auto_offset_reset="earliest", **self._options)
         await self._consumer.start()
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -78,9 +90,13 @@ class DecodingConsumer:
             self._last_event = time.monotonic()
         records: list[LogRecord] = []
         for tp, messages in fetched.items():
-            messages = self._without_holes(tp, messages)
-            if not messages:
+            if not self.reads(tp.partition):
+                self._read_again(tp, messages[0].offset)
                 continue
+            if not self.profile.serves_batches_in_order:
+                messages = self._without_holes(tp, messages)
+                if not messages:
+                    continue
             decoded, dead = decode_records(self.codec, self.topic, tp.partition, messages)
             records.extend(decoded)
             for letter in dead:
@@ -89,8 +105,19 @@ class DecodingConsumer:
             self._positions[tp.partition] = messages[-1].offset + 1
         return records
 
+    def reads(self, partition: int) -> bool:
+        """Whether records of ``partition`` are handed out now (all of them, unless a subclass says)."""
+        return True
+
+    def _read_again(self, tp: TopicPartition, offset: int) -> None:
+        """Leave the fetched records of ``tp`` from ``offset`` on for a later fetch."""
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+
     def _pace(self) -> int:
-        """The broker-side fetch wait for the fetches from now on."""
+        """The fetch wait for the fetches from now on."""
+        if self.profile.answers_fetch_early:
+            return self.settings.idle_fetch_wait_ms
         wait = fetch_wait_ms(time.monotonic() - self._last_event, self.settings.fetch_max_wait_ms,
                              self.settings.idle_fetch_wait_ms)
         # aiokafka takes the wait from this attribute for every fetch request it builds; it has no setter.
@@ -117,6 +144,15 @@ class DecodingConsumer:
         self.holes_waited += 1
         self._consumer.seek(tp, hole)
         return messages[:run]
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The topic's partitions as the cluster reports them now (empty when there is no such topic).
+
+    A consumer's own metadata only covers the topics it already reads; ask for the cluster's.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return cluster.partitions_for_topic(topic) or set()
 
 
 def fetch_wait_ms(quiet_s: float, flowing_ms: int, idle_ms: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ledger.codec import Codec
@@ -20,15 +20,22 @@ async def _nothing(partitions: set[int]) -> None:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, assigned: PartitionsCallback, revoked: PartitionsCallback) -> None:
+    """Keeps the partitions a member hands out in step with the group, around the owner's callbacks."""
+
+    def __init__(self, member: GroupConsumer, assigned: PartitionsCallback, revoked: PartitionsCallback) -> None:
+        self._member = member
         self._assigned = assigned
         self._revoked = revoked
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._revoked({tp.partition for tp in revoked})
+        partitions = {tp.partition for tp in revoked}
+        await self._revoked(partitions)
+        self._member.forget(partitions)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._assigned({tp.partition for tp in assigned})
+        partitions = {tp.partition for tp in assigned}
+        self._member.own(partitions)
+        await self._assigned(partitions)
 
 
 class GroupConsumer(DecodingConsumer):
@@ -50,20 +57,17 @@ class GroupConsumer(DecodingConsumer):
         client_id: str | None = None,
         max_records: int = 1_000,
     ) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
+        options = dict(
             client_id=client_id or f"{settings.client_id}-worker",
             group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 5),
             rebalance_timeout_ms=max(settings.session_timeout_ms, 10_000),
         )
-        super().__init__(settings, consumer, codec, dead_letters, max_records)
-        self._listener = _Listener(on_assigned, on_revoked)
+        super().__init__(settings, options, codec, dead_letters, max_records)
+        self._listener = _Listener(self, on_assigned, on_revoked)
         self._starts: dict[int, int] = {}
+        self._owned: set[int] = set()
 
     async def start(self) -> None:
         await super().start()
@@ -71,6 +75,16 @@ class GroupConsumer(DecodingConsumer):
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
+
+    def reads(self, partition: int) -> bool:
+        # aiokafka can fetch a newly assigned partition before the assignment callback has run; an
+        # owner that has not set the partition up yet would drop its records, and read on past them.
+        return partition in self._owned
+
+    def own(self, partitions: set[int]) -> None:
+        """Hand out records of ``partitions`` from now on (called just before ``on_assigned``, whose
+        code up to its first ``await`` runs before any record is handed out)."""
+        self._owned |= partitions
 
     def position(self, partition: int) -> int | None:
         """Next offset to read in ``partition``, once something was fetched from it."""
@@ -91,7 +105,8 @@ class GroupConsumer(DecodingConsumer):
         return self._consumer.highwater(TopicPartition(self.topic, partition))
 
     def forget(self, partitions: set[int]) -> None:
-        """Drop the read positions of partitions this member no longer owns."""
+        """Stop handing out records of ``partitions`` and drop their read positions."""
+        self._owned -= partitions
         for partition in partitions:
             self._positions.pop(partition, None)
             self._starts.pop(partition, None)

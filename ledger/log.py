@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from ledger.codec import Codec
 from ledger.events import TaskEvent
 from ledger.metrics import Metrics
+from ledger.profiles import broker_profile
 from ledger.records import DeadLetter, Position
 from ledger.settings import Settings
 
@@ -30,23 +31,27 @@ class EventLog:
         self.metrics = metrics
         self.codec = codec or Codec()
         self.topic = settings.events_topic
+        self._client_id = client_id or f"{settings.client_id}-producer"
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        profile = await broker_profile(self.settings.bootstrap)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id=client_id or f"{settings.client_id}-producer",
+            bootstrap_servers=self.settings.bootstrap,
+            client_id=self._client_id,
             acks="all",
-            # The embedded broker lacks InitProducerId (TANSU.md); duplicates from retries are
-            # removed by event_id downstream instead.
-            enable_idempotence=False,
-            linger_ms=settings.linger_ms,
+            # Where the broker has it, retries are de-duplicated by the broker; events are also
+            # de-duplicated by event_id downstream, which is all the embedded broker allows.
+            enable_idempotence=profile.idempotent_producer,
+            linger_ms=self.settings.linger_ms,
             max_batch_size=256 * 1024,
             request_timeout_ms=30_000,
         )
-
-    async def start(self) -> None:
         await self._producer.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def __aenter__(self) -> EventLog:
         await self.start()

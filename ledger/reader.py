@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from ledger.codec import Codec
-from ledger.consumer import DecodingConsumer
+from ledger.consumer import DecodingConsumer, topic_partitions
 from ledger.records import DeadLetterSink, LogRecord, log_dead_letter
 from ledger.settings import Settings
 from ledger.topics import TopicError
@@ -32,26 +32,20 @@ class LogReader(DecodingConsumer):
         client_id: str | None = None,
         max_records: int = 5_000,
     ) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
+        options = dict(
             client_id=client_id or f"{settings.client_id}-reader",
             group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
-        super().__init__(settings, consumer, codec, dead_letters, max_records)
+        super().__init__(settings, options, codec, dead_letters, max_records)
         self._checkpoint = dict(checkpoint or {})
         self._only = set(partitions) if partitions is not None else None
         self._partitions: list[TopicPartition] = []
 
     async def start(self) -> None:
         await super().start()
-        # Refresh cluster metadata: the topic may have been created after this client connected.
-        await self._consumer.topics()
-        partitions = self._consumer.partitions_for_topic(self.topic)
+        partitions = await topic_partitions(self._consumer, self.topic)
         if not partitions:
             await self._consumer.stop()
             raise TopicError(f"topic {self.topic} does not exist; start `ledger broker` or create the topics first")
@@ -74,6 +68,11 @@ class LogReader(DecodingConsumer):
     def positions(self) -> dict[int, int]:
         """Next offset to read per partition: the checkpoint to resume from."""
         return dict(self._positions)
+
+    async def end_offsets(self) -> dict[int, int]:
+        """The end of each partition read, as the broker lists it (exact on Kafka only: see profiles)."""
+        ends = await self._consumer.end_offsets(self._partitions)
+        return {tp.partition: offset for tp, offset in ends.items()}
 
     def caught_up(self) -> bool:
         """True when every partition has been read up to the high watermark of its last fetch."""

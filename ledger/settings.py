@@ -27,13 +27,15 @@ class Settings:
     partitions: int = _setting(
         32, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism)."
     )
-    replication_factor: int = _setting(
-        1, "LEDGER_REPLICATION_FACTOR", "Replication factor of created topics (3 on a production cluster)."
+    replication_factor: int | None = _setting(
+        None, "LEDGER_REPLICATION_FACTOR", "Replication factor of created topics; default: the brokers' "
+        "default.replication.factor (Kafka), else min(3, brokers). Setting it also lets ledger run on an "
+        "existing topic with fewer replicas than min.insync.replicas + 1."
     )
     min_insync_replicas: int | None = _setting(
         None,
         "LEDGER_MIN_INSYNC_REPLICAS",
-        "min.insync.replicas of created topics; default: 2 when replicated, unset otherwise.",
+        "min.insync.replicas of created topics; default: 2 when they get 3 or more replicas, else 1.",
     )
     linger_ms: int = _setting(
         0, "LEDGER_LINGER_MS", "Producer linger: how long appends wait to be batched together (appends made "
@@ -132,12 +134,6 @@ class Settings:
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letters"
 
-    @property
-    def effective_min_insync_replicas(self) -> int | None:
-        if self.min_insync_replicas is not None:
-            return self.min_insync_replicas
-        return 2 if self.replication_factor >= 3 else None
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         environ = os.environ if environ is None else environ
@@ -154,15 +150,14 @@ class Settings:
     def validate(self) -> None:
         if not self.bootstrap or any(":" not in part for part in self.bootstrap.split(",")):
             raise SettingsError(f"LEDGER_BOOTSTRAP must be host:port[,host:port...], got {self.bootstrap!r}")
-        for name in ("partitions", "replication_factor"):
-            if getattr(self, name) < 1:
+        if self.partitions < 1:
+            raise SettingsError(f"LEDGER_PARTITIONS must be at least 1, got {self.partitions}")
+        for name in ("replication_factor", "min_insync_replicas"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
-        mir = self.effective_min_insync_replicas
-        if mir is not None and not 1 <= mir <= self.replication_factor:
-            raise SettingsError(
-                f"LEDGER_MIN_INSYNC_REPLICAS must be between 1 and LEDGER_REPLICATION_FACTOR "
-                f"({self.replication_factor}), got {mir}"
-            )
+        rf, mir = self.replication_factor, self.min_insync_replicas
+        if rf is not None and mir is not None and mir > rf:
+            raise SettingsError(f"LEDGER_MIN_INSYNC_REPLICAS ({mir}) must not exceed LEDGER_REPLICATION_FACTOR ({rf})")
         if self.idle_fetch_wait_ms < self.fetch_max_wait_ms:
             raise SettingsError(f"LEDGER_IDLE_FETCH_WAIT_MS ({self.idle_fetch_wait_ms}) must not be less than "
                                 f"LEDGER_FETCH_MAX_WAIT_MS ({self.fetch_max_wait_ms})")

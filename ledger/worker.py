@@ -404,10 +404,10 @@ class Worker:
         self._committed.update(changed)
 
     async def _assigned(self, partitions: set[int]) -> None:
-        await self._consumer.note_starts(partitions)
         for partition in partitions:
             self._journals.setdefault(partition, {})
             self._catching_up[partition] = None
+        await self._consumer.note_starts(partitions)
         log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
         if self._ready_signal is not None:
             self._ready_signal.set()
@@ -421,4 +421,3 @@ class Worker:
                     run.stop()
             self._committed.pop(partition, None)
             self._catching_up.pop(partition, None)
-        self._consumer.forget(partitions)

@@ -1,4 +1,11 @@
-"""Fixtures: a real broker for the session (embedded Tansu, or LEDGER_BOOTSTRAP) and isolated topics."""
+"""Fixtures: a real broker for the session and isolated topics.
+
+``pytest --broker embedded`` (the default) starts the embedded broker (Tansu); ``pytest --broker
+kafka`` starts a 3-broker Apache Kafka cluster of local JVMs (``ledger.cluster``, as
+``compose/local-cluster`` runs it). ``LEDGER_TEST_BROKER`` sets the default of ``--broker``;
+``LEDGER_BOOTSTRAP`` points the suite at a broker that is already running instead (the tests that
+stop and restart brokers then skip).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +16,67 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from ledger.broker import EmbeddedBroker, free_port
+from ledger.cluster import LocalCluster
 from ledger.log import EventLog
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 
+BROKERS = ("embedded", "kafka")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--broker", choices=BROKERS, default=os.environ.get("LEDGER_TEST_BROKER", "embedded"),
+                     help="the broker the suite runs on: the embedded broker (Tansu) or a local 3-broker "
+                          "Apache Kafka cluster (default: LEDGER_TEST_BROKER, else embedded)")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("LEDGER_BOOTSTRAP"):
+        return f"broker: LEDGER_BOOTSTRAP={os.environ['LEDGER_BOOTSTRAP']} (already running)"
+    if config.getoption("--broker") == "kafka":
+        return "broker: a local 3-broker Apache Kafka cluster (started for the session)"
+    return "broker: the embedded broker (Tansu)"
+
 
 @pytest.fixture(scope="session")
-def bootstrap() -> Iterator[str]:
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """``embedded`` or ``kafka``: what the session's broker is."""
+    return request.config.getoption("--broker")
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
+    """The session's local Kafka cluster, which tests may stop and restart brokers of (None otherwise)."""
+    if broker_kind != "kafka" or os.environ.get("LEDGER_BOOTSTRAP"):
+        yield None
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("kafka"), brokers=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def local_cluster(kafka_cluster: LocalCluster | None) -> LocalCluster:
+    """The session's local Kafka cluster with every broker running; skips on any other broker."""
+    if kafka_cluster is None:
+        pytest.skip("stops and starts Apache Kafka brokers: runs with --broker kafka")
+    kafka_cluster.start()  # a test before may have left a broker down by failing
+    return kafka_cluster
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_cluster: LocalCluster | None) -> Iterator[str]:
     external = os.environ.get("LEDGER_BOOTSTRAP")
     if external:
         yield external
-        return
-    with EmbeddedBroker(port=free_port()) as broker:
-        yield broker.bootstrap
+    elif kafka_cluster is not None:
+        yield kafka_cluster.bootstrap
+    else:
+        with EmbeddedBroker(port=free_port()) as broker:
+            yield broker.bootstrap
 
 
 @pytest.fixture
@@ -50,10 +105,10 @@ FIGURES: list[str] = []
 
 
 @pytest.fixture
-def figures(request: pytest.FixtureRequest):
+def figures(request: pytest.FixtureRequest, broker_kind: str):
     """Record a line of measured figures; they are printed at the end of the run, after the results."""
     def record(line: str) -> None:
-        FIGURES.append(f"{request.node.nodeid}: {line}")
+        FIGURES.append(f"{request.node.nodeid} [{broker_kind}]: {line}")
         print(line)
     return record
 

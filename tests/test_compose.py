@@ -1,13 +1,14 @@
 """The compose cluster, without Docker: the file is valid Compose, has the shape the cluster needs,
 and every ledger service in it runs, as a local process with the command and environment the
-file gives it, against the embedded broker standing in for Kafka, behind a round-robin entry
-point standing in for nginx, and serves approve_expense end to end."""
+file gives it, against the session's broker (the local Apache Kafka cluster with --broker kafka),
+behind a round-robin entry point standing in for nginx, and serves approve_expense end to end."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 from compose_spec import PyCompose
 
-from ledger.broker import EmbeddedBroker, free_port
+from ledger.broker import free_port
+from ledger.cluster import read_env_file
 from tests.proxy import round_robin
 from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, drain, wait_for_line
@@ -40,11 +42,15 @@ def test_the_file_is_valid_compose_with_the_cluster_it_promises() -> None:
     services = compose()["services"]
     brokers = [s for name, s in services.items() if name.startswith("kafka-")]
     assert len(brokers) == 3
+    shared = read_env_file(COMPOSE / "kafka" / "cluster.env")
+    assert shared["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert shared["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3" and shared["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    assert shared["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     for broker in brokers:
         assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", broker["image"]), "pinned official image"
-        env = broker["environment"]
-        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller" and "KAFKA_ZOOKEEPER_CONNECT" not in env
-        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3" and env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert broker["env_file"] == "kafka/cluster.env"
+        assert "KAFKA_ZOOKEEPER_CONNECT" not in broker["environment"]
+        assert not set(broker["environment"]) & set(shared), "each setting comes from one place"
         assert "healthcheck" in broker
     assert set(services["topics"]["depends_on"]) == {"kafka-1", "kafka-2", "kafka-3"}
     ledger_services = {name: s for name, s in services.items() if s.get("command", [""])[0] == "ledger"}
@@ -57,11 +63,13 @@ def test_the_file_is_valid_compose_with_the_cluster_it_promises() -> None:
     assert all("healthcheck" in services[f"server-{n}"] for n in (1, 2))
 
 
-def local(service: dict[str, Any], bootstrap: str, scratch: Path, secrets: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """The service's command and environment, made to run here: Kafka is the embedded broker, secrets
+def local(service: dict[str, Any], bootstrap: str, prefix: str, scratch: Path,
+          secrets: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The service's command and environment, made to run here: Kafka is the session's broker, secrets
     and volumes are local files, and the HTTP port a free one."""
     environment = {key: interpolate(str(value)) for key, value in service["environment"].items()}
     environment["LEDGER_BOOTSTRAP"] = bootstrap
+    environment["LEDGER_TOPIC_PREFIX"] = prefix  # the session's broker is shared with other tests
     for key, value in environment.items():
         if value.startswith("/run/secrets/"):
             environment[key] = str(COMPOSE / secrets[value.removeprefix("/run/secrets/")]["file"])
@@ -74,12 +82,13 @@ def local(service: dict[str, Any], bootstrap: str, scratch: Path, secrets: dict[
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[str]]:
+def cluster(bootstrap: str, tmp_path: Path) -> Iterator[list[str]]:
     """Every ledger service of the file running as a local process; yields the servers' URLs."""
     spec = compose()
     services = spec["services"]
-    with EmbeddedBroker(port=free_port()) as broker, ExitStack() as running:
-        command, environment = local(services["topics"], broker.bootstrap, tmp_path, spec["secrets"])
+    prefix = f"compose-{uuid.uuid4().hex[:8]}"
+    with ExitStack() as running:
+        command, environment = local(services["topics"], bootstrap, prefix, tmp_path, spec["secrets"])
         created = subprocess.run(LEDGER + command[1:], env={**os.environ, **environment}, capture_output=True,
                                  text=True, timeout=120)
         assert created.returncode == 0, created.stderr
@@ -87,7 +96,7 @@ def cluster(tmp_path: Path) -> Iterator[list[str]]:
         for name in ("worker-1", "worker-2", "server-1", "server-2"):
             scratch = tmp_path / name
             scratch.mkdir()
-            command, environment = local(services[name], broker.bootstrap, scratch, spec["secrets"])
+            command, environment = local(services[name], bootstrap, prefix, scratch, spec["secrets"])
             process = subprocess.Popen(LEDGER + command[1:], env={**os.environ, **environment},
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             running.callback(lambda p=process: (p.kill(), p.wait(30)))

@@ -1,4 +1,5 @@
-"""An installed (non-editable) wheel carries the event contract and the demo tools, and finds them."""
+"""An installed (non-editable) wheel carries the event contract, the demo tools and what the local Kafka
+cluster reads, and finds them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def test_wheel_ships_and_finds_the_schemas_and_demo_tools(tmp_path: Path) -> Non
     shipped = sorted(p.name for p in (ROOT / "schemas").glob("*.avsc"))
     assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("ledger/_schemas/")) == shipped
     assert any(n.startswith("projections/") for n in names)
+    assert {"ledger/_compose/compose.yaml", "ledger/_compose/kafka/cluster.env", "ledger/_compose/kafka/pom.xml"} <= set(names)
 
     target = tmp_path / "site"
     install = subprocess.run(
@@ -35,11 +37,13 @@ def test_wheel_ships_and_finds_the_schemas_and_demo_tools(tmp_path: Path) -> Non
     probe = subprocess.run(
         [sys.executable, "-c", "import ledger, ledger.schemas as s, ledger.loading as l; print(ledger.__file__); "
          "print(s.schema_dir()); print(s.current().version); print(l.default_app_path()); "
-         "print(len(l.load_app(str(l.default_app_path())).tools))"],
+         "print(len(l.load_app(str(l.default_app_path())).tools)); import ledger.cluster as c; print(c.compose_dir()); "
+         "print(c.kafka_version())"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
-    module, schema_dir, version, demo, tools = probe.stdout.split()
+    module, schema_dir, version, demo, tools, compose, kafka = probe.stdout.split()
     assert module.startswith(str(target)) and schema_dir.startswith(str(target))
     assert int(version) == len(shipped)
     assert demo.startswith(str(target)) and int(tools) == 3
+    assert compose.startswith(str(target)) and kafka.count(".") == 2

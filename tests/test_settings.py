@@ -9,7 +9,7 @@ def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.bootstrap == "127.0.0.1:9092"
     assert settings.events_topic == "ledger.task-events"
-    assert settings.effective_min_insync_replicas is None
+    assert settings.replication_factor is None and settings.min_insync_replicas is None
 
 
 def test_environment_overrides_and_topic_names() -> None:
@@ -18,7 +18,7 @@ def test_environment_overrides_and_topic_names() -> None:
     )
     assert settings.bootstrap == "k1:9092,k2:9092"
     assert settings.dead_letter_topic == "prod.dead-letters"
-    assert settings.effective_min_insync_replicas == 2
+    assert settings.replication_factor == 3
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,9 @@ def test_environment_overrides_and_topic_names() -> None:
         ({"LEDGER_PARTITIONS": "many"}, "LEDGER_PARTITIONS must be a whole number"),
         ({"LEDGER_PARTITIONS": "0"}, "LEDGER_PARTITIONS must be at least 1"),
         ({"LEDGER_BOOTSTRAP": "localhost"}, "LEDGER_BOOTSTRAP must be host:port"),
-        ({"LEDGER_MIN_INSYNC_REPLICAS": "2"}, "between 1 and LEDGER_REPLICATION_FACTOR"),
+        ({"LEDGER_MIN_INSYNC_REPLICAS": "3", "LEDGER_REPLICATION_FACTOR": "2"},
+         "LEDGER_MIN_INSYNC_REPLICAS .3. must not exceed LEDGER_REPLICATION_FACTOR .2."),
+        ({"LEDGER_REPLICATION_FACTOR": "0"}, "LEDGER_REPLICATION_FACTOR must be at least 1"),
         ({"LEDGER_LINGER_MS": "-1"}, "LEDGER_LINGER_MS must not be negative"),
         ({"LEDGER_SETTLE_MS": "-5"}, "LEDGER_SETTLE_MS must not be negative"),
         ({"LEDGER_FETCH_MAX_WAIT_MS": "50", "LEDGER_IDLE_FETCH_WAIT_MS": "20"},

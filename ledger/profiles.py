@@ -1,0 +1,64 @@
+"""What ledger may rely on from the broker it talks to: one profile per kind of broker.
+
+Everything ledger does differently on the embedded broker (Tansu) lives in the ``TANSU`` profile
+and is chosen by what the broker is, never by a setting: Tansu serves a later batch of a partition
+before an earlier one under load, holds an empty fetch for its whole wait, under-reports
+``end_offsets()`` and has no idempotent producer (../shared/TANSU.md). Apache Kafka (``KAFKA``)
+does none of that, so there ledger uses what Kafka gives: the idempotent producer, fetches that
+return as soon as an event arrives, and the end offsets the broker reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaClient
+from aiokafka.protocol.admin import ApiVersionRequest
+
+log = logging.getLogger(__name__)
+
+# OffsetForLeaderEpoch: what a replica asks a new leader before truncating its log. Every Apache
+# Kafka broker since 0.11 serves it; Tansu, which does not replicate, does not advertise it.
+OFFSET_FOR_LEADER_EPOCH = 23
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerProfile:
+    name: str
+    description: str
+    idempotent_producer: bool  # InitProducerId works: the producer's retries are de-duplicated by the broker
+    answers_fetch_early: bool  # an empty fetch returns as soon as an event arrives (a long poll costs no latency)
+    serves_batches_in_order: bool  # a partition's batches become readable in offset order
+    exact_end_offsets: bool  # ListOffsets(latest) is the true end of a partition
+
+
+KAFKA = BrokerProfile(
+    "kafka", "Apache Kafka (or a broker that replicates like it)",
+    idempotent_producer=True, answers_fetch_early=True, serves_batches_in_order=True, exact_end_offsets=True,
+)
+TANSU = BrokerProfile(
+    "tansu", "Tansu, the embedded broker (no idempotent producer, paced fetches, holes waited for)",
+    idempotent_producer=False, answers_fetch_early=False, serves_batches_in_order=False, exact_end_offsets=False,
+)
+
+_known: dict[str, BrokerProfile] = {}
+
+
+def profile_for(advertised_apis: set[int]) -> BrokerProfile:
+    return KAFKA if OFFSET_FOR_LEADER_EPOCH in advertised_apis else TANSU
+
+
+async def broker_profile(bootstrap: str) -> BrokerProfile:
+    """The profile of the broker at ``bootstrap``: asked once per process (an ApiVersions request)."""
+    if (known := _known.get(bootstrap)) is not None:
+        return known
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="ledger-profile")
+    try:
+        await client.bootstrap()
+        response = await client.send(client.get_random_node(), ApiVersionRequest())
+    finally:
+        await client.close()
+    profile = _known[bootstrap] = profile_for({api_key for api_key, *_ in response.api_versions})
+    log.info("broker at %s: %s", bootstrap, profile.description)
+    return profile
