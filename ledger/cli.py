@@ -18,7 +18,7 @@ from typing import Any
 import uvloop
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from ledger import console
+from ledger import console, logs
 from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker
 from ledger.loading import AppNotFound, default_app_path, load_app
 from ledger.roles import PortTaken, serve, serve_dev, work
@@ -204,8 +204,7 @@ def _configure_logging(command: str) -> None:
     """Timestamped lines on stderr: ledger's own at INFO for the server and worker roles (WARNING
     in ``ledger dev``, whose terminal is for the banner), the Kafka client's at WARNING."""
     level = logging.WARNING if command == "dev" else logging.INFO
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ledger").setLevel(level)
+    logs.configure(level)
 
 
 def run_broker(args: argparse.Namespace) -> int:

@@ -149,6 +149,20 @@ class RequestRejected(TaskEvent):
     protocol: str | None = None
 
 
+class PartitionClaimed(TaskEvent):
+    """A worker took the partition the record is on; its ``task_id`` is ``partition-N``.
+
+    From this record on, in log order, only the claiming worker's events count among those workers
+    write: a worker that lost the partition without knowing it is fenced off (``projections.fence``).
+    """
+
+    partition: int = Field(ge=0)
+
+    @classmethod
+    def of(cls, partition: int, actor: str) -> PartitionClaimed:
+        return cls(task_id=f"partition-{partition}", actor=actor, partition=partition)
+
+
 EVENT_TYPES: dict[str, type[TaskEvent]] = {
     cls.avro_name: cls
     for cls in (
@@ -164,6 +178,7 @@ EVENT_TYPES: dict[str, type[TaskEvent]] = {
         TaskCancelled,
         TaskExpired,
         RequestRejected,
+        PartitionClaimed,
     )
 }
 

@@ -66,7 +66,6 @@ class GroupConsumer(DecodingConsumer):
         )
         super().__init__(settings, options, codec, dead_letters, max_records)
         self._listener = _Listener(self, on_assigned, on_revoked)
-        self._starts: dict[int, int] = {}
         self._owned: set[int] = set()
 
     async def start(self) -> None:
@@ -90,26 +89,16 @@ class GroupConsumer(DecodingConsumer):
         """Next offset to read in ``partition``, once something was fetched from it."""
         return self._positions.get(partition)
 
-    async def note_starts(self, partitions: set[int]) -> None:
-        """Remember where reading newly assigned partitions begins: the committed offset, else 0."""
-        for partition in partitions:
-            committed = await self._consumer.committed(TopicPartition(self.topic, partition))
-            self._starts[partition] = committed or 0
-
-    def next_offset(self, partition: int) -> int:
-        """Next offset to hand out in ``partition`` (its start until something was fetched)."""
-        return self._positions.get(partition, self._starts.get(partition, 0))
-
-    def highwater(self, partition: int) -> int | None:
-        """The end of ``partition`` as the last fetch from it reported (None before any fetch)."""
-        return self._consumer.highwater(TopicPartition(self.topic, partition))
-
     def forget(self, partitions: set[int]) -> None:
-        """Stop handing out records of ``partitions`` and drop their read positions."""
+        """Stop handing out records of ``partitions`` and drop their read positions. Those still
+        assigned (another worker claimed them before the group told this one) are paused until the
+        group assigns anew."""
         self._owned -= partitions
+        still_assigned = [tp for tp in self._consumer.assignment() if tp.partition in partitions]
+        if still_assigned:
+            self._consumer.pause(*still_assigned)
         for partition in partitions:
             self._positions.pop(partition, None)
-            self._starts.pop(partition, None)
             self._holes.pop(partition, None)
 
     async def commit(self, next_offsets: Mapping[int, int]) -> None:

@@ -44,7 +44,7 @@ class Journal:
     """
 
     __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "attempts", "ended",
-                 "_asked", "_answers", "_steps")
+                 "end_read", "_asked", "_answers", "_steps")
 
     def __init__(self, created: TaskCreated, partition: int, offset: int) -> None:
         self.task_id = created.task_id
@@ -55,6 +55,9 @@ class Journal:
         self.offset = offset  # of the created event: the partition cannot be committed past it
         self.attempts = 0
         self.ended = False
+        # The worker applies its own writes at once; an end counts for commits only once read back
+        # from the log, where the fence may have ignored it (projections.fence).
+        self.end_read = False
         self._asked: list[Asked] = []  # by sequence
         # None until the first: most parked tasks have neither, and an empty dict costs 64 bytes.
         self._answers: dict[str, bytes] | None = None

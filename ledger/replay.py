@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ledger.events import PartitionClaimed
 from ledger.reader import LogReader
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
@@ -105,8 +106,10 @@ async def _replay(settings: Settings, store: ProjectionStore, partitions: Collec
         while True:
             records = await reader.fetch(timeout_ms=100)
             for record in records:
-                if (to_offset is not None and record.offset >= to_offset) or \
-                        (since_ms is not None and record.event.occurred_at < since_ms):
+                # Older claims still decide whose later events count.
+                if (to_offset is not None and record.offset >= to_offset) or (
+                        since_ms is not None and record.event.occurred_at < since_ms
+                        and not isinstance(record.event, PartitionClaimed)):
                     skipped += 1
                     continue
                 projector.apply(record)

@@ -46,6 +46,7 @@ from starlette.routing import Mount, Route
 from ledger import modern
 from ledger.app import App, UnknownTool, error_result
 from ledger.auth import LOOPBACK, check_exposure, token_verifier
+from ledger.health import LogHealth
 from ledger.log import EventLog
 from ledger.metrics import Metrics
 from ledger.modern import ModernAdapter
@@ -409,7 +410,9 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     verifier = verifier or token_verifier(settings)
     check_exposure(settings, host, verifier)
     metrics = Metrics()
-    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics)
+    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics,
+                         confirm_within=settings.append_timeout_ms / 1000)
+    health = LogHealth(settings, event_log)
     store = ProjectionStore(settings.store)
     view = LiveView(settings, store, metrics)
     metrics.watch(store.count_by_status, view.lag, view.dead_letters)
@@ -429,6 +432,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await event_log.start()
         try:
+            await health.start()
             await view.start()
             try:
                 await view.caught_up.wait()
@@ -444,7 +448,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         return JSONResponse({"status": "ok", "instance": instance, "tasks": view.task_count()})
 
     async def readyz(request: Request) -> JSONResponse:
-        problem = view.not_ready()
+        problem = view.not_ready() or await health.problem()
         body = {"ready": problem is None, "instance": instance, "lag": view.lag()}
         if problem is not None:
             body["reason"] = problem

@@ -68,6 +68,12 @@ class Settings:
     poll_interval_ms: int = _setting(
         500, "LEDGER_POLL_INTERVAL_MS", "pollInterval suggested to clients in task responses."
     )
+    append_timeout_ms: int = _setting(
+        10_000,
+        "LEDGER_APPEND_TIMEOUT_MS",
+        "Longest a server waits for the log to confirm a change before it answers with an error (the producer "
+        "goes on trying, so the change may still be recorded once the brokers take writes again).",
+    )
     read_timeout_ms: int = _setting(
         10_000,
         "LEDGER_READ_TIMEOUT_MS",
@@ -163,7 +169,7 @@ class Settings:
                                 f"LEDGER_FETCH_MAX_WAIT_MS ({self.fetch_max_wait_ms})")
         if self.request_state_key is not None and len(self.request_state_key) < 32:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
-        for name in ("worker_concurrency", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
+        for name in ("worker_concurrency", "append_timeout_ms", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
                      "cached_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")

@@ -140,10 +140,7 @@ async def _check_replication(admin: AIOKafkaAdminClient, settings: Settings, top
     is the replication asked for (LEDGER_REPLICATION_FACTOR)."""
     described = (await admin.describe_topics([topic]))[0]
     replicas = min(len(p["replicas"]) for p in described["partitions"])
-    response = (await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]))[0]
-    min_insync = next((int(value) for *_, configs in response.resources for name, value, *_ in configs
-                       if name == "min.insync.replicas" and value is not None), 1)
+    min_insync = await min_insync_replicas(admin, topic)
     if replicas < min_insync:
         raise TopicError(f"topic {topic} has {replicas} replica(s) but min.insync.replicas {min_insync}: no write "
                          f"can ever succeed. Recreate it with at least {min_insync + 1} replicas")
@@ -158,3 +155,11 @@ async def _check_replication(admin: AIOKafkaAdminClient, settings: Settings, top
         f"stop every write. Recreate it with at least {min_insync + 1} replicas, or set "
         f"LEDGER_REPLICATION_FACTOR={replicas} to run on it as it is"
     )
+
+
+async def min_insync_replicas(admin: AIOKafkaAdminClient, topic: str) -> int:
+    """The topic's min.insync.replicas (1 when the broker does not say)."""
+    response = (await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]))[0]
+    return next((int(value) for *_, configs in response.resources for name, value, *_ in configs
+                 if name == "min.insync.replicas" and value is not None), 1)

@@ -80,6 +80,7 @@ class LiveView:
                             self.store.path, self.settings.events_topic)
                 self.store.clear()
             self._applied = self._flushed = self.store.checkpoint()
+            self._projector.fence.owners.update(self.store.owners())
             for principal, created_at, task_id in sorted(self.store.keys(), key=lambda k: (k[1], k[2])):
                 self._listing.setdefault(principal, []).append((created_at, task_id))
         self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",

@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
 from ledger.app import InvalidArguments, UnknownTool, error_result
+from ledger.log import AppendTimeout
 from ledger.service import InvalidCursor, Refused, TaskNotFound, TaskService
 from ledger.view import ReadTimeout
 from projections.status import TaskRow
@@ -89,3 +90,6 @@ def service_errors() -> Iterator[None]:
         raise MCPError(INVALID_PARAMS, str(exc)) from None
     except ReadTimeout as exc:
         raise MCPError(INTERNAL_ERROR, f"The change was recorded but is not visible yet: {exc}") from None
+    except AppendTimeout as exc:
+        raise MCPError(INTERNAL_ERROR, f"The change is not confirmed: {exc}; read the task before trying again",
+                       {"taskId": exc.task_id}) from None

@@ -8,6 +8,12 @@ tool with the journal answering what was already asked (``ledger.context``).
 
 The committed offset of a partition never passes the created event of a task that has not ended,
 so whoever owns the partition next reads every event of every unfinished task.
+
+A worker claims each partition it is given (``PartitionClaimed``) and starts nothing there before it
+has read up to its claim; from that claim on, only its writes count (``projections.fence``). A worker
+that reads another worker's claim on a partition it holds has lost it without being told (it was
+paused, or cut off from its group): it stops its runs there at once. Committed offsets always sit on
+a claim, so whoever reads a partition from its committed offset first learns whose writes count.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from collections import OrderedDict, deque
 
 from ledger.app import App, InvalidArguments, UnknownTool, tool_result
 from ledger.context import Context, NonDeterminismError
-from ledger.events import ResponseSubmitted, TaskCompleted, TaskCreated, TaskEvent, TaskFailed, TaskStarted
+from ledger.events import (TERMINAL_EVENTS, PartitionClaimed, ResponseSubmitted, TaskCompleted, TaskCreated, TaskEvent,
+                           TaskFailed, TaskStarted)
 from ledger.group import GroupConsumer
 from ledger.journal import Journal
 from ledger.log import EventLog
 from ledger.records import LogRecord
 from ledger.settings import Settings
+from projections.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,9 @@ RETRY_AFTER_S = 1.0
 SWEEP_INTERVAL_S = 5.0
 STATUS_INTERVAL_S = 30.0
 REMEMBERED_ENDINGS = 50_000
+# A worker claims its partitions again after this many events, so that its committed offsets, which
+# stay on claims (see _safe_offsets), keep up with what it has read.
+RECLAIM_AFTER_EVENTS = 10_000
 
 
 class Parked(BaseException):
@@ -46,6 +57,10 @@ class AppendFailed(BaseException):
 
     A BaseException, like ``Parked``, so that a tool's ``except Exception`` cannot swallow it.
     """
+
+
+class PartitionLost(RuntimeError):
+    """A run tried to write on a partition its worker no longer holds."""
 
 
 class Slots:
@@ -197,10 +212,14 @@ class Worker:
             dead_letters=self._log.record_dead_letter,
         )
         self._journals: dict[int, dict[str, Journal]] = {}
-        # Partitions being read up to where they ended when this worker got them (None: end not
-        # known yet). Their tasks start no run before then: a run must see the task's whole history,
-        # or it would ask again a question the task already asked.
-        self._catching_up: dict[int, int | None] = {}
+        self._fence = Fence()
+        self._claims: dict[int, list[int]] = {}  # offsets of the claims read on each partition held
+        self._claiming: dict[int, asyncio.Task[None]] = {}
+        # Partitions held, with the event id of the claim this worker made when it got each.
+        self._claim_ids: dict[int, str] = {}
+        # Partitions being read up to this worker's claim. Their tasks start no run before then: a run
+        # must see the task's whole history, or it would ask again a question the task already asked.
+        self._catching_up: set[int] = set()
         self._runs: dict[str, Run] = {}
         self._ready: deque[Journal] = deque()
         self._queued: set[Journal] = set()
@@ -227,6 +246,8 @@ class Worker:
                     await self._handle(await self._consumer.fetch())
             finally:
                 self._closing = True
+                for claiming in self._claiming.values():
+                    claiming.cancel()
                 for run in list(self._runs.values()):
                     run.stop()
                 await self._commit(force=True)
@@ -238,6 +259,8 @@ class Worker:
         return set(self._journals)
 
     async def append(self, journal: Journal, event: TaskEvent) -> None:
+        if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
+            raise PartitionLost(f"partition {journal.partition} is no longer this worker's")
         await self._log.append(event)
         journal.apply(event)
 
@@ -249,7 +272,6 @@ class Worker:
                 touched[journal.task_id] = journal
         for journal in touched.values():
             self.reconcile(journal)
-        self._finish_catching_up()
         self._sweep()
         await self._commit()
 
@@ -258,26 +280,44 @@ class Worker:
         if journals is None:
             return None
         event = record.event
+        if isinstance(event, PartitionClaimed):
+            self._read_claim(record)
+            return None
+        if not self._fence.admits(record):
+            return None
         journal = journals.get(event.task_id)
         if journal is None:
             if not isinstance(event, TaskCreated) or event.task_id in self._ended:
                 return None
             journal = journals[event.task_id] = Journal(event, record.partition, record.offset)
             return journal
-        return journal if journal.apply(event) else None
+        changed = journal.apply(event)
+        if isinstance(event, TERMINAL_EVENTS):
+            journal.end_read = True
+            return journal
+        return journal if changed else None
 
-    def _finish_catching_up(self) -> None:
-        for partition, end in list(self._catching_up.items()):
-            if end is None:
-                end = self._catching_up[partition] = self._consumer.highwater(partition)
-            if end is None or self._consumer.next_offset(partition) < end:
-                continue
-            del self._catching_up[partition]
-            journals = self._journals.get(partition, {})
-            log.info("worker %s: partition %d read to offset %d, %d tasks open in it", self.worker_id, partition,
-                     end, len(journals))
-            for journal in list(journals.values()):
-                self.reconcile(journal)
+    def _read_claim(self, record: LogRecord) -> None:
+        partition, claimant = record.partition, record.event.actor
+        self._fence.admits(record)
+        self._claims[partition].append(record.offset)
+        if record.event.event_id == self._claim_ids.get(partition):
+            self._read_to_own_claim(partition, record.offset)
+        elif partition not in self._catching_up and claimant != self.actor:
+            log.warning("worker %s: %s claimed partition %d at offset %d; this worker lost it without being told "
+                        "(paused or cut off from its group) and stops its runs there", self.worker_id, claimant,
+                        partition, record.offset)
+            self._let_go({partition})
+
+    def _read_to_own_claim(self, partition: int, offset: int) -> None:
+        if partition not in self._catching_up:
+            return
+        self._catching_up.discard(partition)
+        journals = self._journals.get(partition, {})
+        log.info("worker %s: partition %d read to its claim at offset %d, %d tasks open in it", self.worker_id,
+                 partition, offset, len(journals))
+        for journal in list(journals.values()):
+            self.reconcile(journal)
 
     def reconcile(self, journal: Journal) -> None:
         """Do what the journal says the task needs."""
@@ -286,10 +326,11 @@ class Worker:
             return
         run = self._runs.get(journal.task_id)
         if journal.ended:
-            del self._journals[journal.partition][journal.task_id]
-            self._remember_ended(journal.task_id)
             if run is not None:
                 run.stop()
+            if journal.end_read:
+                del self._journals[journal.partition][journal.task_id]
+                self._remember_ended(journal.task_id)
             return
         if journal.waiting:
             return
@@ -376,6 +417,9 @@ class Worker:
             self._ended.popitem(last=False)
 
     def _safe_offsets(self, partitions: set[int]) -> dict[int, int]:
+        """Per partition, the last claim read at or before both the oldest unfinished task and the read
+        position: whoever reads on from there reads every unfinished task, and first the claim that
+        says whose writes count."""
         offsets = {}
         for partition in partitions:
             position = self._consumer.position(partition)
@@ -383,8 +427,10 @@ class Worker:
                 continue
             journals = self._journals.get(partition)
             # Journals are kept in created-offset order, so the first is the oldest unfinished task.
-            oldest = next(iter(journals.values())).offset if journals else position
-            offsets[partition] = min(oldest, position)
+            bound = min(next(iter(journals.values())).offset if journals else position, position)
+            claims = [offset for offset in self._claims.get(partition, ()) if offset <= bound]
+            if claims:
+                offsets[partition] = claims[-1]
         return offsets
 
     async def _commit(self, force: bool = False, partitions: set[int] | None = None) -> None:
@@ -392,6 +438,8 @@ class Worker:
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
         self._last_commit = now
+        if partitions is None and not self._closing:
+            self._claim_again(set(self._journals))
         offsets = self._safe_offsets(partitions if partitions is not None else set(self._journals))
         changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
         if not changed:
@@ -406,18 +454,62 @@ class Worker:
     async def _assigned(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._journals.setdefault(partition, {})
-            self._catching_up[partition] = None
-        await self._consumer.note_starts(partitions)
+            self._catching_up.add(partition)
+            self._claims[partition] = []
+            self._claim_ids.pop(partition, None)
+            self._fence.forget(partition)
+        for partition in partitions:
+            self._claim(partition)
         log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
         if self._ready_signal is not None:
             self._ready_signal.set()
 
+    def _claim(self, partition: int) -> None:
+        """Append a claim of ``partition`` in the background (the first of an assignment was named in
+        ``_assigned``: reading back ends there)."""
+        if partition in self._claiming:
+            return
+        claim = PartitionClaimed.of(partition, self.actor)
+        self._claim_ids.setdefault(partition, claim.event_id)
+        self._claiming[partition] = asyncio.create_task(self._append_claim(claim), name=f"claim partition {partition}")
+
+    async def _append_claim(self, claim: PartitionClaimed) -> None:
+        try:
+            while claim.partition in self._journals:
+                try:
+                    await self._log.append(claim, claim.partition)
+                    return
+                except Exception as exc:  # the log is not taking writes; nothing runs here until it does
+                    log.error("worker %s: could not claim partition %d (%s); retrying in %.0fs", self.worker_id,
+                              claim.partition, exc, RETRY_AFTER_S)
+                    await asyncio.sleep(RETRY_AFTER_S)
+        finally:
+            self._claiming.pop(claim.partition, None)
+
+    def _claim_again(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            claims, position = self._claims.get(partition), self._consumer.position(partition)
+            if claims and position is not None and partition not in self._catching_up and \
+                    position - claims[-1] > RECLAIM_AFTER_EVENTS:
+                self._claim(partition)
+
     async def _revoked(self, partitions: set[int]) -> None:
         await self._commit(force=True, partitions=partitions)
+        self._let_go(partitions)
+
+    def _let_go(self, partitions: set[int]) -> None:
+        """Stop everything this worker does on ``partitions`` (revoked, or claimed by another worker)."""
         for partition in partitions:
             for journal in self._journals.pop(partition, {}).values():
                 run = self._runs.get(journal.task_id)
                 if run is not None:
                     run.stop()
             self._committed.pop(partition, None)
-            self._catching_up.pop(partition, None)
+            self._catching_up.discard(partition)
+            self._claims.pop(partition, None)
+            self._claim_ids.pop(partition, None)
+            self._fence.forget(partition)
+            claiming = self._claiming.pop(partition, None)
+            if claiming is not None:
+                claiming.cancel()
+        self._consumer.forget(partitions)

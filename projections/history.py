@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from ledger.events import (
     CancelRequested,
+    PartitionClaimed,
     ElicitationRequested,
     ProgressReported,
     RequestRejected,
@@ -28,6 +29,7 @@ from ledger.events import (
 )
 
 DUPLICATE_PREFIX = "duplicate"
+IGNORED = "ignored"
 
 # json.dumps builds an encoder per call when given separators; a replay encodes every event.
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
@@ -58,8 +60,12 @@ class Entry(NamedTuple):
         }
 
 
-def entry(event: TaskEvent, partition: int, offset: int) -> Entry:
+def entry(event: TaskEvent, partition: int, offset: int, fenced_by: str | None = None) -> Entry:
+    """The timeline entry of ``event``; ``fenced_by`` names the worker that owned the partition when
+    another worker wrote it: such an entry is kept as ``ignored``, and counted by no fold."""
     kind, summary = describe(event)
+    if fenced_by is not None:
+        kind, summary = IGNORED, f"{event.actor} no longer owned partition {partition} ({fenced_by} had claimed it): {kind} {summary}"
     payload = event.payload()
     return Entry(event.event_id, event.task_id, partition, offset, event.occurred_at, kind, event.actor,
                  event.principal, payload.get("protocol"), payload.get("elicitation_id"), summary,
@@ -97,6 +103,8 @@ def describe(event: TaskEvent) -> tuple[str, str]:
             return "cancelled", event.reason or ""
         case TaskExpired():
             return "expired", f"ttl {event.ttl_ms} ms"
+        case PartitionClaimed():
+            return "claimed", f"partition {event.partition} by {event.actor}"
     raise TypeError(f"history has no rule for {type(event).__name__}")
 
 

@@ -7,10 +7,12 @@ property tests check it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ledger.events import TaskCreated
+from ledger.events import PartitionClaimed, TaskCreated
 from ledger.records import LogRecord
+from projections.fence import Fence
 from projections.history import Entry, entry
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
@@ -25,11 +27,12 @@ REMEMBERED_EVENT_IDS = 50_000
 
 @dataclass
 class Batch:
-    """What changed since the last flush: rows to write, rows to drop, history to add."""
+    """What changed since the last flush: rows to write, rows to drop, history to add, partition owners."""
 
     rows: dict[str, TaskRow] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
+    owners: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -45,7 +48,7 @@ class Projector:
 
     def __init__(self, projection: StatusProjection | None = None, *, status: bool = True, history: bool = True,
                  store: ProjectionStore | None = None, capacity: int | None = None,
-                 remembered_ids: int | None = None) -> None:
+                 remembered_ids: int | None = None, owners: Mapping[int, str] | None = None) -> None:
         if projection is None:
             lookup = self._stored if store is not None and capacity is not None else None
             projection = StatusProjection(capacity=capacity if lookup else None, lookup=lookup,
@@ -54,6 +57,7 @@ class Projector:
         self.status = status
         self.history = history
         self.store = store
+        self.fence = Fence(owners)
         self.batch = Batch()
         self._writing: list[Batch] = []
         self._history_ids: set[str] = set()  # de-duplicates when there is no status fold to do it
@@ -62,16 +66,24 @@ class Projector:
         """Fold one record in; returns the task's row before and after.
 
         A second copy of an event (same ``event_id``, a producer retry) changes nothing and adds
-        no history entry.
+        no history entry. A worker's event on a partition another worker claimed (``projections.fence``)
+        changes nothing and is kept in the history as ignored. A claim is no task's: it only moves
+        the partition's owner.
         """
         event = record.event
+        if isinstance(event, PartitionClaimed):
+            self.fence.admits(record)
+            self.batch.owners[record.partition] = event.actor
+            return None, None
         before = self.projection.get(event.task_id, look_up=not isinstance(event, TaskCreated)) if self.status else None
         if self._seen(event.event_id):
             return before, before
+        admitted = self.fence.admits(record)
         if self.history:
-            self.batch.entries.append(entry(event, record.partition, record.offset))
-        if not self.status:
-            return None, None
+            fenced_by = None if admitted else self.fence.owner(record.partition)
+            self.batch.entries.append(entry(event, record.partition, record.offset, fenced_by))
+        if not self.status or not admitted:
+            return before, before
         after = self.projection.apply(event)
         if after is not before:
             if after is None:
@@ -110,4 +122,4 @@ class Projector:
 
 
 def flush(store: ProjectionStore, batch: Batch, checkpoint: dict[int, int]) -> None:
-    store.write(batch.rows.values(), batch.entries, checkpoint, batch.removed)
+    store.write(batch.rows.values(), batch.entries, checkpoint, batch.removed, batch.owners)

@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple
 
 from ledger.events import (
     CancelRequested,
+    PartitionClaimed,
     ElicitationRequested,
     ProgressReported,
     RequestRejected,
@@ -100,7 +101,7 @@ def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
         return None
     if isinstance(event, TaskExpired):
         return None
-    if row.terminal or isinstance(event, (TaskCreated, RequestRejected)):
+    if row.terminal or isinstance(event, (TaskCreated, RequestRejected, PartitionClaimed)):
         return row
     at = event.occurred_at
     match event:

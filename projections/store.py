@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS history (
     PRIMARY KEY (partition, "offset")
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (partition INTEGER PRIMARY KEY, actor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # What the queries need; a store being built gets them once, at the end (sorting once is faster
@@ -106,15 +107,16 @@ class ProjectionStore:
     @_locked
     def clear(self) -> None:
         """Forget everything: the store is rebuilt from offset 0."""
-        for table in ("tasks", "history", "checkpoint", "meta"):
+        for table in ("tasks", "history", "checkpoint", "owners", "meta"):
             self._db.execute(f"DELETE FROM {table}")
 
     # writing
 
     @_locked
     def write(self, rows: Iterable[TaskRow], entries: Iterable[Entry], checkpoint: Mapping[int, int],
-              removed: Iterable[str] = ()) -> None:
-        """Upsert ``rows``, add ``entries`` (a record read twice is the same entry), move the checkpoint."""
+              removed: Iterable[str] = (), owners: Mapping[int, str] | None = None) -> None:
+        """Upsert ``rows``, add ``entries`` (a record read twice is the same entry), move the checkpoint
+        and the partitions' owners as of it."""
         db = self._db
         db.execute("BEGIN")
         try:
@@ -127,6 +129,7 @@ class ProjectionStore:
             db.executemany("INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            entries)
             db.executemany("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", list(checkpoint.items()))
+            db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", list((owners or {}).items()))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -146,6 +149,11 @@ class ProjectionStore:
     @_locked
     def checkpoint(self) -> dict[int, int]:
         return dict(self._db.execute("SELECT partition, next_offset FROM checkpoint"))
+
+    @_locked
+    def owners(self) -> dict[int, str]:
+        """Each partition's owner (``projections.fence``) as of the checkpoint."""
+        return dict(self._db.execute("SELECT partition, actor FROM owners"))
 
     @_locked
     def rows(self) -> list[TaskRow]:

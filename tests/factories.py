@@ -23,6 +23,7 @@ from ledger.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    PartitionClaimed,
 )
 
 text = st.text(max_size=40)
@@ -57,6 +58,7 @@ payloads: dict[type[TaskEvent], dict[str, st.SearchStrategy[Any]]] = {
     TaskExpired: {"ttl_ms": longs},
     RequestRejected: {"operation": text, "elicitation_id": optional_text, "reason": text,
                       "payload_json": st.none() | json_text, "protocol": optional_text},
+    PartitionClaimed: {"partition": st.integers(min_value=0, max_value=2**31 - 1)},
 }
 assert set(payloads) == set(EVENT_TYPES.values()), "every event type needs a strategy"
 
@@ -84,21 +86,25 @@ def sample(cls: type[TaskEvent], task_id: str, **fields: Any) -> TaskEvent:
         TaskCancelled: {},
         TaskExpired: {"ttl_ms": 1000},
         RequestRejected: {"operation": "respond", "reason": "unknown elicitation"},
+        PartitionClaimed: {"partition": 0},
     }
-    return cls(task_id=task_id, actor="test:pytest", event_id=str(uuid.uuid4()), **{**defaults[cls], **fields})
+    return cls(task_id=task_id, **{"actor": "test:pytest", "event_id": str(uuid.uuid4()), **defaults[cls], **fields})
 
 
-# Arbitrary histories: every event type, on a few tasks and elicitation ids, in any order.
+# Arbitrary histories: every event type, on a few tasks and elicitation ids, written by a server or
+# by one of two workers that claim the partition in turn, in any order.
 task_ids = st.sampled_from(["task-a", "task-b", "task-c"])
 elicitation_ids = st.sampled_from(["e0", "e1"])
+actors = st.sampled_from(["server:s1", "worker:w1", "worker:w2"])
 
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[TaskEvent]:
-    steps = draw(st.lists(st.tuples(st.sampled_from(sorted(EVENT_TYPES)), task_ids, elicitation_ids), max_size=40))
+    steps = draw(st.lists(st.tuples(st.sampled_from(sorted(EVENT_TYPES)), task_ids, elicitation_ids, actors),
+                          max_size=40))
     events = []
-    for clock, (name, task_id, elicitation_id) in enumerate(steps):
+    for clock, (name, task_id, elicitation_id, actor) in enumerate(steps):
         cls = EVENT_TYPES[name]
         extra = {"elicitation_id": elicitation_id} if "elicitation_id" in cls.model_fields else {}
-        events.append(sample(cls, task_id, occurred_at=1_000 + clock, **extra))
+        events.append(sample(cls, task_id, occurred_at=1_000 + clock, actor=actor, **extra))
     return events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,11 +12,13 @@ import time
 from dataclasses import fields
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
+from ledger.broker import free_port
 from ledger.settings import Settings
 
 LEDGER = [sys.executable, "-m", "ledger.cli"]
+DEMO = "examples/demo.py"
 
 
 def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 30) -> list[str]:
@@ -49,8 +52,10 @@ def drain(process: subprocess.Popen[str], lines: int = 200) -> deque[str]:
 
 
 @contextmanager
-def spawned(args: list[str], settings: Settings, ready: str) -> Iterator[subprocess.Popen[str]]:
-    """``ledger ARGS`` in its own process, once it printed ``ready``; killed on the way out.
+def spawned(args: list[str], settings: Settings, ready: str, *, stop: signal.Signals = signal.SIGKILL,
+            ) -> Iterator[subprocess.Popen[str]]:
+    """``ledger ARGS`` in its own process, once it printed ``ready``; stopped with ``stop`` on the way
+    out (SIGTERM: a clean stop, waited for). The last lines it printed are its ``output``.
 
     When the block fails, the end of the process's output is printed for the test report.
     """
@@ -58,13 +63,37 @@ def spawned(args: list[str], settings: Settings, ready: str) -> Iterator[subproc
                                env=role_environment(settings))
     try:
         wait_for_line(process, ready, timeout=60)
-        tail = drain(process)
+        process.output = drain(process)
         try:
             yield process
         except BaseException:
-            print(f"--- last output of ledger {' '.join(args)} ---", *tail, sep="\n", file=sys.stderr)
+            print(f"--- last output of ledger {' '.join(args)} ---", *process.output, sep="\n", file=sys.stderr)
             raise
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait(30)
+            process.send_signal(stop)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+
+def confirmed_appends(process: subprocess.Popen[str]) -> tuple[int, int]:
+    """(events the log confirmed, events appended without a confirmation) as a role that stopped cleanly said."""
+    for line in reversed(process.output):
+        if found := re.search(r"(\d+) events appended and confirmed by the log, (\d+) not confirmed", line):
+            return int(found.group(1)), int(found.group(2))
+    raise AssertionError(f"no count of appended events in: {list(process.output)[-5:]}")
+
+
+@contextmanager
+def ledger_roles(settings: Settings) -> Iterator[tuple[str, list[subprocess.Popen[str]]]]:
+    """A server and a worker as processes, stopped cleanly at the end (so they say what the log
+    confirmed); yields the MCP URL and the two processes."""
+    port = free_port()
+    with ExitStack() as roles:
+        worker = roles.enter_context(spawned(["worker", DEMO], settings, "ledger worker", stop=signal.SIGTERM))
+        server = roles.enter_context(spawned(["server", DEMO, "--port", str(port)], settings, "serving",
+                                             stop=signal.SIGTERM))
+        yield f"http://127.0.0.1:{port}/mcp", [server, worker]

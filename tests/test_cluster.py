@@ -4,7 +4,6 @@ runs, as a user starts it from the command line, and keeps its data across resta
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess

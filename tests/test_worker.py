@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import ElicitationRequested, StepRecorded, TaskCancelled, TaskCompleted, TaskFailed, TaskStarted
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ledger.events import (ElicitationRequested, PartitionClaimed, StepRecorded, TaskCancelled, TaskCompleted,
+                           TaskFailed, TaskStarted)
+from ledger.reader import LogReader
 from ledger.settings import Settings
 from tests.apps.engine_app import app
 from tests.engine import history, running_engine
+from tests.stack import until
 
 
 def result_text(row) -> str:
@@ -154,3 +159,37 @@ async def test_a_restarted_worker_reads_its_partitions_to_the_end_before_it_runs
     steps = Counter(e.name for e in events if isinstance(e, StepRecorded))
     assert len(steps) == 40 and set(steps.values()) == {1}
     assert sum(isinstance(e, ElicitationRequested) for e in events) == 1
+
+
+async def test_a_worker_claims_its_partitions_and_commits_on_its_claims(settings: Settings, topics: dict) -> None:
+    """Whoever reads a partition on from its committed offset first reads whose writes count there."""
+    async with running_engine(app, settings) as engine:
+        rows = [await engine.service.create("broken", {"reason": "quick"}, principal=None, ttl_ms=None,
+                                            protocol="test") for _ in range(8)]
+        for row in rows:
+            await engine.settled(row.task_id, "failed")
+        # A member of the group that subscribes to nothing only reads the group's committed offsets.
+        reader = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=f"{settings.topic_prefix}.workers",
+                                  enable_auto_commit=False)
+        await reader.start()
+        try:
+            async def committed() -> dict[int, int] | None:
+                found = {p: await reader.committed(TopicPartition(settings.events_topic, p))
+                         for p in range(settings.partitions)}
+                return found if None not in found.values() else None
+
+            offsets = await until(committed, 30)
+        finally:
+            await reader.stop()
+    records = {(r.partition, r.offset): r.event async for r in _records(settings)}
+    claims = {(p, o) for (p, o), event in records.items() if isinstance(event, PartitionClaimed)}
+    assert {event.partition for (_, _), event in records.items() if isinstance(event, PartitionClaimed)} == \
+        set(range(settings.partitions))
+    assert all((partition, offset) in claims for partition, offset in offsets.items())
+
+
+async def _records(settings: Settings):
+    async with LogReader(settings) as reader:
+        async for batch in reader.catch_up():
+            for record in batch:
+                yield record

@@ -56,3 +56,12 @@ def _append(path: Path, line: str) -> int:
     with path.open("a") as f:
         f.write(line + "\n")
     return len(path.read_text().splitlines())
+
+
+@app.tool
+async def paced_steps(seconds: float, ctx: Context) -> str:
+    """A step, a pause, another step: a run long enough to be caught in the middle."""
+    await ctx.step("before", lambda: "before")
+    await asyncio.sleep(seconds)
+    await ctx.step("after", lambda: "after")
+    return "paced"

@@ -18,7 +18,7 @@ from ledger.events import StepRecorded, TaskCompleted, TaskStarted
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from tests.engine import all_events
-from tests.raw_http import ModernClient
+from tests.flows import FlowStats, approve_many
 from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
 
 pytestmark = pytest.mark.slow
@@ -71,29 +71,8 @@ async def test_a_thousand_approvals_survive_workers_killed_every_two_seconds(set
     try:
         with spawned(["server", DEMO, "--port", str(port)], settings, "serving"):
             killing = asyncio.create_task(killer())
-            async with ModernClient(f"http://127.0.0.1:{port}/mcp") as client:
-                gate = asyncio.Semaphore(50)
-
-                async def approve(i: int) -> str:
-                    async with gate:
-                        task_id = (await client.result("tools/call", {
-                            "name": "approve_expense", "arguments": {"amount": i, "description": f"item {i}"}}))["taskId"]
-                    while True:
-                        async with gate:
-                            task = await client.result("tasks/get", {"taskId": task_id})
-                        if task["status"] == "input_required":
-                            key = next(iter(task["inputRequests"]))
-                            async with gate:
-                                await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
-                                    key: {"action": "accept", "content": {"approved": True}}}})
-                        elif task["status"] == "completed":
-                            assert task["result"]["content"][0]["text"] == f"approved {i}"
-                            return task_id
-                        else:
-                            assert task["status"] == "working", task
-                        await asyncio.sleep(0.2)
-
-                task_ids = await asyncio.wait_for(asyncio.gather(*(approve(i) for i in range(TASKS))), 600)
+            stats = FlowStats()
+            task_ids = await asyncio.wait_for(approve_many(f"http://127.0.0.1:{port}/mcp", TASKS, stats), 600)
             stop_killing.set()
             await killing
     finally:
@@ -107,7 +86,7 @@ async def test_a_thousand_approvals_survive_workers_killed_every_two_seconds(set
     steps = Counter((e.task_id, e.sequence) for e in events if isinstance(e, StepRecorded))
     figures(f"{TASKS} approvals, {WORKERS} workers, {kills} SIGKILLs (one every {KILL_EVERY_S:g} s): "
           f"all completed in {elapsed:.1f} s; runs per task: max {max(starts.values())}, "
-          f"mean {sum(starts.values()) / len(starts):.2f}")
+          f"mean {sum(starts.values()) / len(starts):.2f}; {stats.describe()}")
     assert len(completed) == TASKS and set(completed.values()) == {1}
     assert all(count == 1 for count in steps.values())
     assert kills >= 3
