@@ -1,22 +1,24 @@
 """approve_expense flows through ledger and through the peer (FastMCP 4 + fastmcp-tasks on Redis),
 side by side on this machine, in one run, driven by the peer's own load generator.
 
-    source /work/venv/bin/activate
-    python bench/flow.py                          # N=2000 flows, C in 1,16,64, 3 runs: ~30 min on 2 cores
-    python bench/flow.py --flows 200 --runs 1     # quick check: ~2 min
-    python bench/flow.py --impls peer,ledger-tasks --concurrency 16 --json /tmp/flow.json
+    python bench/flow.py                          # N=2000, C in 1,16,64, 3 runs, the peer and ledger on both brokers
+    python bench/flow.py --flows 200 --runs 1     # quick check
+    python bench/flow.py --broker kafka --impls peer,ledger-tasks,ledger-meta --json /tmp/flow.json
 
-Three implementations/paths, interleaved run by run so that machine load hits them alike:
+Implementations/paths, interleaved run by run so that machine load hits them alike:
 
-* ``peer``: shared/bench/peer_fastmcp/server.py (one uvicorn process with its in-process Docket
+* ``peer``: ../shared/bench/peer_fastmcp/server.py (one uvicorn process with its in-process Docket
   worker) on a redis-server this script starts, FLUSHALLed before every run; FastMCP defaults
   (pollIntervalMs 5000, Docket worker concurrency 10). Its venv is made with the peer's setup.sh
   when missing (``$PEER_FASTMCP_VENV``, default /tmp/peer_fastmcp_venv).
-* ``ledger-tasks``: the embedded broker, ``ledger server examples/demo.py`` and ``ledger worker
-  examples/demo.py`` as separate processes (a fresh broker per run), on the 2026-07-28 tasks
+* ``ledger-tasks@embedded``: the embedded broker, ``ledger server examples/demo.py`` and ``ledger
+  worker examples/demo.py`` as separate processes (a fresh broker per run), on the 2026-07-28 tasks
   extension; ledger advertises ``--poll-ms`` (default 5000, the peer's value, so both are polled
   on exactly the same schedule).
-* ``ledger-meta``: the same stack, on the 2025-11-25 ``_meta`` pattern.
+* ``ledger-tasks@kafka``: the same (fresh topics, server and worker per run) on a 3-broker Apache
+  Kafka cluster of local JVMs (ledger/cluster.py; replication 3, ``min.insync.replicas`` 2), started
+  once, warmed with ``--kafka-warmup`` flows and paused (SIGSTOP) whenever another run goes.
+* ``ledger-meta@…``: the same stacks on the 2025-11-25 ``_meta`` pattern.
 
 Every run: a fresh stack, 20 warm-up flows (not counted), then N flows at concurrency C through
 bench/flow_load.py, which runs under the peer's venv and calls the peer's ``loadgen.run_flow``
@@ -38,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,11 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.cluster import LocalCluster  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
 from ledger.topics import ensure_topics  # noqa: E402
 from tests.spawn import spawned  # noqa: E402
 
-PEER_DIR = Path(os.environ.get("PEER_DIR", "/work/shared/bench/peer_fastmcp"))
+PEER_DIR = Path(os.environ.get("PEER_DIR", ROOT.parent / "shared" / "bench" / "peer_fastmcp"))
 PEER_VENV = Path(os.environ.get("PEER_FASTMCP_VENV", "/tmp/peer_fastmcp_venv"))
 LOADER = ROOT / "bench" / "flow_load.py"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,12 +71,15 @@ class Impl:
     label: str
     path: str  # flow_load.py --path
     expect: str  # flow_load.py --expect
+    broker: str | None = None  # ledger's: embedded or kafka
 
 
 PEER = Impl("peer", "peer: FastMCP 4 + fastmcp-tasks, Redis (2026-07-28 tasks)", "tasks", "peer")
-IMPLS = [PEER,
-         Impl("ledger-tasks", "ledger (2026-07-28 tasks ext)", "tasks", "ledger"),
-         Impl("ledger-meta", "ledger (2025-11-25 `_meta`)", "meta", "ledger")]
+BROKER_LABELS = {"embedded": "embedded broker", "kafka": "Apache Kafka, 3 brokers"}
+PATHS = {"tasks": "2026-07-28 tasks ext", "meta": "2025-11-25 `_meta`"}
+IMPLS = [PEER] + [Impl(f"ledger-{path}@{broker}", f"ledger ({label}; {BROKER_LABELS[broker]})", path, "ledger", broker)
+                  for broker in BROKER_LABELS for path, label in PATHS.items()]
+KAFKA_TASKS = next(impl for impl in IMPLS if impl.key == "ledger-tasks@kafka")
 
 
 class SetupFailed(RuntimeError):
@@ -187,16 +194,80 @@ def peer_stack(python: Path, redis: tuple[int, int]) -> Iterator[tuple[str, dict
 # ledger: broker, server, worker
 
 
+class KafkaForRuns:
+    """One 3-broker Apache Kafka cluster (Apache Kafka's own jars, ledger/cluster.py) for every Kafka run:
+    started once and warmed (a long-running broker's JIT has compiled its hot paths; a fresh JVM's
+    has not), then paused with SIGSTOP between its runs, so that its idle burn (about a tenth of a
+    core for three brokers) does not load the other runs. A resumed cluster elects its controller
+    again within seconds; every run creates its own topics, which waits for their leaders."""
+
+    def __init__(self, folder: str) -> None:
+        self.cluster = LocalCluster(folder, brokers=3)
+
+    def start(self, python: Path, warmup_flows: int) -> None:
+        say(f"kafka: starting 3 Apache Kafka {self.cluster.version} brokers, then {warmup_flows} warm-up flows")
+        self.cluster.start()
+        if warmup_flows:
+            with ledger_stack(self.cluster.bootstrap, {}) as (url, _):
+                load(python, KAFKA_TASKS, url, warmup_flows, 16)
+        self.pause()
+
+    def pids(self) -> dict[str, int]:
+        return {f"kafka-{node.node_id}": self.cluster.pid(node.node_id) for node in self.cluster.nodes}
+
+    def pause(self) -> None:
+        for pid in self.pids().values():
+            os.kill(pid, signal.SIGSTOP)
+
+    @contextmanager
+    def resumed(self) -> Iterator[tuple[str, dict[str, int]]]:
+        for pid in self.pids().values():
+            os.kill(pid, signal.SIGCONT)
+        try:
+            self.cluster.wait_ready(120)
+            yield self.cluster.bootstrap, self.pids()
+        finally:
+            self.pause()
+
+    def stop(self) -> None:
+        for pid in self.pids().values():
+            os.kill(pid, signal.SIGCONT)
+        self.cluster.stop()
+
+
 @contextmanager
-def ledger_stack() -> Iterator[tuple[str, dict[str, int]]]:
-    """A fresh embedded broker, then ``ledger worker`` and ``ledger server`` on examples/demo.py."""
-    with EmbeddedBroker(port=free_port(), output=subprocess.DEVNULL) as broker:
-        settings = Settings.from_env(bootstrap=broker.bootstrap, topic_prefix=f"flow-{uuid.uuid4().hex[:8]}")
-        asyncio.run(ensure_topics(settings))
-        port = free_port()
-        with spawned(["worker", "examples/demo.py"], settings, "ledger worker") as worker, \
-                spawned(["server", "examples/demo.py", "--port", str(port)], settings, "serving") as server:
-            yield f"http://127.0.0.1:{port}/mcp", {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
+def fresh_broker(kind: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """A fresh broker of ``kind`` (embedded, or kafka: 3 brokers of Apache Kafka's own jars): its
+    bootstrap and its processes."""
+    if kind == "embedded":
+        with EmbeddedBroker(port=free_port(), output=subprocess.DEVNULL) as embedded:
+            yield embedded.bootstrap, {"broker": embedded.pid}
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as folder, LocalCluster(folder, brokers=3) as cluster:
+        yield cluster.bootstrap, {f"kafka-{node.node_id}": cluster.pid(node.node_id) for node in cluster.nodes}
+
+
+@contextmanager
+def broker(kind: str, kafka: KafkaForRuns | None) -> Iterator[tuple[str, dict[str, int]]]:
+    """The broker for one run: a fresh embedded broker, or the Kafka cluster resumed for it."""
+    if kind == "kafka":
+        assert kafka is not None
+        with kafka.resumed() as running:
+            yield running
+        return
+    with fresh_broker(kind) as running:
+        yield running
+
+
+@contextmanager
+def ledger_stack(bootstrap: str, broker_pids: dict[str, int]) -> Iterator[tuple[str, dict[str, int]]]:
+    """Fresh topics, then ``ledger worker`` and ``ledger server`` on examples/demo.py."""
+    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"flow-{uuid.uuid4().hex[:8]}")
+    asyncio.run(ensure_topics(settings))
+    port = free_port()
+    with spawned(["worker", "examples/demo.py"], settings, "ledger worker") as worker, \
+            spawned(["server", "examples/demo.py", "--port", str(port)], settings, "serving") as server:
+        yield f"http://127.0.0.1:{port}/mcp", {"server": server.pid, "worker": worker.pid, **broker_pids}
 
 
 # measuring
@@ -237,9 +308,12 @@ def measure(python: Path, impl: Impl, url: str, pids: dict[str, int], flows: int
     return result
 
 
-def one_run(python: Path, redis: tuple[int, int], impl: Impl, flows: int, concurrency: int) -> dict:
-    stack = peer_stack(python, redis) if impl is PEER else ledger_stack()
-    with stack as (url, pids):
+def one_run(python: Path, redis: tuple[int, int], kafka: KafkaForRuns | None, impl: Impl, flows: int,
+            concurrency: int) -> dict:
+    if impl is PEER:
+        with peer_stack(python, redis) as (url, pids):
+            return measure(python, impl, url, pids, flows, concurrency)
+    with broker(impl.broker, kafka) as (bootstrap, broker_pids), ledger_stack(bootstrap, broker_pids) as (url, pids):
         return measure(python, impl, url, pids, flows, concurrency)
 
 
@@ -294,19 +368,26 @@ def table(results: dict[tuple[str, int], list[dict]], impls: list[Impl], levels:
     return "\n".join(lines)
 
 
-def run_all(python: Path, impls: list[Impl], levels: list[int], runs: int, flows: int) -> dict:
+def run_all(python: Path, impls: list[Impl], levels: list[int], runs: int, flows: int, kafka_warmup: int) -> dict:
     """Every (implementation, C, run), interleaved: C, then run, then implementation."""
     results: dict[tuple[str, int], list[dict]] = {}
-    with redis_server() as redis:
-        for concurrency in levels:
-            for run in range(1, runs + 1):
-                for impl in impls:
-                    tag = f"[{impl.key} C={concurrency} run {run}/{runs}]"
-                    say(f"{tag} starting a fresh stack, {WARMUP} warm-up flows, {IDLE_S:.0f} s idle, {flows} flows")
-                    result = one_run(python, redis, impl, flows, concurrency)
-                    results.setdefault((impl.key, concurrency), []).append(result)
-                    say(f"{tag} load1 before {result['loadavg1_before']:.2f}: {result['throughput_tps']} flows/s, "
-                        f"{result['ok']} ok, {result['errors']} errors {result['error_samples'][:1] or ''}")
+    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="flow-kafka-") as folder:
+        kafka = KafkaForRuns(folder) if any(impl.broker == "kafka" for impl in impls) else None
+        try:
+            if kafka is not None:
+                kafka.start(python, kafka_warmup)
+            for concurrency in levels:
+                for run in range(1, runs + 1):
+                    for impl in impls:
+                        tag = f"[{impl.key} C={concurrency} run {run}/{runs}]"
+                        say(f"{tag} starting a fresh stack, {WARMUP} warm-up flows, {IDLE_S:.0f} s idle, {flows} flows")
+                        result = one_run(python, redis, kafka, impl, flows, concurrency)
+                        results.setdefault((impl.key, concurrency), []).append(result)
+                        say(f"{tag} load1 before {result['loadavg1_before']:.2f}: {result['throughput_tps']} "
+                            f"flows/s, {result['ok']} ok, {result['errors']} errors {result['error_samples'][:1] or ''}")
+        finally:
+            if kafka is not None:
+                kafka.stop()
     return results
 
 
@@ -318,11 +399,17 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=int, default=5000,
                         help="LEDGER_POLL_INTERVAL_MS, the pollInterval ledger advertises (default %(default)s, "
                              "the peer's)")
-    parser.add_argument("--impls", default=",".join(i.key for i in IMPLS), help="which to run (default %(default)s)")
+    parser.add_argument("--impls", default="peer,ledger-tasks", help="which to run: peer, ledger-tasks, ledger-meta, or "
+                        "one path on one broker such as ledger-tasks@kafka (default %(default)s)")
+    parser.add_argument("--broker", default="embedded,kafka",
+                        help="brokers for ledger, comma-separated: embedded, kafka (default %(default)s)")
+    parser.add_argument("--kafka-warmup", type=int, default=1000,
+                        help="flows through the Kafka cluster once it started, before any run (default %(default)s)")
     parser.add_argument("--json", type=Path, help="also write every run's raw result here")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    impls = [i for i in IMPLS if i.key in args.impls.split(",")]
+    wanted, brokers = args.impls.split(","), args.broker.split(",")
+    impls = [i for i in IMPLS if i.key in wanted or (i.broker in brokers and i.key.split("@")[0] in wanted)]
     os.environ["LEDGER_POLL_INTERVAL_MS"] = str(args.poll_ms)
 
     try:
@@ -332,7 +419,7 @@ def main() -> None:
         say("validation: loadgen's checks throughout; for ledger the question text expected is examples/demo.py's "
             "'Approve expense of {amount} for {description!r}?' instead of the peer's "
             "'Approve expense of {amount}: {description}?'")
-        results = run_all(python, impls, levels, args.runs, args.flows)
+        results = run_all(python, impls, levels, args.runs, args.flows, args.kafka_warmup)
     except SetupFailed as failure:
         sys.exit(f"flow.py: {failure}")
     if args.json:

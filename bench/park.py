@@ -46,9 +46,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from flow import LOADER, PEER_DIR, ROOT, SetupFailed, cpu_seconds, peak_rss_mb, peer_python, say
+from flow import LOADER, PEER_DIR, ROOT, SetupFailed, cpu_seconds, fresh_broker, peak_rss_mb, peer_python, say
 
-from ledger.broker import EmbeddedBroker, free_port
+from ledger.broker import free_port
 from ledger.events import ElicitationRequested, TaskCreated, TaskEvent, TaskStarted
 from ledger.log import EventLog
 from ledger.reader import LogReader
@@ -57,6 +57,7 @@ from ledger.topics import ensure_topics
 from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
 
 SEED_CHUNK = 6_000  # events per append_many while seeding
+BROKERS = {"embedded": "the embedded broker", "kafka": "Apache Kafka, 3 brokers (broker figures summed)"}
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -65,15 +66,28 @@ def rss_mb(pid: int) -> float:
     raise SetupFailed(f"no VmRSS for pid {pid}")
 
 
+def by_role(values: dict[str, float]) -> dict[str, float]:
+    """Per role (server, worker, broker): the Kafka cluster's brokers (kafka-N) summed into ``broker``."""
+    roles: dict[str, float] = {}
+    for name, value in values.items():
+        role = "broker" if name.startswith("kafka-") else name
+        roles[role] = round(roles.get(role, 0) + value, 2)
+    return roles
+
+
 def memory(pids: dict[str, int]) -> dict[str, dict[str, float]]:
-    return {name: {"rss_mb": round(rss_mb(pid), 1), "peak_mb": round(peak_rss_mb(pid), 1)}
-            for name, pid in pids.items()}
+    return {"rss_mb": by_role({name: rss_mb(pid) for name, pid in pids.items()}),
+            "peak_mb": by_role({name: peak_rss_mb(pid) for name, pid in pids.items()})}
+
+
+def cpu_since(pids: dict[str, int], before: dict[str, float]) -> dict[str, float]:
+    return by_role({name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
 
 
 def idle_cpu_percent(pids: dict[str, int], seconds: float) -> dict[str, float]:
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     time.sleep(seconds)
-    return {name: round(100 * (cpu_seconds(pid) - before[name]) / seconds, 2) for name, pid in pids.items()}
+    return {name: round(100 * value / seconds, 2) for name, value in cpu_since(pids, before).items()}
 
 
 def load(python: Path, url: str, args: list[str]) -> dict:
@@ -109,12 +123,11 @@ def stop_gracefully(process: subprocess.Popen[str], what: str) -> None:
         raise SetupFailed(f"{what} did not stop within 60 s of SIGTERM") from None
 
 
-def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
+def run(kind: str, tasks: int, concurrency: int, quiet_s: float) -> dict:
     python = peer_python()
-    result: dict = {"tasks": tasks, "concurrency": concurrency}
-    with tempfile.TemporaryDirectory(prefix="ledger-park-") as scratch, \
-            EmbeddedBroker(port=free_port(), output=subprocess.DEVNULL) as broker:
-        settings = Settings.from_env(bootstrap=broker.bootstrap, topic_prefix=f"park-{uuid.uuid4().hex[:8]}",
+    result: dict = {"broker": kind, "tasks": tasks, "concurrency": concurrency}
+    with tempfile.TemporaryDirectory(prefix="ledger-park-") as scratch, fresh_broker(kind) as (bootstrap, brokers):
+        settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"park-{uuid.uuid4().hex[:8]}",
                                      store=str(Path(scratch) / "projections.db"))
         asyncio.run(ensure_topics(settings))
         ids = str(Path(scratch) / "parked.json")
@@ -124,7 +137,7 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
 
         with spawned(worker_args, settings, "ledger worker") as worker, \
                 spawned(server_args, settings, "serving") as server:
-            pids = {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
+            pids = {"server": server.pid, "worker": worker.pid, **brokers}
             url = f"http://127.0.0.1:{port}/mcp"
             say(f"stack up; {quiet_s:.0f} s quiet, then idle CPU over 10 s")
             time.sleep(quiet_s)
@@ -133,7 +146,7 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
             say(f"idle CPU % of a core: {result['idle_cpu_percent']}; parking {tasks:,} tasks at C={concurrency}")
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             result["park"] = load(python, url, ["--park", ids, "-n", str(tasks), "-c", str(concurrency)])
-            result["park_cpu_s"] = {name: round(cpu_seconds(pid) - cpu0[name], 1) for name, pid in pids.items()}
+            result["park_cpu_s"] = cpu_since(pids, cpu0)
             time.sleep(settings.hot_window_ms / 1000 + 2)  # let the worker park what it kept hot
             result["memory_parked"] = memory(pids)
             say(f"parked {result['park']['created_and_parked']:,} in {result['park']['wall_s']:.0f} s; "
@@ -147,12 +160,12 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
             result["worker_owns_partitions_after_restart_s"] = round(time.monotonic() - started, 2)
             until_ready(port, server)
             result["server_ready_after_restart_s"] = round(time.monotonic() - started, 2)
-            pids = {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
+            pids = {"server": server.pid, "worker": worker.pid, **brokers}
             result["memory_restarted"] = memory(pids)
             say(f"server ready {result['server_ready_after_restart_s']} s after the restart; answering all")
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             result["answer"] = load(python, url, ["--answer", ids, "-n", str(tasks), "-c", str(concurrency)])
-            result["answer_cpu_s"] = {name: round(cpu_seconds(pid) - cpu0[name], 1) for name, pid in pids.items()}
+            result["answer_cpu_s"] = cpu_since(pids, cpu0)
             result["memory_drained"] = memory(pids)
             stop_gracefully(server, "the server")  # writes its last projection batch
             stop_gracefully(worker, "the worker")
@@ -165,14 +178,13 @@ def run(tasks: int, concurrency: int, quiet_s: float) -> dict:
     return result
 
 
-def run_seeded(tasks: int, sample: int, concurrency: int) -> dict:
+def run_seeded(kind: str, tasks: int, sample: int, concurrency: int) -> dict:
     python = peer_python()
-    result: dict = {"tasks": tasks, "concurrency": concurrency, "seeded": True}
-    with tempfile.TemporaryDirectory(prefix="ledger-park-") as scratch, \
-            EmbeddedBroker(port=free_port(), output=subprocess.DEVNULL) as broker:
-        settings = Settings.from_env(bootstrap=broker.bootstrap, topic_prefix=f"park-{uuid.uuid4().hex[:8]}",
+    result: dict = {"broker": kind, "tasks": tasks, "concurrency": concurrency, "seeded": True}
+    with tempfile.TemporaryDirectory(prefix="ledger-park-") as scratch, fresh_broker(kind) as (bootstrap, brokers):
+        settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"park-{uuid.uuid4().hex[:8]}",
                                      store=str(Path(scratch) / "projections.db"))
-        asyncio.run(ensure_topics(settings))
+        partitions = asyncio.run(ensure_topics(settings))[settings.events_topic]
         template_file, ids = Path(scratch) / "template.json", Path(scratch) / "parked.json"
         port = free_port()
         demo = str(ROOT / "examples" / "demo.py")
@@ -180,7 +192,7 @@ def run_seeded(tasks: int, sample: int, concurrency: int) -> dict:
         url = f"http://127.0.0.1:{port}/mcp"
         with spawned(worker_args, settings, "ledger worker") as worker, \
                 spawned(server_args, settings, "serving") as server:
-            result["memory_empty"] = memory({"server": server.pid, "worker": worker.pid, "broker": broker.pid})
+            result["memory_empty"] = memory({"server": server.pid, "worker": worker.pid, **brokers})
             load(python, url, ["--park", str(template_file), "-n", "1", "-c", "1"])
             stop_gracefully(server, "the server")
             stop_gracefully(worker, "the worker")
@@ -199,14 +211,14 @@ def run_seeded(tasks: int, sample: int, concurrency: int) -> dict:
         try:
             with spawned(server_args, settings, "serving") as server:
                 until_ready(port, server)
-                for _ in range(settings.partitions):
+                for _ in range(partitions):
                     try:
-                        wait_for_line(worker, " read to offset ", timeout=900)
+                        wait_for_line(worker, " read to its claim ", timeout=900)
                     except AssertionError as exc:
                         raise SetupFailed(f"the worker did not read its partitions back: {exc}"[:500]) from None
                 drain(worker)
                 result["both_caught_up_s"] = round(time.monotonic() - started, 2)
-                pids = {"server": server.pid, "worker": worker.pid, "broker": broker.pid}
+                pids = {"server": server.pid, "worker": worker.pid, **brokers}
                 time.sleep(5)
                 result["memory_parked"] = memory(pids)
                 say(f"server ready and worker through its partitions {result['both_caught_up_s']} s after the start; "
@@ -214,7 +226,7 @@ def run_seeded(tasks: int, sample: int, concurrency: int) -> dict:
                     f"answering {sample:,} of the {tasks:,}")
                 cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 result["answer"] = load(python, url, ["--answer", str(ids), "-n", str(sample), "-c", str(concurrency)])
-                result["answer_cpu_s"] = {name: round(cpu_seconds(pid) - cpu0[name], 1) for name, pid in pids.items()}
+                result["answer_cpu_s"] = cpu_since(pids, cpu0)
                 result["memory_drained"] = memory(pids)
                 stop_gracefully(server, "the server")
                 stop_gracefully(worker, "the worker")
@@ -300,15 +312,15 @@ def fold_check(store: Path, parked: list[str]) -> dict:
 def memory_row(stage: str, memory: dict) -> str:
     roles = ("server", "worker", "broker")
     return (f"| RSS MB {stage} (server / worker / broker; peak) | "
-            + " / ".join(f"{memory[n]['rss_mb']:.0f}" for n in roles) + " ; "
-            + " / ".join(f"{memory[n]['peak_mb']:.0f}" for n in roles) + " |")
+            + " / ".join(f"{memory['rss_mb'][n]:.0f}" for n in roles) + " ; "
+            + " / ".join(f"{memory['peak_mb'][n]:.0f}" for n in roles) + " |")
 
 
 def report(r: dict) -> str:
     park, answer, log = r["park"], r["answer"], r["log"]
-    server_worker = r["memory_parked"]["server"]["rss_mb"] + r["memory_parked"]["worker"]["rss_mb"]
+    server_worker = r["memory_parked"]["rss_mb"]["server"] + r["memory_parked"]["rss_mb"]["worker"]
     lines = [
-        f"| measure | {r['tasks']:,} tasks, C={r['concurrency']} |", "|---|---|",
+        f"| measure | {r['tasks']:,} tasks, C={r['concurrency']}, {BROKERS[r['broker']]} |", "|---|---|",
         f"| idle CPU % of a core (server / worker / broker) | "
         f"{' / '.join(str(r['idle_cpu_percent'][n]) for n in ('server', 'worker', 'broker'))} |",
         f"| parked (input_required, unanswered) | {park['created_and_parked']:,} in {park['wall_s']:.0f} s "
@@ -337,14 +349,15 @@ def report(r: dict) -> str:
 def report_seeded(r: dict) -> str:
     answer, log, parked = r["answer"], r["log"], r["memory_parked"]
     lines = [
-        f"| measure | {r['tasks']:,} tasks written to the log as parked; {answer['tasks']:,} answered, C={r['concurrency']} |",
+        f"| measure | {r['tasks']:,} tasks written to the log as parked; {answer['tasks']:,} answered, "
+        f"C={r['concurrency']}, {BROKERS[r['broker']]} |",
         "|---|---|",
         f"| seeding (3 events a task, large batches) | {r['seed_s']} s |",
         f"| server ready (/readyz) and worker through its partitions, after the start | {r['both_caught_up_s']} s |",
     ]
     lines += [memory_row(stage, r[f"memory_{stage}"]) for stage in ("empty", "parked", "drained")]
     lines += [
-        f"| server + worker RSS with all parked | {parked['server']['rss_mb'] + parked['worker']['rss_mb']:.0f} MB |",
+        f"| server + worker RSS with all parked | {parked['rss_mb']['server'] + parked['rss_mb']['worker']:.0f} MB |",
         f"| answered: still input_required / update ok / completed approved | {answer['still_input_required']:,} / "
         f"{answer['update_ok']:,} / {answer['completed_approved']:,} (not found {answer['not_found']}, "
         f"other errors {answer['other_error']}) |",
@@ -368,15 +381,17 @@ def main() -> None:
                     help="write N parked tasks to the log instead of parking them through MCP (see above)")
     ap.add_argument("--answer-sample", type=int, default=2_000,
                     help="with --seeded: how many of the tasks to answer through MCP (default 2000)")
+    ap.add_argument("--broker", choices=sorted(BROKERS), default="embedded",
+                    help="embedded (default) or kafka: a fresh 3-broker Apache Kafka cluster of local JVMs")
     ap.add_argument("--json", help="also write the raw result here")
     args = ap.parse_args()
     if args.tasks < 1 or args.concurrency < 1 or (args.seeded is not None and not 1 <= args.answer_sample <= args.seeded):
         ap.error("--tasks, --seeded and --concurrency must be at least 1, and --answer-sample from 1 to --seeded")
     try:
         if args.seeded is not None:
-            result = run_seeded(args.seeded, args.answer_sample, args.concurrency)
+            result = run_seeded(args.broker, args.seeded, args.answer_sample, args.concurrency)
         else:
-            result = run(args.tasks, args.concurrency, args.quiet)
+            result = run(args.broker, args.tasks, args.concurrency, args.quiet)
     except SetupFailed as exc:
         sys.exit(f"park: {exc}")
     if args.json:

@@ -1,8 +1,9 @@
 """Replay throughput: write N task events, then time ``ledger replay`` end to end; prints a markdown table.
 
-    python bench/replay.py [--events 1000000] [--processes 1 2] [--stages] [--bootstrap HOST:PORT]
+    python bench/replay.py [--events 1000000] [--processes 1 2] [--stages] [--broker embedded|kafka]
 
-Without --bootstrap (or LEDGER_BOOTSTRAP) it starts the embedded broker. The events are
+Without --bootstrap (or LEDGER_BOOTSTRAP) it starts a fresh broker: the embedded one, or with
+``--broker kafka`` a 3-broker Apache Kafka cluster of local JVMs. The events are
 approve_expense flows (five events a task). A live view (what a server runs) follows the topic
 into its own store while the events are written; then ``ledger replay`` runs as its own process,
 as a user runs it, into a fresh store (once per --processes value), and each store must hold the
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.log import approve_expense_flow  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
-from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
+from bench.flow import fresh_broker  # noqa: E402
 from ledger.codec import Codec  # noqa: E402
 from ledger.log import EventLog  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
@@ -96,8 +97,7 @@ async def write(settings: Settings, events: int) -> float:
 
 def replay(settings: Settings, store: Path, processes: int) -> tuple[float, str]:
     """Run ``ledger replay``; returns wall seconds and its summary line."""
-    environment = {**os.environ, "LEDGER_BOOTSTRAP": settings.bootstrap, "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-                   "LEDGER_PARTITIONS": str(settings.partitions)}
+    environment = {**os.environ, "LEDGER_BOOTSTRAP": settings.bootstrap, "LEDGER_TOPIC_PREFIX": settings.topic_prefix}
     started = time.perf_counter()
     finished = subprocess.run([sys.executable, "-m", "ledger.cli", "replay", "--store", str(store),
                                "--processes", str(processes)],
@@ -105,16 +105,16 @@ def replay(settings: Settings, store: Path, processes: int) -> tuple[float, str]
     return time.perf_counter() - started, finished.stdout.splitlines()[0]
 
 
-async def stage_rate(settings: Settings, events: int, stage: str) -> float:
+async def stage_rate(settings: Settings, partitions: int, events: int, stage: str) -> float:
     """events/s of the first stages of a replay alone, in this process: ``read`` (aiokafka only),
     ``decode`` (+ Avro into events), ``fold`` (+ status rows and history entries, no store)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     try:
-        partitions = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        assigned = [TopicPartition(settings.events_topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
         codec, projector = Codec(), Projector()
         seen = 0
         started = time.perf_counter()
@@ -136,7 +136,10 @@ async def stage_rate(settings: Settings, events: int, stage: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--bootstrap", default=os.environ.get("LEDGER_BOOTSTRAP"))
+    parser.add_argument("--bootstrap", default=os.environ.get("LEDGER_BOOTSTRAP"),
+                        help="a broker that is already running (default: start a fresh one, see --broker)")
+    parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded",
+                        help="the fresh broker to start: embedded (default) or kafka (3 brokers)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, len(os.sched_getaffinity(0))],
                         help="run ledger replay with each of these --processes (default: 1 and the usable CPUs)")
     parser.add_argument("--stages", action="store_true",
@@ -144,8 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     events = args.events - args.events % 5
     runs: list[tuple[int, float, str, tuple[int, int, int, int, int]]] = []
-    with (nullcontext(None) if args.bootstrap else EmbeddedBroker(port=free_port())) as broker:
-        bootstrap = args.bootstrap or broker.bootstrap
+    with (nullcontext((args.bootstrap, {})) if args.bootstrap else fresh_broker(args.broker)) as (bootstrap, _):
         settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"bench-replay-{uuid.uuid4().hex[:8]}")
         with tempfile.TemporaryDirectory() as scratch:
             live = Path(scratch) / "live.sqlite"
@@ -162,7 +164,8 @@ def main() -> None:
                 store.close()
                 runs.append((processes, wall_s, summary, counts))
             peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-            stages = {stage: asyncio.run(stage_rate(settings, events, stage))
+            partitions = asyncio.run(ensure_topics(settings))[settings.events_topic]
+            stages = {stage: asyncio.run(stage_rate(settings, partitions, events, stage))
                       for stage in (("read", "decode", "fold") if args.stages else ())}
     print()
     for processes, _, summary, _ in runs:

@@ -31,15 +31,21 @@ class BrokerProfile:
     answers_fetch_early: bool  # an empty fetch returns as soon as an event arrives (a long poll costs no latency)
     serves_batches_in_order: bool  # a partition's batches become readable in offset order
     exact_end_offsets: bool  # ListOffsets(latest) is the true end of a partition
+    # Partitions of a topic ledger creates unless LEDGER_PARTITIONS says: on Kafka each partition costs
+    # the brokers CPU for every batch and every fetch (bench/flow.py: 8 instead of 32 partitions is 38 %
+    # more flows/s at C=64); the embedded broker's fetch cost grows with the batches a partition holds.
+    default_partitions: int
 
 
 KAFKA = BrokerProfile(
     "kafka", "Apache Kafka (or a broker that replicates like it)",
     idempotent_producer=True, answers_fetch_early=True, serves_batches_in_order=True, exact_end_offsets=True,
+    default_partitions=8,
 )
 TANSU = BrokerProfile(
     "tansu", "Tansu, the embedded broker (no idempotent producer, paced fetches, holes waited for)",
     idempotent_producer=False, answers_fetch_early=False, serves_batches_in_order=False, exact_end_offsets=False,
+    default_partitions=32,
 )
 
 _known: dict[str, BrokerProfile] = {}

@@ -24,8 +24,9 @@ class Settings:
         DEFAULT_BOOTSTRAP, "LEDGER_BOOTSTRAP", "Kafka bootstrap servers, host:port[,host:port...]."
     )
     topic_prefix: str = _setting("ledger", "LEDGER_TOPIC_PREFIX", "Prefix of every topic name.")
-    partitions: int = _setting(
-        32, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism)."
+    partitions: int | None = _setting(
+        None, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism); default: "
+        "8 on Kafka, 32 on the embedded broker. A topic that exists keeps its own."
     )
     replication_factor: int | None = _setting(
         None, "LEDGER_REPLICATION_FACTOR", "Replication factor of created topics; default: the brokers' "
@@ -156,7 +157,7 @@ class Settings:
     def validate(self) -> None:
         if not self.bootstrap or any(":" not in part for part in self.bootstrap.split(",")):
             raise SettingsError(f"LEDGER_BOOTSTRAP must be host:port[,host:port...], got {self.bootstrap!r}")
-        if self.partitions < 1:
+        if self.partitions is not None and self.partitions < 1:
             raise SettingsError(f"LEDGER_PARTITIONS must be at least 1, got {self.partitions}")
         for name in ("replication_factor", "min_insync_replicas"):
             if getattr(self, name) is not None and getattr(self, name) < 1:

@@ -30,13 +30,13 @@ class TopicSpec:
     configs: dict[str, str]
 
 
-def topic_specs(settings: Settings, replicas: int) -> list[TopicSpec]:
+def topic_specs(settings: Settings, replicas: int, partitions: int) -> list[TopicSpec]:
     # The log is the truth (DESIGN.md §1): task events are never deleted by retention.
     keep_forever = {"retention.ms": "-1", "retention.bytes": "-1"}
     # Always set: a topic given fewer replicas than the brokers' min.insync.replicas could never be written.
     keep_forever["min.insync.replicas"] = str(settings.min_insync_replicas or default_min_insync(replicas))
     return [
-        TopicSpec(settings.events_topic, settings.partitions, {**keep_forever, "cleanup.policy": "delete"}),
+        TopicSpec(settings.events_topic, partitions, {**keep_forever, "cleanup.policy": "delete"}),
         # Keyed by the source record's position, so compaction keeps one copy however many
         # readers report the same bad record.
         TopicSpec(settings.dead_letter_topic, 1, {**keep_forever, "cleanup.policy": "compact"}),
@@ -59,16 +59,17 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     try:
         brokers = [broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]]
         replicas = settings.replication_factor or await _default_replicas(admin, settings, brokers)
-        specs = topic_specs(settings, replicas)
+        partitions = settings.partitions or (await broker_profile(settings.bootstrap)).default_partitions
+        specs = topic_specs(settings, replicas, partitions)
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
             await _create(admin, replicas, missing)
         await _visible_everywhere(admin, brokers, specs)
-        partitions = await _verify(admin, specs)
+        found = await _verify(admin, specs, settings.partitions)
         if len(brokers) > 1:
             await _check_replication(admin, settings, specs[0].name)
-        return partitions
+        return found
     finally:
         await admin.close()
 
@@ -118,7 +119,8 @@ async def _visible_everywhere(admin: AIOKafkaAdminClient, brokers: list[int], sp
             await asyncio.sleep(0.05)
 
 
-async def _verify(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> dict[str, int]:
+async def _verify(admin: AIOKafkaAdminClient, specs: list[TopicSpec], asked: int | None) -> dict[str, int]:
+    """Partitions per topic; a task-events topic must have the partitions LEDGER_PARTITIONS asks for."""
     described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
     partitions = {}
     for spec in specs:
@@ -126,9 +128,9 @@ async def _verify(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> dict[st
         if topic is None or topic["error_code"] != 0:
             raise TopicError(f"topic {spec.name} is not available (describe returned {topic})")
         count = len(topic["partitions"])
-        if spec.name.endswith(".task-events") and count != spec.partitions:
+        if spec.name.endswith(".task-events") and asked is not None and count != asked:
             raise TopicError(
-                f"topic {spec.name} has {count} partitions but LEDGER_PARTITIONS is {spec.partitions}: "
+                f"topic {spec.name} has {count} partitions but LEDGER_PARTITIONS is {asked}: "
                 "a task's events must stay in one partition, so set LEDGER_PARTITIONS to match the topic"
             )
         partitions[spec.name] = count

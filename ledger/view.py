@@ -239,7 +239,14 @@ class LiveView:
             batch, checkpoint = self._projector.take(), self._applied
             try:
                 if self.store is not None and (len(batch) or batch.rows or batch.removed or checkpoint != self._flushed):
-                    await asyncio.to_thread(flush, self.store, batch, checkpoint)
+                    writing = asyncio.ensure_future(asyncio.to_thread(flush, self.store, batch, checkpoint))
+                    try:
+                        await asyncio.shield(writing)
+                    except asyncio.CancelledError:
+                        # The thread writes on regardless: hold the lock until it is done, or the next
+                        # flush could land first and this older batch overwrite it.
+                        await writing
+                        raise
                     self._flushed = checkpoint
             finally:
                 self._projector.written(batch)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ledger.broker import EmbeddedBroker, answers_metadata, free_port, port_is_free
-from ledger.settings import Settings
+from ledger.profiles import TANSU
 from tests.spawn import LEDGER, wait_for_line
 
 
@@ -36,7 +36,7 @@ def test_ledger_broker_serves_until_sigterm() -> None:
         lines = wait_for_line(process, "press Ctrl-C")
         text = "".join(lines)
         assert f"ready on 127.0.0.1:{port}" in text
-        assert f"ledger.task-events ({Settings.from_env().partitions} partitions)" in text
+        assert f"ledger.task-events ({TANSU.default_partitions} partitions)" in text
         assert f"LEDGER_BOOTSTRAP=127.0.0.1:{port}" in text
         assert answers_metadata("127.0.0.1", port)
         process.send_signal(signal.SIGTERM)

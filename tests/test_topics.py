@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 
 from ledger.settings import Settings
+from ledger.profiles import broker_profile
 from ledger.topics import TopicError, ensure_topics
 
 
@@ -21,3 +22,13 @@ async def test_refuses_a_partition_count_that_differs_from_the_topic(settings: S
     await ensure_topics(settings)
     with pytest.raises(TopicError, match="has 4 partitions but LEDGER_PARTITIONS is 6"):
         await ensure_topics(replace(settings, partitions=6))
+
+
+async def test_without_a_count_the_broker_decides_and_an_existing_topic_keeps_its_own(settings: Settings) -> None:
+    unset = replace(settings, partitions=None)
+    default = (await broker_profile(settings.bootstrap)).default_partitions
+    assert (await ensure_topics(unset))[settings.events_topic] == default == {"kafka": 8, "tansu": 32}[
+        (await broker_profile(settings.bootstrap)).name]
+    other = replace(settings, topic_prefix=f"{settings.topic_prefix}-six", partitions=6)
+    await ensure_topics(other)
+    assert (await ensure_topics(replace(other, partitions=None)))[other.events_topic] == 6
