@@ -75,28 +75,31 @@ async def measure(bootstrap: str, pids: list[int], transactional: bool, runs: in
     ended: dict[bytes, float] = {}
 
     async def run(number: int) -> None:
-        key = f"task-{number}".encode()
+        # A task's events share its partition; each event has a key of its own, so that a reader
+        # can tell when a run's last event becomes visible.
+        partition = number % partitions
+        keys = [f"task-{number}/{index}".encode() for index in range(events)]
         async with gate:
             started = time.perf_counter()
             if transactional:
                 async with one_at_a_time:
                     async with producer.transaction():
-                        for _ in range(events):
-                            await producer.send(topic, PAYLOAD, key=key)
+                        for key in keys:
+                            await producer.send(topic, PAYLOAD, key=key, partition=partition)
                         await producer.send_offsets_to_transaction(
-                            {TopicPartition(topic, number % partitions): OffsetAndMetadata(number, "")}, group)
+                            {TopicPartition(topic, partition): OffsetAndMetadata(number, "")}, group)
             else:
-                for _ in range(events):
-                    await (await producer.send(topic, PAYLOAD, key=key))
-            ended[key] = time.perf_counter()
-            durable.append(ended[key] - started)
+                for key in keys:
+                    await (await producer.send(topic, PAYLOAD, key=key, partition=partition))
+            ended[keys[-1]] = time.perf_counter()
+            durable.append(ended[keys[-1]] - started)
 
     await asyncio.sleep(1)
     cpu0 = [cpu_seconds(pid) for pid in pids]
     await asyncio.gather(*(run(number) for number in range(runs)))
     broker_cpu = sum(cpu_seconds(pid) for pid in pids) - sum(cpu0)
     deadline = time.monotonic() + 30
-    while len(seen) < runs and time.monotonic() < deadline:
+    while not ended.keys() <= seen.keys() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     stop.set()
     await reader
