@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
+
+from pydantic import Field
 
 from ledger import App, Context
 
@@ -44,9 +47,9 @@ async def plan_trip(destination: str, ctx: Context) -> str:
     return f"trip to {destination} for {nights} nights not booked"
 
 
-@app.tool(task_support="optional")
-async def count_slowly(n: int, ctx: Context) -> str:
-    """Count to n, a step every 0.1 s, reporting progress."""
+@app.tool(task_support="optional", max_concurrency=16)
+async def count_slowly(n: Annotated[int, Field(ge=0, le=10_000)], ctx: Context) -> str:
+    """Count to n (at most 10,000), a step every 0.1 s, reporting progress; a worker runs 16 at most."""
     for i in range(1, n + 1):
         await asyncio.sleep(0.1)
         await ctx.report_progress(i, n, f"counted {i} of {n}")

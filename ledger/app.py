@@ -26,6 +26,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from ledger.context import Context
+from ledger.values import problem_in
 
 TaskSupport = Literal["optional", "required", "forbidden"]
 TASK_SUPPORT: tuple[str, ...] = ("optional", "required", "forbidden")
@@ -49,6 +50,9 @@ class Tool:
     task_support: TaskSupport
     arguments_model: type[BaseModel]
     context_parameter: str | None
+    # Runs of this tool a worker executes at once (None: as many as it has slots), so that a flood
+    # of long runs of one tool cannot hold every slot while other tasks wait.
+    max_concurrency: int | None = None
     input_schema: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,9 +71,17 @@ class Tool:
             listed["description"] = self.description
         return listed
 
-    def parse_arguments(self, arguments: dict[str, Any] | None) -> dict[str, Any]:
+    def parse_arguments(self, arguments: dict[str, Any] | None, *, strict: bool = False) -> dict[str, Any]:
+        """The tool's keyword arguments. ``strict`` (a new call, from outside) takes JSON Schema's types
+        as they are: no "3" for an integer, no ``true`` for a number, no NaN or infinity. A run parses
+        what was accepted then, leniently, so a task created before a stricter release still runs."""
         try:
-            parsed = self.arguments_model.model_validate(arguments or {})
+            if strict:
+                if (problem := problem_in(arguments or {}, "arguments")) is not None:
+                    raise InvalidArguments(f"invalid arguments for tool {self.name!r}: {problem}")
+                parsed = self.arguments_model.model_validate_json(json.dumps(arguments or {}), strict=True)
+            else:
+                parsed = self.arguments_model.model_validate(arguments or {})
         except ValidationError as exc:
             raise InvalidArguments(f"invalid arguments for tool {self.name!r}: {_summarise(exc)}") from None
         return {name: getattr(parsed, name) for name in type(parsed).model_fields}
@@ -107,13 +119,22 @@ class App:
         name: str | None = None,
         description: str | None = None,
         task_support: TaskSupport = "optional",
+        max_concurrency: int | None = None,
     ) -> Any:
-        """Register a tool; usable as ``@app.tool`` or ``@app.tool(task_support="required")``."""
+        """Register a tool; usable as ``@app.tool`` or ``@app.tool(task_support="required")``.
+
+        ``max_concurrency`` caps the runs of this tool one worker executes at once; the others wait
+        in its queue while other tools' tasks go ahead. Bound arguments in the signature with
+        ``Annotated[int, Field(ge=1, le=1000)]``: the bounds are in the input schema and enforced.
+        """
         if task_support not in TASK_SUPPORT:
             raise ValueError(f"task_support must be one of {', '.join(TASK_SUPPORT)}, got {task_support!r}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            tool = _build_tool(fn, name or fn.__name__, description or inspect.getdoc(fn), task_support)
+            tool = _build_tool(fn, name or fn.__name__, description or inspect.getdoc(fn), task_support,
+                               max_concurrency)
             if tool.name in self.tools:
                 raise ValueError(f"tool {tool.name!r} is registered twice")
             self.tools[tool.name] = tool
@@ -128,8 +149,9 @@ class App:
             raise UnknownTool(name) from None
 
 
-def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task_support: TaskSupport) -> Tool:
-    hints = get_type_hints(fn)
+def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task_support: TaskSupport,
+                max_concurrency: int | None) -> Tool:
+    hints = get_type_hints(fn, include_extras=True)  # keeps Annotated[..., Field(...)] bounds
     fields: dict[str, Any] = {}
     context_parameter = None
     for parameter in inspect.signature(fn).parameters.values():
@@ -142,7 +164,7 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
     model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
-    return Tool(name, fn, description, task_support, model, context_parameter)
+    return Tool(name, fn, description, task_support, model, context_parameter, max_concurrency)
 
 
 def _is_context(annotation: Any) -> bool:

@@ -55,7 +55,8 @@ def _flatten(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def canonical_json(value: Any) -> str:
     """One text per JSON value, so recorded and replayed questions compare byte for byte."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: the log holds standard JSON only (NaN is refused where it comes in, ledger.values).
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @lru_cache(maxsize=1024)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from ledger.codec import Codec
 from ledger.events import (
+    CancelRequested,
     ElicitationRequested,
     ResponseSubmitted,
     StepRecorded,
@@ -26,6 +27,7 @@ from ledger.events import (
 )
 
 CODEC = Codec()
+CANCELLED_BY_REQUEST = "The task was cancelled by request."
 
 
 class Asked(NamedTuple):
@@ -44,7 +46,7 @@ class Journal:
     """
 
     __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "attempts", "ended",
-                 "end_read", "_asked", "_answers", "_steps")
+                 "end_read", "ending", "cancel_reason", "_asked", "_answers", "_steps")
 
     def __init__(self, created: TaskCreated, partition: int, offset: int) -> None:
         self.task_id = created.task_id
@@ -58,6 +60,10 @@ class Journal:
         # The worker applies its own writes at once; an end counts for commits only once read back
         # from the log, where the fence may have ignored it (projections.fence).
         self.end_read = False
+        # The task's terminal event is being appended: nothing else may end it meanwhile (one writer,
+        # one terminal event; see Worker.end).
+        self.ending = False
+        self.cancel_reason: str | None = None  # set once a cancel was requested
         self._asked: list[Asked] = []  # by sequence
         # None until the first: most parked tasks have neither, and an empty dict costs 64 bytes.
         self._answers: dict[str, bytes] | None = None
@@ -88,6 +94,10 @@ class Journal:
                     return False
                 steps[event.sequence] = CODEC.encode(event)
                 self._steps = steps
+            case CancelRequested():
+                if self.cancel_reason is not None:
+                    return False
+                self.cancel_reason = event.reason or CANCELLED_BY_REQUEST
             case _ if isinstance(event, TERMINAL_EVENTS) and not self.ended:
                 self.ended = True
             case _:

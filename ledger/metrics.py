@@ -28,6 +28,9 @@ class Metrics:
         self.rejected_inputs = Counter("ledger_rejected_inputs", "Requests that addressed a task and were refused "
                                        "(each also a RequestRejected event).", ["operation", "reason"],
                                        registry=self.registry)
+        self.dropped_audit_records = Counter("ledger_dropped_audit_records", "Records of refused requests not "
+                                             "written because their principal was over its write budget.",
+                                             registry=self.registry)
         self.request_seconds = Histogram("ledger_request_seconds", "Time to answer an MCP request.", ["method"],
                                          buckets=REQUEST_BUCKETS, registry=self.registry)
         self.elicitation_wait = Histogram("ledger_elicitation_wait_seconds", "Time from a question being asked "

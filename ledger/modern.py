@@ -36,6 +36,7 @@ PROTOCOL = "2026-07-28"
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 HEADER_MISMATCH = -32020
 MISSING_CAPABILITY = -32021
+NO_ELICITATION = "The tool asked a question, and the client that called it cannot answer questions."
 
 
 class UpdateTaskParams(types.RequestParams):
@@ -129,8 +130,12 @@ class ModernAdapter:
         if not row.pending:
             return {"resultType": "input_required", "requestState": row.task_id}
         if not can_elicit(ctx):
+            # Nobody could ever answer it: the task is cancelled rather than left waiting forever.
+            with service_errors():
+                await self.service.cancel(row.task_id, principal, protocol=protocol, confirm=False,
+                                          reason=NO_ELICITATION)
             raise MCPError(MISSING_CAPABILITY, f"Task {row.task_id} needs input, and the client did not declare "
-                           "the elicitation capability",
+                           "the elicitation capability; the task is cancelled",
                            data={"requiredCapabilities": {"elicitation": {}}})
         return {"resultType": "input_required", "inputRequests": input_requests(row), "requestState": row.task_id}
 
@@ -145,14 +150,14 @@ class ModernAdapter:
         answers = _answers({key: _elicit_result(key, value) for key, value in params.input_responses.items()})
         with service_errors():
             row = await self.service.answer_all(params.task_id, principal_of(ctx), answers,
-                                                protocol=f"{PROTOCOL}/tasks")
+                                                protocol=f"{PROTOCOL}/tasks", ignore_stale=True)
             await self.service.settle(row)
         return {"resultType": "complete"}
 
     async def cancel_task(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
         self._check(ctx, task_id)
         with service_errors():
-            await self.service.cancel(task_id, principal_of(ctx), protocol=f"{PROTOCOL}/tasks")
+            await self.service.cancel(task_id, principal_of(ctx), protocol=f"{PROTOCOL}/tasks", confirm=False)
         return {"resultType": "complete"}
 
     @staticmethod

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ledger.app import error_result
 from ledger.events import now_ms
 from ledger.service import InvalidCursor, TaskNotFound, decode_cursor, encode_cursor
+from ledger.values import problem_in
 from ledger.wire import iso
 from projections.status import PendingElicitation, TaskRow
 from projections.store import EVERYONE, ProjectionStore
@@ -115,9 +116,13 @@ class TaskHistoryArguments(BaseModel):
     task_id: str = Field(min_length=1, description="The task whose timeline to show.")
 
 
+MAX_AGE_S = 10 * 365 * 24 * 3600
+
+
 class PendingArguments(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    older_than_seconds: float = Field(0, ge=0, description="Only questions asked at least this long ago.")
+    older_than_seconds: float = Field(0, ge=0, le=MAX_AGE_S, allow_inf_nan=False,
+                                      description="Only questions asked at least this long ago (up to ten years).")
 
 
 READ_TOOLS: dict[str, tuple[type[BaseModel], str]] = {
@@ -140,6 +145,8 @@ async def call_read_tool(read_side: ReadSide, name: str, arguments: dict[str, An
                          principal: str | None) -> dict[str, Any]:
     """A read tool's CallToolResult: structured content, and the same JSON as text."""
     model, _ = READ_TOOLS[name]
+    if (problem := problem_in(arguments or {}, "arguments")) is not None:
+        return error_result(f"Invalid arguments for {name}: {problem}")
     try:
         parsed = model.model_validate(arguments or {})
     except ValidationError as exc:

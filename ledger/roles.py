@@ -80,14 +80,36 @@ async def _serve(server: HttpServer) -> None:
 
 async def serve(app: App, settings: Settings, host: str, port: int) -> None:
     stop = _stop_on_signal()
+    await _until(stop, asyncio.create_task(_server_role(app, settings, host, port)))
+
+
+async def _server_role(app: App, settings: Settings, host: str, port: int) -> None:
     await ensure_topics(settings)
     server = _http_server(app, settings, host, port)
     serving = asyncio.create_task(_serve(server))
+    try:
+        await _started(server, serving)
+        if server.started:
+            print(f"ledger server: listening on http://{host}:{port}, reading the log", flush=True)
+            await _caught_up(server, serving)
+            if not serving.done():
+                print(f"ledger server: serving {app.name} at http://{host}:{port}/mcp (Kafka {settings.bootstrap})",
+                      flush=True)
+        await serving
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def _started(server: HttpServer, serving: asyncio.Task[None]) -> None:
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
-    if server.started:
-        print(f"ledger server: serving {app.name} at http://{host}:{port}/mcp (Kafka {settings.bootstrap})", flush=True)
-    await _until(stop, serving)
+
+
+async def _caught_up(server: HttpServer, serving: asyncio.Task[None]) -> None:
+    caught_up = asyncio.create_task(server.config.app.state.caught_up.wait())  # the app of create_app
+    await asyncio.wait({caught_up, serving}, return_when=asyncio.FIRST_COMPLETED)
+    caught_up.cancel()
 
 
 async def work(app: App, settings: Settings) -> None:
@@ -114,9 +136,12 @@ async def serve_dev(app: App, source: str, host: str, port: int) -> None:
         working = asyncio.create_task(worker.run(ready))
         server = _http_server(app, settings, host, port)
         serving = asyncio.create_task(_serve(server))
-        while not (server.started and ready.is_set()) and not serving.done() and not working.done():
+        def up() -> bool:
+            return server.started and server.config.app.state.caught_up.is_set() and ready.is_set()
+
+        while not up() and not serving.done() and not working.done() and not stop.is_set():
             await asyncio.sleep(0.05)
-        if server.started and ready.is_set():
+        if up():
             print(_banner(app, source, host, port, broker.bootstrap), flush=True)
         await _until(stop, serving, working)
     finally:

@@ -24,13 +24,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import mcp_types as types
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -45,18 +43,22 @@ from starlette.routing import Mount, Route
 
 from ledger import modern
 from ledger.app import App, UnknownTool, error_result
-from ledger.auth import LOOPBACK, check_exposure, token_verifier
+from ledger.auth import check_exposure, token_verifier
 from ledger.health import LogHealth
+from ledger.hosts import HostCheck, transport_security
+from ledger.intake import Intake
 from ledger.log import EventLog
 from ledger.metrics import Metrics
 from ledger.modern import ModernAdapter
 from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
 from ledger.service import Refused, TaskNotFound, TaskService, awaits_client
+from ledger.sessions import BearerOrSession, SessionSigner
 from ledger.settings import Settings
 from ledger.ui import ui_routes
 from ledger.view import LiveView
 from ledger.wire import (
-    INVALID_PARAMS, METHOD_NOT_FOUND, create_task, principal_of, service_errors, task_fields, tool_call_result,
+    INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, create_task, principal_of, service_errors, task_fields,
+    tool_call_result,
 )
 from projections.status import PendingElicitation, TaskRow
 from projections.store import ProjectionStore
@@ -74,7 +76,6 @@ TOOLS_CACHE_MS = 60_000
 # metadata) it is never published or compared, so it names nothing real.
 TOKEN_ISSUER = "https://issuer.invalid"
 MIN_BODY_LIMIT = 1 << 20
-INVALID_REQUEST = -32600
 RESOURCE_NOT_FOUND = -32002
 MAX_STATUS_SUBSCRIBERS = 10_000
 MAX_NOTIFICATIONS_IN_FLIGHT = 1_000
@@ -422,20 +423,22 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     adapter = Adapter(app, service, view, modern_adapter, read_side)
     server = build_mcp_server(app, adapter, request_state_security(settings))
     server.middleware.insert(0, timed(metrics))
+    security = transport_security(settings, host)
     mcp_app = server.streamable_http_app(
-        streamable_http_path="/mcp", host=host, transport_security=transport_security(settings, host),
+        streamable_http_path="/mcp", host=host, transport_security=security,
         auth=AuthSettings(issuer_url=TOKEN_ISSUER, resource_server_url=None) if verifier else None,
         token_verifier=verifier,
     )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # The server listens while its view catches up with the log (health checks answer, /mcp says
+        # to come back, a stop signal stops it); MCP requests are served once it has caught up.
         await event_log.start()
         try:
             await health.start()
             await view.start()
             try:
-                await view.caught_up.wait()
                 async with server.session_manager.run():
                     yield
             finally:
@@ -457,12 +460,35 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     async def metrics_text(request: Request) -> Response:
         return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text), *ui_routes(read_side, view, authenticated=verifier is not None),
+    signer = SessionSigner(settings.request_state_key)
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text), *ui_routes(read_side, view, verifier=verifier, signer=signer),
               Mount("/", app=mcp_app)]
-    middleware = [Middleware(BodyLimit, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
+    middleware = [Middleware(HostCheck, security=security), Middleware(CatchingUp, view=view),
+                  Middleware(Intake, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
     if verifier is not None:
-        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)))
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, signer)))
+    starlette = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    starlette.state.caught_up = view.caught_up
+    return starlette
+
+
+class CatchingUp:
+    """Answer MCP requests with 503 and Retry-After until the view has caught up with the log: a task
+    read before then could be one the log already moved on."""
+
+    def __init__(self, app: Any, view: LiveView) -> None:
+        self.app = app
+        self.view = view
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.view.caught_up.is_set() and scope["path"] in ("/mcp", "/mcp/"):
+            response = JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+                "code": INTERNAL_ERROR, "message": f"The server is catching up with the log ({self.view.lag():,} "
+                                                   "events to read); retry shortly"}},
+                status_code=503, headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def timed(metrics: Metrics) -> Any:
@@ -474,60 +500,4 @@ def timed(metrics: Metrics) -> Any:
         finally:
             metrics.request_seconds.labels(ctx.method).observe(time.perf_counter() - started)
     return timing
-
-
-def transport_security(settings: Settings, host: str) -> TransportSecuritySettings | None:
-    """DNS-rebinding checks: loopback names always, plus ``LEDGER_ALLOWED_HOSTS``.
-
-    None on loopback without extra hosts (the SDK then checks loopback names itself); a server on
-    another address with no allowed hosts named answers any Host (it sits behind a proxy).
-    """
-    extra = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
-    if not extra:
-        return None if host in LOOPBACK else TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *extra]
-    origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=origins)
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, before anything reads them whole."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise PayloadTooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except PayloadTooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
-        response = JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
-            "code": INVALID_REQUEST, "message": f"Request body over {self.limit:,} bytes (LEDGER_MAX_INPUT_BYTES)"}},
-            status_code=413)
-        await response(scope, receive, send)
-
-
-class PayloadTooLarge(Exception):
-    pass
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import uuid
@@ -18,16 +19,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ledger.app import App, InvalidArguments
+from ledger.budget import WriteBudget
 from ledger.elicitation import canonical_json, content_errors
-from ledger.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCancelled, TaskCreated, TaskEvent
+from ledger.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCreated, TaskEvent
 from ledger.log import EventLog
 from ledger.metrics import Metrics
 from ledger.settings import Settings
+from ledger.values import printable, problem_in
 from ledger.view import ListKey, LiveView
 from projections.status import TaskRow
 
 ACTIONS = ("accept", "decline", "cancel")
 PAGE_SIZE = 50
+MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000
+MAX_CURSOR_CHARS = 256
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,15 @@ class InvalidCursor(ValueError):
     pass
 
 
+class CancelPending(RuntimeError):
+    """A cancel request is on the log, but no worker has ended the task in time."""
+
+    def __init__(self, task_id: str, waited_ms: int) -> None:
+        super().__init__(f"the cancellation of task {task_id} is recorded, but no worker has ended the task within "
+                         f"{waited_ms / 1000:g} s; it ends cancelled when a worker takes its partition")
+        self.task_id = task_id
+
+
 class TaskService:
     def __init__(self, app: App, settings: Settings, log: EventLog, view: LiveView, actor: str,
                  metrics: Metrics | None = None) -> None:
@@ -55,6 +69,7 @@ class TaskService:
         self.view = view
         self.actor = actor
         self._locks = _TaskLocks()
+        self._budget = WriteBudget(settings.principal_events_per_s)
         self._recording: set[asyncio.Task[Any]] = set()
 
     async def create(
@@ -63,7 +78,9 @@ class TaskService:
     ) -> TaskRow:
         """Append the created event and return the task as every server will now show it."""
         tool = self.app.get(tool_name)
-        tool.parse_arguments(arguments)
+        tool.parse_arguments(arguments, strict=True)
+        if ttl_ms is not None and not 0 <= ttl_ms <= MAX_TTL_MS:
+            raise InvalidArguments(f"task.ttl must be between 0 and {MAX_TTL_MS:,} ms (ten years), got {ttl_ms!r}")
         arguments_json = canonical_json(arguments or {})
         if len(arguments_json) > self.settings.max_input_bytes:
             raise InvalidArguments(f"arguments are {len(arguments_json):,} bytes of JSON; the limit is "
@@ -73,6 +90,7 @@ class TaskService:
             arguments_json=arguments_json, ttl_ms=ttl_ms,
             poll_interval_ms=self.settings.poll_interval_ms, protocol=protocol,
         )
+        self._budget.charge(principal, 1)
         return await self._append(created)
 
     def get(self, task_id: str, principal: str | None) -> TaskRow:
@@ -81,8 +99,9 @@ class TaskService:
         if row is None:
             raise TaskNotFound(task_id)
         if row.principal != principal:
-            self._record_in_background(self._rejection(
-                row, "access", f"not the owner: {principal or 'an unauthenticated client'} asked for it", None))
+            for probe in self._audited(principal, [self._rejection(
+                    row, "access", f"not the owner: {principal or 'an unauthenticated client'} asked for it", None)]):
+                self._record_in_background(probe)
             raise TaskNotFound(task_id)
         return row
 
@@ -134,24 +153,29 @@ class TaskService:
 
     async def answer_all(
         self, task_id: str, principal: str | None, answers: Mapping[str, tuple[str, Any]], *, protocol: str,
+        ignore_stale: bool = False,
     ) -> TaskRow:
         """Apply answers to several of a task's elicitations (by id): all of them, or none.
 
         Each refused answer is recorded as a rejection and the call raises ``Refused`` naming them;
-        an answer that repeats the applied one is recorded as a duplicate and acknowledged.
+        an answer that repeats the applied one is recorded as a duplicate and acknowledged. With
+        ``ignore_stale`` (the 2026-07-28 ``tasks/update``), answers to elicitations that are not
+        outstanding (never asked, answered already, superseded, or the task ended) are ignored, and
+        recorded together as one compact event, and the outstanding ones are applied.
         """
         async with self._locks.hold(task_id):
             # The client may have a question from another server that read the log further.
             row = await self.find(task_id, principal, lambda row: row.terminal or all(
                 row.pending_elicitation(e) is not None or row.answer(e) is not None for e in answers))
             refusals: list[RequestRejected] = []
-            duplicates: list[RequestRejected] = []
+            recorded: list[TaskEvent] = []
             fresh: list[ResponseSubmitted] = []
+            stale: list[str] = []
             for elicitation_id, (action, content) in answers.items():
-                payload = canonical_json({"action": action, "content": content})
+                if ignore_stale and row.pending_elicitation(elicitation_id) is None:
+                    stale.append(elicitation_id)
+                    continue
                 reason = _why_not(row, elicitation_id, action, content, self.settings.max_input_bytes)
-                if reason is not None and len(payload) > self.settings.max_input_bytes:
-                    payload = None  # the refusal is recorded; an oversize payload is not copied into the log
                 if reason is None:
                     fresh.append(ResponseSubmitted(
                         task_id=task_id, principal=principal, actor=self.actor, elicitation_id=elicitation_id,
@@ -159,34 +183,68 @@ class TaskService:
                         protocol=protocol,
                     ))
                     continue
+                payload = sent_json({"action": action, "content": content})
                 rejection = self._rejection(row, "elicitation-response", reason, protocol, elicitation_id, payload)
-                (duplicates if reason == DUPLICATE else refusals).append(rejection)
+                (recorded if reason == DUPLICATE else refusals).append(rejection)
             if refusals:
-                await self.log.append_many(refusals)
+                if audited := self._audited(principal, refusals):
+                    await self.log.append_many(audited)
                 if len(refusals) == 1:
                     raise Refused(refusals[0].reason)
                 raise Refused("; ".join(f"elicitation {r.elicitation_id}: {r.reason}" for r in refusals))
-            events: list[TaskEvent] = [*duplicates, *fresh]
+            if stale:
+                recorded.append(self._ignored(row, stale, answers, protocol))
+            self._budget.charge(principal, len(fresh))
+            events: list[TaskEvent] = [*self._audited(principal, recorded), *fresh]
             if not events:
                 return row
             positions = await self.log.append_many(events)
             await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
             return self.get(task_id, principal)
 
-    async def cancel(self, task_id: str, principal: str | None, *, protocol: str, reason: str | None = None) -> TaskRow:
-        """Record the request and the cancellation together, so no worker needs to be alive for it."""
+    def _ignored(self, row: TaskRow, keys: list[str], answers: Mapping[str, tuple[str, Any]],
+                 protocol: str) -> RequestRejected:
+        """One record of the answers a request sent for elicitations that were not outstanding: how
+        many, the first few keys, and a digest of what was sent (never the content itself)."""
+        named = ", ".join(repr(key[:64]) for key in keys[:IGNORED_KEYS_NAMED])
+        more = f" and {len(keys) - IGNORED_KEYS_NAMED} more" if len(keys) > IGNORED_KEYS_NAMED else ""
+        sent = sent_json({key: answers[key] for key in keys})
+        return self._rejection(row, "elicitation-response", f"ignored: {len(keys)} answer(s) to elicitations not "
+                               f"outstanding ({named}{more})", protocol, None, sent)
+
+    async def cancel(self, task_id: str, principal: str | None, *, protocol: str, reason: str | None = None,
+                     confirm: bool = True) -> TaskRow:
+        """Ask the owner of the task's partition to cancel it, and answer from what it did.
+
+        The worker that owns the partition writes the task's one terminal event, in log order: it
+        cancels a task that has not ended and ignores the request otherwise. With ``confirm`` (the
+        2025-11-25 wire, which must show the task cancelled before answering) this waits for that
+        outcome and raises ``Refused`` when the task ended otherwise first; without it (2026-07-28,
+        where cancellation is eventually consistent) it answers once the request is on the log.
+        """
         async with self._locks.hold(task_id):
             row = await self.find(task_id, principal)
             if row.terminal:
-                await self._reject(row, "cancel", f"already {row.status}", protocol)
-                raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
-            requested = CancelRequested(task_id=task_id, principal=principal, actor=self.actor,
-                                        reason=reason, protocol=protocol)
-            cancelled = TaskCancelled(task_id=task_id, principal=principal, actor=self.actor,
-                                      reason=reason or "The task was cancelled by request.")
-            positions = await self.log.append_many([requested, cancelled])
-            await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
-            return self.get(task_id, principal)
+                for refusal in self._audited(principal, [self._rejection(row, "cancel", f"already {row.status}",
+                                                                         protocol)]):
+                    await self.log.append(refusal)
+                if confirm:
+                    raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
+                return row
+            if not row.cancel_requested:
+                self._budget.charge(principal, 1)
+                row = await self._append(CancelRequested(task_id=task_id, principal=principal, actor=self.actor,
+                                                         reason=reason, protocol=protocol))
+        if not confirm:
+            return await self.view.wait(task_id, lambda r: r is None or r.terminal, self.settings.settle_ms / 1000) or row
+        row = await self.view.wait(task_id, lambda r: r is None or r.terminal, self.settings.read_timeout_ms / 1000)
+        if row is None:
+            raise TaskNotFound(task_id)
+        if not row.terminal:
+            raise CancelPending(task_id, self.settings.read_timeout_ms)
+        if row.status != "cancelled":
+            raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
+        return row
 
     def page(self, principal: str | None, cursor: str | None, limit: int = PAGE_SIZE) -> tuple[list[TaskRow], str | None]:
         """One page of the principal's tasks, and the cursor of the next page (None at the end)."""
@@ -204,8 +262,15 @@ class TaskService:
         assert row is not None, "an applied event of an existing task leaves its row"
         return row
 
-    async def _reject(self, row: TaskRow, operation: str, reason: str, protocol: str) -> None:
-        await self.log.append(self._rejection(row, operation, reason, protocol))
+    def _audited(self, principal: str | None, records: list[TaskEvent]) -> list[TaskEvent]:
+        """``records`` if the principal's write budget has room for them; none (counted) otherwise."""
+        if not records or self._budget.allows(principal, len(records)):
+            return records
+        if self.metrics is not None:
+            self.metrics.dropped_audit_records.inc(len(records))
+        log.warning("%s is over its write budget (LEDGER_PRINCIPAL_EVENTS_PER_S): %d audit record(s) of refused "
+                    "requests not written", principal or "the anonymous principal", len(records))
+        return []
 
     def _rejection(self, row: TaskRow, operation: str, reason: str, protocol: str | None,
                    elicitation_id: str | None = None, payload_json: str | None = None) -> RequestRejected:
@@ -213,13 +278,32 @@ class TaskService:
             self.metrics.rejected_inputs.labels(operation, reason_kind(reason)).inc()
         return RequestRejected(
             task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,
-            elicitation_id=elicitation_id, reason=reason, payload_json=payload_json, protocol=protocol,
+            elicitation_id=None if elicitation_id is None else printable(elicitation_id), reason=reason,
+            payload_json=digest(payload_json), protocol=protocol,
         )
 
 
 DUPLICATE = "duplicate: this answer was already applied"
+IGNORED_KEYS_NAMED = 5
+
+
+def sent_json(value: Any) -> str:
+    """What a client sent, as text to digest: NaN included, where the log itself holds standard JSON only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(payload_json: str | None) -> str | None:
+    """What the audit keeps of a refused or ignored payload: its size and SHA-256, so a flood of bad
+    answers cannot fill the log with copies of itself, and a known payload can still be matched."""
+    if payload_json is None:
+        return None
+    data = payload_json.encode("utf-8", "surrogatepass")
+    return canonical_json({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+
+
 REASON_KINDS = (
-    ("duplicate", "duplicate"), ("action must be", "bad action"), ("content is", "oversize"),
+    ("duplicate", "duplicate"), ("ignored", "not outstanding"), ("action must be", "bad action"),
+    ("content is", "oversize"),
     ("content does not match", "schema"), ("task has no pending", "unknown elicitation"),
     ("elicitation", "conflicting"), ("task is already", "task ended"), ("already", "task ended"),
     ("not the owner", "not owner"),
@@ -240,6 +324,8 @@ def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_b
     """Why an answer cannot be applied to ``row``: a reason, ``DUPLICATE``, or None when it can."""
     if action not in ACTIONS:
         return f"action must be one of {', '.join(ACTIONS)}, got {action!r}"
+    if (problem := problem_in(elicitation_id, "elicitation id") or problem_in(content, "content")) is not None:
+        return problem
     size = len(canonical_json(content)) if content is not None else 0
     if size > max_bytes:
         return f"content is {size:,} bytes of JSON; the limit is {max_bytes:,} (LEDGER_MAX_INPUT_BYTES)"
@@ -285,10 +371,12 @@ def encode_cursor(key: ListKey) -> str:
 
 
 def decode_cursor(cursor: str) -> ListKey:
-    try:
-        created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if isinstance(created_at, int) and isinstance(task_id, str):
-            return created_at, task_id
-    except (ValueError, TypeError, binascii.Error):
-        pass
-    raise InvalidCursor(f"Invalid cursor: {cursor!r}")
+    if len(cursor) <= MAX_CURSOR_CHARS:
+        try:
+            created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+            if isinstance(created_at, int) and 0 <= created_at < 2**63 and isinstance(task_id, str) and \
+                    len(task_id) <= MAX_CURSOR_CHARS and problem_in(task_id) is None:
+                return created_at, task_id
+        except (ValueError, TypeError, binascii.Error, RecursionError):
+            pass
+    raise InvalidCursor(f"Invalid cursor: {cursor[:80]!r}{'...' if len(cursor) > 80 else ''}")

@@ -128,6 +128,11 @@ class Settings:
     request_state_ttl_ms: int = _setting(
         600_000, "LEDGER_REQUEST_STATE_TTL_MS", "How long a multi round-trip requestState stays valid."
     )
+    principal_events_per_s: int = _setting(
+        2_000, "LEDGER_PRINCIPAL_EVENTS_PER_S",
+        "Events one principal's requests may append per second on one server (bursts of twice that); a request "
+        "over it is refused, an audit record over it is counted and dropped.",
+    )
 
     @property
     def auditor_names(self) -> frozenset[str]:
@@ -171,7 +176,7 @@ class Settings:
         if self.request_state_key is not None and len(self.request_state_key) < 32:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
         for name in ("worker_concurrency", "append_timeout_ms", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
-                     "cached_rows"):
+                     "cached_rows", "principal_events_per_s"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("linger_ms", "fetch_max_wait_ms", "idle_fetch_wait_ms", "hot_window_ms", "max_hot_tasks",

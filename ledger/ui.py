@@ -6,16 +6,22 @@ The page (``ui.html``) reads the same read side as the MCP tools, as the request
 * ``GET /ui/api/tasks?status=&tool=&cursor=``: a page of tasks (``list_tasks``);
 * ``GET /ui/api/tasks/{task_id}``: the task and its timeline (``task_history``), 404 if not visible;
 * ``GET /ui/api/events``: server-sent events, one ``task`` event with the task's row each time a
-  visible task changes.
+  visible task changes;
+* ``GET /ui/api/me``, ``POST /ui/login`` (``{"token": ...}``) and ``POST /ui/logout``: signing in
+  with a bearer token where the server takes tokens (``ledger.sessions``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
+
+from mcp.server.auth.provider import TokenVerifier
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -23,6 +29,7 @@ from starlette.routing import Route
 
 from ledger.readside import ReadSide, row_json
 from ledger.service import InvalidCursor, TaskNotFound
+from ledger.sessions import COOKIE, COOKIE_PATH, SESSION_S, SessionSigner
 from ledger.view import LiveView
 from ledger.wire import principal_of_request
 from projections.status import TaskRow
@@ -30,11 +37,15 @@ from projections.status import TaskRow
 STATUSES = ("working", "input_required", "completed", "failed", "cancelled", "terminal")
 EVENTS_PER_CLIENT = 1_000
 KEEPALIVE_S = 15.0
+MAX_TOKEN_CHARS = 8_192
 
 
-def ui_routes(read_side: ReadSide, view: LiveView, *, authenticated: bool = False) -> list[Route]:
-    """With ``authenticated``, the API answers only requests with a valid bearer token."""
+def ui_routes(read_side: ReadSide, view: LiveView, *, verifier: TokenVerifier | None = None,
+              signer: SessionSigner | None = None) -> list[Route]:
+    """With a ``verifier``, the API answers only signed-in requests: a valid bearer token, or the
+    session cookie ``POST /ui/login`` sets for one (``ledger.sessions``)."""
     page = resources.files("ledger").joinpath("ui.html").read_text(encoding="utf-8")
+    authenticated = verifier is not None
 
     def guarded(endpoint: Any) -> Any:
         async def checked(request: Request) -> Response:
@@ -93,10 +104,45 @@ def ui_routes(read_side: ReadSide, view: LiveView, *, authenticated: bool = Fals
     async def slash(request: Request) -> Response:
         return RedirectResponse("/ui")
 
+    async def me(request: Request) -> Response:
+        signed_in = request.user.is_authenticated if authenticated else False
+        return JSONResponse({"signInRequired": authenticated, "signedIn": signed_in,
+                             "principal": principal_of_request(request) if signed_in else None})
+
+    async def login(request: Request) -> Response:
+        if verifier is None or signer is None:
+            return JSONResponse({"error": "this server takes no tokens: there is nothing to sign in to"},
+                                status_code=404)
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"error": "sign in from this server's own page"}, status_code=403)
+        try:
+            token = (await request.json())["token"]
+        except (ValueError, KeyError, TypeError):
+            token = None
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            return JSONResponse({"error": 'send {"token": "..."}'}, status_code=400)
+        access = await verifier.verify_token(token)
+        if access is None or (access.expires_at is not None and access.expires_at < time.time()):
+            return JSONResponse({"error": "that token is not valid here"}, status_code=401)
+        principal = access.subject or access.client_id
+        response = JSONResponse({"principal": principal})
+        response.set_cookie(COOKIE, signer.issue(principal), max_age=SESSION_S, path=COOKIE_PATH, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = JSONResponse({"signedIn": False})
+        response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+        return response
+
     return [
         Route("/ui", index),
         Route("/ui/", slash),
         Route("/ui/api/tasks", guarded(tasks)),
         Route("/ui/api/tasks/{task_id}", guarded(task)),
         Route("/ui/api/events", guarded(events)),
+        Route("/ui/api/me", me),
+        Route("/ui/login", login, methods=["POST"]),
+        Route("/ui/logout", logout, methods=["POST"]),
     ]

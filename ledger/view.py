@@ -29,6 +29,7 @@ ListKey = tuple[int, str]  # (created_at, task_id): the order tasks/list pages i
 
 FLUSH_INTERVAL_S = 0.2
 MAX_UNFLUSHED = 10_000  # history entries held in memory before the follower waits for the store
+CATCH_UP_REPORT_S = 2.0
 
 
 class ReadTimeout(TimeoutError):
@@ -62,6 +63,9 @@ class LiveView:
         self._listing: dict[str | None, list[ListKey]] = {}
         self._listeners: list[Callable[[TaskRow | None, TaskRow | None], None]] = []
         self.caught_up = asyncio.Event()
+        self._catch_up_read = 0
+        self._catch_up_started: float | None = None
+        self._catch_up_reported = 0.0
         self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
         self._round_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -191,8 +195,24 @@ class LiveView:
             self._release_offset_waiters()
             self._rounds += 1
             self._release_round_waiters()
-            if not self.caught_up.is_set() and self._reader.caught_up():
-                self.caught_up.set()
+            if not self.caught_up.is_set():
+                self._catching_up(len(records))
+
+    def _catching_up(self, read: int) -> None:
+        """Count what catch-up read, say every few seconds how far it is, and mark its end."""
+        now = asyncio.get_running_loop().time()
+        self._catch_up_read += read
+        if self._catch_up_started is None:
+            self._catch_up_started = self._catch_up_reported = now
+        if self._reader.caught_up():
+            self.caught_up.set()
+            if self._catch_up_read:
+                log.info("live view: caught up with the log: %d events read in %.1f s", self._catch_up_read,
+                         now - self._catch_up_started)
+        elif now - self._catch_up_reported >= CATCH_UP_REPORT_S:
+            self._catch_up_reported = now
+            log.info("live view: catching up with the log: %d events read, %d to go", self._catch_up_read,
+                     self._reader.lag())
 
     def _apply(self, records: list[LogRecord]) -> None:
         touched: set[str] = set()

@@ -14,14 +14,16 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
 from ledger.app import InvalidArguments, UnknownTool, error_result
+from ledger.budget import OverBudget
 from ledger.log import AppendTimeout
-from ledger.service import InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.service import CancelPending, InvalidCursor, Refused, TaskNotFound, TaskService
 from ledger.view import ReadTimeout
 from projections.status import TaskRow
 
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+RATE_LIMITED = -32000  # in JSON-RPC's range for server-defined errors
 
 
 def iso(ms: int) -> str:
@@ -90,6 +92,10 @@ def service_errors() -> Iterator[None]:
         raise MCPError(INVALID_PARAMS, str(exc)) from None
     except ReadTimeout as exc:
         raise MCPError(INTERNAL_ERROR, f"The change was recorded but is not visible yet: {exc}") from None
+    except OverBudget as exc:
+        raise MCPError(RATE_LIMITED, str(exc), {"retryAfterMs": round(exc.retry_after_s * 1000)}) from None
+    except CancelPending as exc:
+        raise MCPError(INTERNAL_ERROR, f"Not cancelled yet: {exc}", {"taskId": exc.task_id}) from None
     except AppendTimeout as exc:
         raise MCPError(INTERNAL_ERROR, f"The change is not confirmed: {exc}; read the task before trying again",
                        {"taskId": exc.task_id}) from None

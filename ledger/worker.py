@@ -23,15 +23,16 @@ import json
 import logging
 import os
 import socket
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 
 from ledger.app import App, InvalidArguments, UnknownTool, tool_result
 from ledger.context import Context, NonDeterminismError
-from ledger.events import (TERMINAL_EVENTS, PartitionClaimed, ResponseSubmitted, TaskCompleted, TaskCreated, TaskEvent,
-                           TaskFailed, TaskStarted)
+from ledger.events import (TERMINAL_EVENTS, PartitionClaimed, ProgressReported, ResponseSubmitted, TaskCancelled,
+                           TaskCompleted, TaskCreated, TaskEvent, TaskFailed, TaskStarted)
 from ledger.group import GroupConsumer
 from ledger.journal import Journal
 from ledger.log import EventLog
+from ledger.progress import CoalescedProgress
 from ledger.records import LogRecord
 from ledger.settings import Settings
 from projections.fence import Fence
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 0.5
 RETRY_AFTER_S = 1.0
 SWEEP_INTERVAL_S = 5.0
+SLOW_CATCH_UP_S = 10.0
 STATUS_INTERVAL_S = 30.0
 REMEMBERED_ENDINGS = 50_000
 # A worker claims its partitions again after this many events, so that its committed offsets, which
@@ -111,6 +113,7 @@ class Run:
         self.holding_slot = True
         self.unrecorded = False  # an append failed: the task is retried after a pause
         self.task: asyncio.Task[None] | None = None
+        self.progress = CoalescedProgress(lambda event: self.worker.append(self.journal, event), journal.task_id)
 
     def stop(self) -> None:
         """Stop without recording anything: the task ended elsewhere or moved to another worker."""
@@ -120,7 +123,18 @@ class Run:
 
     async def append(self, event: TaskEvent) -> None:
         try:
+            if isinstance(event, ProgressReported):
+                await self.progress.report(event)
+                return
+            await self.progress.flush()
             await self.worker.append(self.journal, event)
+        except Exception as exc:
+            raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def end(self, event: TaskEvent) -> None:
+        try:
+            await self.progress.flush()
+            await self.worker.end(self.journal, event)
         except Exception as exc:
             raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
 
@@ -132,7 +146,7 @@ class Run:
         self.waiting = (elicitation_id, answered)
         worker.hot += 1
         self.holding_slot = False
-        worker.release_slot()
+        worker.release_slot(self)
         try:
             response = await asyncio.wait_for(answered, worker.settings.hot_window_ms / 1000)
         except TimeoutError:
@@ -141,6 +155,7 @@ class Run:
             self.waiting = None
             worker.hot -= 1
         await worker.slots.take()
+        worker.running_by_tool[self.journal.tool] += 1
         self.holding_slot = True
         return response
 
@@ -149,8 +164,8 @@ class Run:
         try:
             await self.append(self._event(TaskStarted, attempt=journal.attempts + 1))
             outcome = await self._call()
-            if outcome is not None:
-                await self.append(outcome)
+            if outcome is not None and not self.stopped:
+                await self.end(outcome)
         except (Parked, asyncio.CancelledError):
             pass
         except AppendFailed as exc:
@@ -159,6 +174,7 @@ class Run:
                           journal.task_id, exc, RETRY_AFTER_S)
                 self.unrecorded = True
         finally:
+            self.progress.close()
             worker.run_ended(self)
 
     async def _call(self) -> TaskEvent | None:
@@ -215,12 +231,14 @@ class Worker:
         self._fence = Fence()
         self._claims: dict[int, list[int]] = {}  # offsets of the claims read on each partition held
         self._claiming: dict[int, asyncio.Task[None]] = {}
+        self._cancelling: dict[str, asyncio.Task[None]] = {}  # by task id
         # Partitions held, with the event id of the claim this worker made when it got each.
         self._claim_ids: dict[int, str] = {}
         # Partitions being read up to this worker's claim. Their tasks start no run before then: a run
         # must see the task's whole history, or it would ask again a question the task already asked.
-        self._catching_up: set[int] = set()
+        self._catching_up: dict[int, float] = {}  # partition -> when the catch-up began (loop time)
         self._runs: dict[str, Run] = {}
+        self.running_by_tool: Counter[str] = Counter()  # runs holding a slot, by tool (max_concurrency)
         self._ready: deque[Journal] = deque()
         self._queued: set[Journal] = set()
         self._retrying: set[str] = set()
@@ -246,8 +264,8 @@ class Worker:
                     await self._handle(await self._consumer.fetch())
             finally:
                 self._closing = True
-                for claiming in self._claiming.values():
-                    claiming.cancel()
+                for pending in (*self._claiming.values(), *self._cancelling.values()):
+                    pending.cancel()
                 for run in list(self._runs.values()):
                     run.stop()
                 await self._commit(force=True)
@@ -263,6 +281,32 @@ class Worker:
             raise PartitionLost(f"partition {journal.partition} is no longer this worker's")
         await self._log.append(event)
         journal.apply(event)
+
+    async def end(self, journal: Journal, event: TaskEvent) -> None:
+        """Append the task's terminal event, unless it ended or another terminal event is on its way:
+        this worker, the partition's one writer, gives each task exactly one."""
+        if journal.ended or journal.ending:
+            return
+        journal.ending = True
+        try:
+            await self.append(journal, event)
+        finally:
+            journal.ending = False
+
+    async def _cancel(self, journal: Journal) -> None:
+        cancelled = TaskCancelled(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+                                  reason=journal.cancel_reason)
+        try:
+            await self.end(journal, cancelled)
+        except PartitionLost:
+            return
+        except Exception as exc:  # the log is not taking writes; the request stays in the journal
+            log.error("task %s: could not record its cancellation (%s); retrying in %.0fs", journal.task_id, exc,
+                      RETRY_AFTER_S)
+            self._retrying.add(journal.task_id)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry, journal)
+        finally:
+            del self._cancelling[journal.task_id]
 
     async def _handle(self, records: list[LogRecord]) -> None:
         touched: dict[str, Journal] = {}
@@ -312,7 +356,7 @@ class Worker:
     def _read_to_own_claim(self, partition: int, offset: int) -> None:
         if partition not in self._catching_up:
             return
-        self._catching_up.discard(partition)
+        del self._catching_up[partition]
         journals = self._journals.get(partition, {})
         log.info("worker %s: partition %d read to its claim at offset %d, %d tasks open in it", self.worker_id,
                  partition, offset, len(journals))
@@ -325,6 +369,14 @@ class Worker:
                 self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             return
         run = self._runs.get(journal.task_id)
+        if journal.cancel_reason is not None and not journal.ended:
+            # A run whose terminal event is being appended is let finish: that event ends the task.
+            if not journal.ending and journal.task_id not in self._cancelling:
+                if run is not None:
+                    run.stop()
+                self._cancelling[journal.task_id] = asyncio.create_task(self._cancel(journal),
+                                                                        name=f"cancel {journal.task_id}")
+            return
         if journal.ended:
             if run is not None:
                 run.stop()
@@ -346,18 +398,33 @@ class Worker:
                 answered.set_result(response)
 
     def _start_ready(self) -> None:
+        held_back: list[Journal] = []  # tools at their max_concurrency; they keep their place in the queue
         while self._ready and self.slots.try_take():
             journal = self._ready.popleft()
-            self._queued.discard(journal)
             tracked = self._journals.get(journal.partition, {}).get(journal.task_id) is journal
-            if not tracked or journal.ended or journal.waiting or journal.task_id in self._runs:
+            if not tracked or journal.ended or journal.waiting or journal.cancel_reason is not None or \
+                    journal.task_id in self._runs:
+                self._queued.discard(journal)
                 self.slots.give()
                 continue
+            if self._at_limit(journal.tool):
+                held_back.append(journal)
+                self.slots.give()
+                continue
+            self._queued.discard(journal)
             run = Run(self, journal)
             self._runs[journal.task_id] = run
+            self.running_by_tool[journal.tool] += 1
             run.task = asyncio.create_task(run.execute(), name=f"task {journal.task_id}")
+        self._ready.extendleft(reversed(held_back))
 
-    def release_slot(self) -> None:
+    def _at_limit(self, tool_name: str) -> bool:
+        tool = self.app.tools.get(tool_name)
+        return tool is not None and tool.max_concurrency is not None and \
+            self.running_by_tool[tool_name] >= tool.max_concurrency
+
+    def release_slot(self, run: Run) -> None:
+        self.running_by_tool[run.journal.tool] -= 1
         self.slots.give()
         self._start_ready()
 
@@ -366,7 +433,7 @@ class Worker:
         if self._runs.get(task_id) is run:
             del self._runs[task_id]
         if run.holding_slot:
-            self.release_slot()
+            self.release_slot(run)
         # An answer may have arrived between the hot window closing and the run unwinding, or the
         # partition may have come back (a new journal) while this run was being stopped.
         if run.unrecorded:
@@ -391,6 +458,7 @@ class Worker:
         if now - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = now
+        self._report_slow_catch_up(now)
         for partition, journals in self._journals.items():
             if partition in self._catching_up:
                 continue
@@ -409,6 +477,14 @@ class Worker:
                  "%d holes waited for, %d undecodable records skipped", self.worker_id, sorted(self._journals),
                  sum(map(len, self._journals.values())), len(self._runs), self.hot, len(self._ready), self.slots.used,
                  self.slots.limit, self._consumer.holes_waited, self._consumer.dead_letter_count)
+
+    def _report_slow_catch_up(self, now: float) -> None:
+        for partition, since in self._catching_up.items():
+            if now - since > SLOW_CATCH_UP_S:
+                log.warning("worker %s: partition %d still reading up to its claim after %.0f s (claim %s, "
+                            "append %s, read position %s); its tasks wait", self.worker_id, partition, now - since,
+                            self._claim_ids.get(partition), "pending" if partition in self._claiming else "done",
+                            self._consumer.position(partition))
 
     def _remember_ended(self, task_id: str) -> None:
         # A producer retry can land a duplicate created event after the task ended.
@@ -454,7 +530,7 @@ class Worker:
     async def _assigned(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._journals.setdefault(partition, {})
-            self._catching_up.add(partition)
+            self._catching_up[partition] = asyncio.get_running_loop().time()
             self._claims[partition] = []
             self._claim_ids.pop(partition, None)
             self._fence.forget(partition)
@@ -484,7 +560,9 @@ class Worker:
                               claim.partition, exc, RETRY_AFTER_S)
                     await asyncio.sleep(RETRY_AFTER_S)
         finally:
-            self._claiming.pop(claim.partition, None)
+            # A claim cancelled by a revocation may unwind after the next assignment's claim started.
+            if self._claiming.get(claim.partition) is asyncio.current_task():
+                del self._claiming[claim.partition]
 
     def _claim_again(self, partitions: set[int]) -> None:
         for partition in partitions:
@@ -505,7 +583,7 @@ class Worker:
                 if run is not None:
                     run.stop()
             self._committed.pop(partition, None)
-            self._catching_up.discard(partition)
+            self._catching_up.pop(partition, None)
             self._claims.pop(partition, None)
             self._claim_ids.pop(partition, None)
             self._fence.forget(partition)

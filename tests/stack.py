@@ -27,7 +27,7 @@ async def serving(app: App, settings: Settings, instance: str = "test") -> Async
                                        log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
+        while not (server.started and server.config.app.state.caught_up.is_set()):
             if task.done():
                 task.result()
             await asyncio.sleep(0.02)

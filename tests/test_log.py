@@ -24,7 +24,7 @@ from ledger.log import EventLog
 from ledger.reader import LogReader
 from ledger.records import DeadLetter, LogRecord
 from ledger.settings import Settings
-from ledger.topics import TopicError
+from ledger.topics import TopicError, ensure_topics
 from tests.factories import sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,3 +248,17 @@ async def test_reading_a_topic_that_does_not_exist_is_a_clear_error(settings: Se
     with pytest.raises(TopicError, match="does not exist"):
         async with LogReader(settings):
             pass
+
+
+async def test_a_reader_finishes_a_partition_of_thousands_of_one_event_batches(settings: Settings) -> None:
+    # Each event a person or a tool produces is usually a batch of its own; a partition of thousands
+    # of them must not stall a reader whose fetches wait only 2 ms (the embedded broker returned
+    # nothing from a partition of 20,000 at that wait, and catch-up never ended).
+    settings = replace(settings, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=1, fetch_max_wait_ms=2)
+    written = 20_000
+    await ensure_topics(settings)
+    async with EventLog(settings) as log:
+        for i in range(written):
+            await log.append(sample(ProgressReported, f"chatty-{i}"))  # one at a time: a batch each
+    read = await asyncio.wait_for(read_all(settings), 60)
+    assert len(read) == written

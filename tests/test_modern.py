@@ -79,9 +79,10 @@ async def test_approve_expense_through_the_tasks_extension(stack: tuple[str, Set
             key: {"action": "accept", "content": {"approved": "yes"}}}})
         assert bad["error"]["code"] == -32602 and "schema" in bad["error"]["message"]
         assert (await client.result("tasks/get", {"taskId": task_id}))["status"] == "input_required"
-        unknown = await client.call("tasks/update", {"taskId": task_id, "inputResponses": {
+        unknown = await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
             "no-such-key": {"action": "accept", "content": {"approved": True}}}})
-        assert unknown["error"]["code"] == -32602
+        assert unknown["resultType"] == "complete"  # ignored, as SEP-2663 asks
+        assert (await client.result("tasks/get", {"taskId": task_id}))["status"] == "input_required"
 
         ack = await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
             key: {"action": "accept", "content": {"approved": True}}}})
@@ -89,9 +90,9 @@ async def test_approve_expense_through_the_tasks_extension(stack: tuple[str, Set
         task = await settle(client, task_id, lambda t: t["status"] in ("completed", "failed", "cancelled"))
         assert task["status"] == "completed"
         assert task["result"]["content"][0]["text"] == "approved 12.5"
-        conflicting = await client.call("tasks/update", {"taskId": task_id, "inputResponses": {
+        conflicting = await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
             key: {"action": "decline"}}})
-        assert conflicting["error"]["code"] == -32602
+        assert conflicting["resultType"] == "complete"  # the key is answered: ignored
     events = await history(settings, task_id)
     assert next(e for e in events if isinstance(e, TaskCreated)).protocol == "2026-07-28/tasks"
     assert [e.protocol for e in events if isinstance(e, ResponseSubmitted)] == ["2026-07-28/tasks"]
@@ -140,6 +141,44 @@ async def test_a_long_tool_without_tasks_answers_input_required_until_it_is_done
         assert first["resultType"] == "input_required" and "inputRequests" not in first
         done = await client.result("tools/call", {**call, "requestState": first["requestState"]})
         assert done["resultType"] == "complete" and done["content"][0]["text"] == "counted 40"
+
+
+async def test_answers_to_keys_not_outstanding_are_ignored_and_recorded_once(stack: tuple[str, Settings]) -> None:
+    url, settings = stack
+    async with ModernClient(url) as client:
+        task_id = (await client.result("tools/call", {"name": "approve_expense", "arguments": {
+            "amount": 12, "description": "stale keys"}}))["taskId"]
+        key = next(iter((await in_status(client, task_id, "input_required"))["inputRequests"]))
+        bogus = {f"never-asked-{i}": {"action": "accept", "content": {"approved": False, "note": "x" * 100}}
+                 for i in range(2_000)}
+        # A stale key beside the outstanding one does not stop it being applied.
+        acknowledged = await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+            **bogus, key: {"action": "accept", "content": {"approved": True}}}})
+        assert acknowledged["resultType"] == "complete"
+        assert (await in_status(client, task_id, "completed"))["result"]["content"][0]["text"] == "approved 12"
+        # The answered key again, with another answer: ignored too.
+        await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
+            key: {"action": "decline"}}})
+    events = await history(settings, task_id)
+    ignored = [e for e in events if isinstance(e, RequestRejected)]
+    assert [e.reason.split(":")[0] for e in ignored] == ["ignored", "ignored"]
+    assert "2000 answer(s)" in ignored[0].reason and len(ignored[0].reason) < 500
+    assert all(len(e.payload_json or "") < 200 for e in ignored)  # a digest, not the 300 KB that was sent
+    answers = [e for e in events if isinstance(e, ResponseSubmitted)]
+    assert [(e.elicitation_id, e.action) for e in answers] == [(key, "accept")]
+
+
+async def test_a_question_to_a_client_that_cannot_answer_cancels_the_task(stack: tuple[str, Settings]) -> None:
+    url, settings = stack
+    async with ModernClient(url, tasks=False, elicitation=False) as mute:
+        refused = await mute.call("tools/call", {"name": "approve_expense", "arguments": {
+            "amount": 9, "description": "nobody can approve this"}})
+    assert refused["error"]["code"] == -32021, refused
+    task_id = refused["error"]["message"].split()[1]
+    async with ModernClient(url) as reader:
+        task = await in_status(reader, task_id, "cancelled")
+    assert "cannot answer questions" in task["statusMessage"]
+    assert [type(e).__name__ for e in await history(settings, task_id)][-1] == "TaskCancelled"
 
 
 async def test_extension_methods_need_the_extension_and_removed_methods_are_gone(stack: tuple[str, Settings]) -> None:
@@ -216,9 +255,11 @@ async def test_cancel_through_the_extension_stops_the_task(stack: tuple[str, Set
         task_id = (await client.result("tools/call", {"name": "count_slowly", "arguments": {"n": 100}}))["taskId"]
         await settle(client, task_id, lambda t: "counted" in (t.get("statusMessage") or ""))
         assert (await client.result("tasks/cancel", {"taskId": task_id}))["resultType"] == "complete"
-        assert (await client.result("tasks/get", {"taskId": task_id}))["status"] == "cancelled"
-        again = await client.call("tasks/cancel", {"taskId": task_id})
-        assert again["error"]["code"] == -32602
+        assert (await settle(client, task_id, lambda t: t["status"] != "working"))["status"] == "cancelled"
+        # Cancelling a finished task is acknowledged on this wire (cancellation is eventually consistent);
+        # only an unknown task is an error.
+        assert (await client.result("tasks/cancel", {"taskId": task_id}))["resultType"] == "complete"
+        assert (await client.call("tasks/cancel", {"taskId": str(uuid.uuid4())}))["error"]["code"] == -32602
 
 
 async def test_tasks_cross_the_two_wires(stack: tuple[str, Settings]) -> None:

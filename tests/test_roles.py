@@ -7,19 +7,22 @@ import asyncio
 import re
 import signal
 import subprocess
+import time
 import uuid
 from dataclasses import replace
 
+import httpx2 as httpx
 import mcp_types as types
 import pytest
 
 from ledger.broker import free_port
-from ledger.events import TaskCompleted, TaskStarted
+from ledger.events import TaskCompleted, TaskCreated, TaskStarted
+from ledger.log import EventLog
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from tests.engine import history
 from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
-from tests.spawn import LEDGER, spawned, wait_for_line
+from tests.spawn import LEDGER, role_environment, spawned, wait_for_line
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +147,33 @@ async def test_a_thousand_concurrent_approvals_all_complete(shared: Settings) ->
 
             texts = await asyncio.gather(*(finish(i, t) for i, t in enumerate(task_ids)))
     assert texts == [f"{'approved' if i % 2 == 0 else 'rejected'} {i}" for i in range(1000)]
+
+
+async def test_a_server_catching_up_listens_reports_progress_and_stops_on_sigterm(settings: Settings) -> None:
+    # Enough history that reading it takes the server several seconds.
+    await ensure_topics(settings)
+    async with EventLog(settings) as log:
+        for start in range(0, 150_000, 5_000):
+            await log.append_many([TaskCreated(task_id=f"old-{i}", principal=None, actor="server:test", tool="count_slowly",
+                                               arguments_json='{"n":1}', protocol="test")
+                                   for i in range(start, start + 5_000)])
+    port = free_port()
+    process = subprocess.Popen(LEDGER + ["server", DEMO, "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=role_environment(settings))
+    try:
+        wait_for_line(process, "listening on", timeout=60)
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+            mcp = await http.post(f"http://127.0.0.1:{port}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                                  headers={"Accept": "application/json, text/event-stream"})
+            assert mcp.status_code == 503 and "catching up with the log" in mcp.text, mcp.text
+        wait_for_line(process, "catching up with the log:", timeout=60)
+        process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        assert process.wait(15) == 0
+        assert time.monotonic() - stopping < 10
+        output = process.stdout.read()
+        assert "Traceback" not in output and "ledger server: serving" not in output, output
+    finally:
+        process.kill()
+        process.wait()

@@ -171,3 +171,79 @@ async def test_the_event_stream_announces_a_new_task(stack: str) -> None:
                     break
             else:
                 pytest.fail("the stream ended without announcing the task")
+
+
+@pytest.fixture(scope="module")
+async def tokened(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The MCP endpoint URL of a server that takes tokens for alice and bob."""
+    tokens = tmp_path_factory.mktemp("ui-auth") / "tokens"
+    tokens.write_text("alice-secret alice\nbob-secret bob\n")
+    async with demo_stack(bootstrap, tokens_file=str(tokens)) as stack:
+        yield stack[0]
+
+
+async def test_the_page_signs_in_with_a_token_and_shows_only_that_principals_tasks(tokened: str,
+                                                                                   tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    base = tokened.removesuffix("/mcp")
+    async with ModernClient(tokened, token="alice-secret") as alice, ModernClient(tokened, token="bob-secret") as bob, \
+            Chromium(tmp_path / "profile") as browser:
+        alices = await start(alice, "approve_expense", {"amount": 1, "description": "alice's"})
+        bobs = await start(bob, "approve_expense", {"amount": 2, "description": "bob's"})
+        await in_status(alice, alices, "input_required")
+        await in_status(bob, bobs, "input_required")
+        page = await browser.open(f"{base}/ui")
+
+        def shows(expression: str) -> Any:
+            return lambda: browser.evaluate(page, expression)
+
+        async def sign_in(token: str) -> None:
+            await until(shows("!document.getElementById('signin').hidden"), 10)
+            await browser.evaluate(page, f"document.getElementById('token').value = {json.dumps(token)}; "
+                                         "document.getElementById('signin').requestSubmit()")
+
+        def listed(task_id: str) -> str:
+            return f"!!document.querySelector('tr.task[data-task-id=\"{task_id}\"]')"
+
+        await sign_in("not-a-token")
+        await until(shows("document.getElementById('signin-error').textContent === 'that token is not valid here'"), 10)
+        await sign_in("alice-secret")
+        await until(shows(listed(alices)), 10)
+        assert not await browser.evaluate(page, listed(bobs))
+        assert await browser.evaluate(page, "document.getElementById('who').textContent") == "signed in as alice"
+        assert await browser.evaluate(page, "document.cookie") == ""  # HttpOnly: no script reads the session
+        await until(shows("document.getElementById('live').textContent === 'live'"), 10)
+        later = await start(alice, "approve_expense", {"amount": 3, "description": "alice's second"})
+        await until(shows(listed(later)), 10)  # the event stream is signed in through the cookie
+
+        await browser.evaluate(page, "document.getElementById('signout').click()")
+        await until(shows("!document.querySelector('tr.task')"), 10)
+        await sign_in("bob-secret")
+        await until(shows(listed(bobs)), 10)
+        assert not await browser.evaluate(page, listed(alices))
+
+
+async def test_the_session_cookie_signs_in_the_page_only(tokened: str) -> None:
+    base = tokened.removesuffix("/mcp")
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        assert (await http.get("/ui/api/tasks")).status_code == 401
+        assert (await http.post("/ui/login", json={"token": "alice-secret"},
+                                headers={"Origin": "http://evil.example"})).status_code == 403
+        signed = await http.post("/ui/login", json={"token": "alice-secret"})
+        assert signed.status_code == 200 and signed.json() == {"principal": "alice"}
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        assert (await http.get("/ui/api/tasks")).status_code == 200
+        assert (await http.get("/ui/api/me")).json() == {"signInRequired": True, "signedIn": True, "principal": "alice"}
+        session = http.cookies["ledger_ui"]
+        signature = session.split(".")[1]
+        forged = base64.urlsafe_b64encode(json.dumps({"p": "bob", "exp": 2**40}).encode()).decode().rstrip("=")
+        async with httpx.AsyncClient(base_url=base, timeout=30) as stranger:
+            assert (await stranger.get("/ui/api/tasks", headers={"Cookie": f"ledger_ui={forged}.{signature}"})
+                    ).status_code == 401
+            mcp = await stranger.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={
+                "Accept": "application/json, text/event-stream", "Cookie": f"ledger_ui={session}"})
+            assert mcp.status_code == 401  # the cookie is for the page, never for MCP
+        await http.post("/ui/logout")
+        assert (await http.get("/ui/api/tasks")).status_code == 401

@@ -12,8 +12,9 @@ import pytest
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ledger.events import (ElicitationRequested, PartitionClaimed, StepRecorded, TaskCancelled, TaskCompleted,
-                           TaskFailed, TaskStarted)
+from ledger.app import InvalidArguments
+from ledger.events import (ElicitationRequested, PartitionClaimed, ProgressReported, StepRecorded, TaskCancelled,
+                           TaskCompleted, TaskFailed, TaskStarted)
 from ledger.reader import LogReader
 from ledger.settings import Settings
 from tests.apps.engine_app import app
@@ -89,6 +90,38 @@ async def test_cancel_stops_a_task_and_nothing_follows(settings: Settings, topic
     events = await history(settings, row.task_id)
     assert isinstance(events[-1], TaskCancelled)
     assert not any(isinstance(e, (TaskCompleted, TaskFailed)) for e in events)
+
+
+async def test_progress_reports_are_coalesced_and_the_last_of_each_burst_is_written(settings: Settings,
+                                                                                     topics: dict) -> None:
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("chatty", {"reports": 500}, principal=None, ttl_ms=None, protocol="test")
+        await engine.settled(row.task_id, "completed")
+    reported = [e for e in await history(settings, row.task_id) if isinstance(e, ProgressReported)]
+    progress = [e.progress for e in reported]
+    assert len(reported) <= 6, progress  # 1,000 reports in about a second of run time
+    assert 500 in progress and progress[-1] == 1000 and progress == sorted(progress)
+
+
+async def test_a_tool_at_its_max_concurrency_leaves_slots_to_other_tasks(settings: Settings, topics: dict) -> None:
+    settings = replace(settings, worker_concurrency=4)
+    async with running_engine(app, settings) as engine:
+        hogs = [await engine.service.create("hog", {"seconds": 20}, principal=None, ttl_ms=None, protocol="test")
+                for _ in range(5)]
+        quick = await engine.service.create("sleepy", {"seconds": 0.1}, principal=None, ttl_ms=None, protocol="test")
+        assert (await engine.settled(quick.task_id, "completed")).status == "completed"
+        started = [engine.service.view.get(row.task_id).status_message == "started" for row in hogs]
+        assert sum(started) == 2, started  # hog's max_concurrency, although two slots stayed free
+        for row in hogs:
+            await engine.service.cancel(row.task_id, None, protocol="test")
+
+
+async def test_bounds_in_a_tools_signature_are_in_its_schema_and_enforced(settings: Settings, topics: dict) -> None:
+    schema = app.get("hog").input_schema["properties"]["seconds"]
+    assert schema["exclusiveMinimum"] == 0 and schema["maximum"] == 60
+    async with running_engine(app, settings) as engine:
+        with pytest.raises(InvalidArguments, match="less than or equal to 60"):
+            await engine.service.create("hog", {"seconds": 1e9}, principal=None, ttl_ms=None, protocol="test")
 
 
 async def test_concurrency_is_bounded_and_waiting_tasks_do_not_hold_slots(settings: Settings, topics: dict) -> None:

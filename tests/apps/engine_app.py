@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from ledger import App, Context
 
@@ -50,6 +53,25 @@ async def sleepy(seconds: float, ctx: Context) -> str:
     await ctx.report_progress(0, seconds, "started")
     await asyncio.sleep(seconds)
     return "slept"
+
+
+@app.tool(max_concurrency=2)
+async def hog(seconds: Annotated[float, Field(gt=0, le=60)], ctx: Context) -> str:
+    """A long run, of which a worker runs two at most."""
+    await ctx.report_progress(0, seconds, "started")
+    await asyncio.sleep(seconds)
+    return "hogged"
+
+
+@app.tool
+async def chatty(reports: int, ctx: Context) -> str:
+    """Progress as fast as it can report it, then a pause, more of it, and the end."""
+    for i in range(1, reports + 1):
+        await ctx.report_progress(i, 2 * reports, f"burst one {i}")
+    await asyncio.sleep(1)
+    for i in range(reports + 1, 2 * reports + 1):
+        await ctx.report_progress(i, 2 * reports, f"burst two {i}")
+    return "reported"
 
 
 def _append(path: Path, line: str) -> int:

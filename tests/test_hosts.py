@@ -1,0 +1,54 @@
+"""DNS-rebinding protection covers every route: a request under another site's name, or from another
+site's page, reads nothing (the web timeline, the task API, the event stream, metrics, MCP)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx2 as httpx
+import pytest
+
+from ledger.settings import Settings
+from tests.stack import demo_stack
+
+GUARDED = ["/ui", "/ui/api/tasks", "/ui/api/tasks/some-task", "/ui/api/events", "/metrics", "/mcp"]
+
+
+@pytest.fixture(scope="module")
+async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
+    async with demo_stack(bootstrap) as stack:  # loopback, no tokens: the set-up a rebinding attack aims at
+        yield stack
+
+
+async def status(url: str, path: str, headers: dict[str, str]) -> int:
+    base = url.removesuffix("/mcp")
+    async with httpx.AsyncClient(timeout=10) as http:
+        async with http.stream("GET", base + path, headers=headers) as response:
+            return response.status_code
+
+
+@pytest.mark.parametrize("path", GUARDED)
+async def test_another_host_name_is_refused(stack: tuple[str, Settings], path: str) -> None:
+    url, _ = stack
+    assert await status(url, path, {"Host": "rebound.example"}) == 421
+    assert await status(url, path, {"Host": "rebound.example:8000"}) == 421
+
+
+@pytest.mark.parametrize("path", GUARDED)
+async def test_another_sites_page_is_refused(stack: tuple[str, Settings], path: str) -> None:
+    url, _ = stack
+    assert await status(url, path, {"Origin": "http://evil.example"}) == 403
+
+
+async def test_the_servers_own_names_are_served(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    port = url.split(":")[2].split("/")[0]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert await status(url, "/ui/api/tasks", {"Host": host}) == 200
+        assert await status(url, "/metrics", {"Host": host, "Origin": f"http://{host}"}) == 200
+
+
+async def test_probes_answer_under_any_name(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    assert await status(url, "/healthz", {"Host": "server-1:8000"}) == 200
+    assert await status(url, "/readyz", {"Host": "10.0.0.7:8000"}) == 200
