@@ -9,6 +9,7 @@ records was refused anyway.
 
 from __future__ import annotations
 
+import math
 import time
 
 MAX_TRACKED = 10_000  # principals with a partly spent budget; full buckets are forgotten beyond this
@@ -18,9 +19,9 @@ class OverBudget(RuntimeError):
     """The principal's requests wrote more than their share of the log; retry after ``retry_after_s``."""
 
     def __init__(self, principal: str | None, per_second: float, retry_after_s: float) -> None:
+        self.retry_after_ms = math.ceil(retry_after_s * 1000)  # above 0: the budget is short of at least a bit
         super().__init__(f"Too many changes: {principal or 'the anonymous principal'} may write {per_second:g} "
-                         f"events per second (LEDGER_PRINCIPAL_EVENTS_PER_S); retry in {retry_after_s:.1f} s")
-        self.retry_after_s = retry_after_s
+                         f"events per second (LEDGER_PRINCIPAL_EVENTS_PER_S); retry in {self.retry_after_ms} ms")
 
 
 class WriteBudget:

@@ -12,15 +12,16 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import uvloop
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from ledger import console, logs
+from ledger import console, logs, terminal
 from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker
 from ledger.loading import AppNotFound, default_app_path, load_app
+from ledger.profiles import KafkaUnreachable, NotKafka
 from ledger.roles import PortTaken, serve, serve_dev, work
 from ledger.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
@@ -33,7 +34,8 @@ Every task transition is an Avro event on the <prefix>.task-events topic; projec
 log answer tasks/get, and workers resume waiting tools from it."""
 
 EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken,
-                   console.NoSuchTask, FileNotFoundError, ReplayFailed)
+                   NotKafka, KafkaUnreachable, console.NoSuchTask, FileNotFoundError, ReplayFailed,
+                   terminal.ClientError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,9 +97,65 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("app", nargs="?", metavar="APP", help="module:attribute or path/to/file.py[:attribute] "
                      "(default: the demo tools)")
     _http_arguments(dev)
+    dev.add_argument("--quiet", action="store_true",
+                     help="print no line per task transition (created, asked, answered, completed...)")
     dev.set_defaults(run=run_dev)
     _read_commands(commands)
+    _terminal_commands(commands)
     return parser
+
+
+def _terminal_commands(commands: argparse._SubParsersAction) -> None:
+    call_tool = commands.add_parser(
+        "call", help="call a tool as a task on a running server and answer its questions here",
+        description="Call TOOL with key=value arguments (a value that reads as JSON is that JSON: amount=20, "
+        "ok=true) as a task on the server at --url, print its progress, ask each question it asks at this "
+        "terminal, field by field, and print its result. An MCP client: 2026-07-28 requests with the tasks "
+        "extension. Exit status 0 when the tool completed without error.")
+    call_tool.add_argument("tool", metavar="TOOL")
+    call_tool.add_argument("arguments", nargs="*", metavar="KEY=VALUE")
+    _client_arguments(call_tool)
+    call_tool.set_defaults(run=run_call)
+    answer = commands.add_parser(
+        "answer", help="list or answer the questions tasks wait on, on a running server",
+        description="Without TASK_ID, list the questions your tasks on the server at --url wait on and answer "
+        "the one you choose; with TASK_ID, answer that task's questions. Then follow the task to its end. "
+        "An MCP client: 2026-07-28 requests with the tasks extension.")
+    answer.add_argument("task_id", nargs="?", metavar="TASK_ID")
+    _client_arguments(answer)
+    answer.set_defaults(run=run_answer)
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("LEDGER_URL", "http://127.0.0.1:8000/mcp"),
+                        help="the server's MCP endpoint (default: LEDGER_URL, else %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("LEDGER_TOKEN"),
+                        help="bearer token (default: LEDGER_TOKEN); the tasks are that token's principal's")
+
+
+def run_call(args: argparse.Namespace) -> int:
+    arguments = terminal.parse_arguments(args.arguments)
+    return _client(args, lambda client: terminal.call(client, args.tool, arguments))
+
+
+def run_answer(args: argparse.Namespace) -> int:
+    return _client(args, lambda client: terminal.answer(client, args.task_id))
+
+
+def _client(args: argparse.Namespace, work: Callable[[terminal.TaskClient], Awaitable[int]]) -> int:
+    async def session() -> int:
+        client = terminal.TaskClient(args.url, args.token)
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+    try:
+        return asyncio.run(session())
+    except EOFError:
+        print("ledger: the input ended before every question was answered", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("ledger: stopped; the task goes on, and `ledger answer` takes it up again", file=sys.stderr)
+    return 2
 
 
 def _read_commands(commands: argparse._SubParsersAction) -> None:
@@ -249,12 +307,15 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_dev(args: argparse.Namespace) -> int:
     _check_port(args.port)
     source = args.app or str(default_app_path())
-    return _run(serve_dev(load_app(source), source, args.host, args.port))
+    return _run(serve_dev(load_app(source), source, args.host, args.port, quiet=args.quiet))
 
 
 def run_replay(args: argparse.Namespace) -> int:
     settings = Settings.from_env(bootstrap=args.bootstrap)
     path = args.store or (Path(settings.store) if settings.store != ":memory:" else Path("ledger.sqlite"))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot build a projection store at {path}: the directory {path.parent} does not "
+                                "exist (create it, or choose another --store)")
     if args.to_offset is not None and args.to_offset < 0:
         raise SettingsError(f"--to-offset must not be negative, got {args.to_offset}")
     if args.processes is not None and args.processes < 1:

@@ -64,6 +64,20 @@ def _validator(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
 
 
+def field_errors(schema_json: str, content: Any) -> dict[str, str]:
+    """Each field of ``content`` that does not answer the schema, with why (a form shows it beside the field)."""
+    if not isinstance(content, dict):
+        return {"": "content must be an object"}
+    errors: dict[str, str] = {}
+    for error in _validator(schema_json).iter_errors(content):
+        if error.validator == "required" and not error.path:
+            field = next((name for name in error.validator_value if name not in content), "")
+            errors.setdefault(field, "required")
+        else:
+            errors.setdefault(str(error.path[0]) if error.path else "", error.message)
+    return errors
+
+
 def content_errors(schema_json: str, content: Any) -> str | None:
     """Why ``content`` does not answer the schema, or None when it does."""
     if not isinstance(content, dict):

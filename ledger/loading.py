@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 from ledger.app import App
 
 DEFAULT_ATTRIBUTE = "app"
+LEDGER_DIR = str(Path(__file__).parent)  # frames of ledger itself are not where an app went wrong
 
 
 class AppNotFound(ValueError):
@@ -25,7 +27,12 @@ def load_app(spec: str) -> App:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
-            raise AppNotFound(f"cannot import {target!r} ({exc}); give APP as module:attribute or a .py file") from None
+            if exc.name is not None and target.startswith(exc.name):
+                raise AppNotFound(f"cannot import {target!r} ({exc}); give APP as module:attribute or a .py file") \
+                    from None
+            raise AppNotFound(_failed(target, exc)) from None
+        except Exception as exc:
+            raise AppNotFound(_failed(target, exc)) from None
     attribute = attribute or DEFAULT_ATTRIBUTE
     app = getattr(module, attribute, None)
     if app is None:
@@ -55,5 +62,19 @@ def _module_from_file(path: Path) -> object:
     sys.modules[name] = module
     # Let the app import modules that sit beside it.
     sys.path.insert(0, str(path.resolve().parent))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the app's own code: say where, in one line, instead of a traceback
+        raise AppNotFound(_failed(str(path), exc)) from None
     return module
+
+
+def _failed(app: str, exc: Exception) -> str:
+    """One line: where loading the app failed (the innermost line of the app's own code) and why."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename or app}, line {exc.lineno}: {exc.msg} (loading APP {app})"
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if not frame.filename.startswith(("<frozen", sys.prefix, sys.base_prefix, LEDGER_DIR)):
+            where = f"{frame.filename}, line {frame.lineno}: "
+    return f"{where}{type(exc).__name__}: {exc} (loading APP {app})"

@@ -103,6 +103,21 @@ class ReadSide:
         ]}
 
 
+    async def inbox(self, principal: str | None, limit: int = PAGE_SIZE) -> dict[str, Any]:
+        """The questions the principal's own tasks wait on (the ones it may answer), as the server
+        sees them now: an answer the store has not caught up with yet is left out."""
+        if self._written is not None:  # a question asked a moment ago is in the store too
+            await self._written()
+        found = await asyncio.to_thread(self.store.pending_older_than, 0, now_ms(), principal, limit)
+        questions = []
+        for stored, pending in found:
+            row = self._newest(stored)
+            if row.principal == principal and row.pending_elicitation(pending.elicitation_id) is not None:
+                questions.append({"taskId": row.task_id, "tool": row.tool, "createdAt": iso(row.created_at),
+                                  **pending_json(pending)})
+        return {"questions": questions}
+
+
 class ListTasksArguments(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["working", "input_required", "completed", "failed", "cancelled", "terminal"] | None = Field(

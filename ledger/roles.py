@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import uvicorn
 
+from ledger import transitions
 from ledger.app import App
 from ledger.broker import EmbeddedBroker, port_is_free
 from ledger.server import create_app
@@ -122,45 +125,60 @@ async def work(app: App, settings: Settings) -> None:
     await _until(stop, working)
 
 
-async def serve_dev(app: App, source: str, host: str, port: int) -> None:
+async def serve_dev(app: App, source: str, host: str, port: int, *, quiet: bool = False) -> None:
     stop = _stop_on_signal()
     if not port_is_free(host, port):
         raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
-    broker = EmbeddedBroker(output=None)
-    await asyncio.to_thread(broker.start)
-    try:
-        settings = replace(Settings.from_env(), bootstrap=broker.bootstrap)
-        await ensure_topics(settings)
-        worker = Worker(app, settings, worker_id=f"dev-{socket.gethostname()}")
-        ready = asyncio.Event()
-        working = asyncio.create_task(worker.run(ready))
-        server = _http_server(app, settings, host, port)
-        serving = asyncio.create_task(_serve(server))
-        def up() -> bool:
-            return server.started and server.config.app.state.caught_up.is_set() and ready.is_set()
-
-        while not up() and not serving.done() and not working.done() and not stop.is_set():
-            await asyncio.sleep(0.05)
-        if up():
-            print(_banner(app, source, host, port, broker.bootstrap), flush=True)
-        await _until(stop, serving, working)
-    finally:
-        broker.stop()
+    # The broker's own output (a live spinner among it) would overwrite the banner: it goes to a file.
+    broker_log = Path(tempfile.gettempdir()) / f"ledger-dev-broker-{port}.log"
+    with broker_log.open("ab") as output:
+        broker = EmbeddedBroker(output=output)
+        await asyncio.to_thread(broker.start)
+        try:
+            await _dev_roles(app, source, host, port, broker, broker_log, stop, quiet)
+        finally:
+            broker.stop()
     print("ledger dev: stopped", flush=True)
 
 
-def _banner(app: App, source: str, host: str, port: int, bootstrap: str) -> str:
+async def _dev_roles(app: App, source: str, host: str, port: int, broker: EmbeddedBroker, broker_log: Path,
+                     stop: asyncio.Event, quiet: bool) -> None:
+    settings = replace(Settings.from_env(), bootstrap=broker.bootstrap)
+    await ensure_topics(settings)
+    worker = Worker(app, settings, worker_id=f"dev-{socket.gethostname()}")
+    ready = asyncio.Event()
+    working = asyncio.create_task(worker.run(ready))
+    server = _http_server(app, settings, host, port)
+    serving = asyncio.create_task(_serve(server))
+
+    def up() -> bool:
+        return server.started and server.config.app.state.caught_up.is_set() and ready.is_set()
+
+    while not up() and not serving.done() and not working.done() and not stop.is_set():
+        await asyncio.sleep(0.05)
+    if up():
+        print(_banner(app, source, host, port, broker.bootstrap, broker_log), flush=True)
+        if not quiet:
+            server.config.app.state.view.listen(transitions.printer())
+    await _until(stop, serving, working)
+
+
+def _first(app: App) -> str:
+    return next(iter(app.tools), "a tool")
+
+
+def _banner(app: App, source: str, host: str, port: int, bootstrap: str, broker_log: Path) -> str:
     url = f"http://{host}:{port}/mcp"
     tools = ", ".join(app.tools)
     return f"""ledger dev: ready
   MCP endpoint     {url}   (streamable HTTP: MCP 2025-11-25 tasks, and 2026-07-28
                    with the tasks extension or multi round-trip requests)
   tools            {tools}   (from {source})
-  embedded Kafka   {bootstrap}   (memory storage: events are lost on exit)
+  embedded Kafka   {bootstrap}   (memory storage: events are lost on exit; its log: {broker_log})
 
 Try it:
-  connect any MCP client to {url} and call approve_expense as a task;
-  it waits in input_required until you answer its elicitation.
+  connect any MCP client to {url} and call {_first(app)} as a task;
+  a tool that asks a question waits in input_required until you answer its elicitation.
   watch the tasks and their timelines at http://{host}:{port}/ui
   read the history from another shell:
     LEDGER_BOOTSTRAP={bootstrap} ledger tasks

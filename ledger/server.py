@@ -461,7 +461,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     signer = SessionSigner(settings.request_state_key)
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text), *ui_routes(read_side, view, verifier=verifier, signer=signer),
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text), *ui_routes(read_side, view, service, verifier=verifier, signer=signer),
               Mount("/", app=mcp_app)]
     middleware = [Middleware(HostCheck, security=security), Middleware(CatchingUp, view=view),
                   Middleware(Intake, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
@@ -469,6 +469,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         middleware.append(Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, signer)))
     starlette = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     starlette.state.caught_up = view.caught_up
+    starlette.state.view = view
     return starlette
 
 

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
-from ledger.profiles import broker_profile
+from ledger.profiles import broker_profile, check_bootstrap
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     Returns once every broker knows the topics and each partition has a leader, so that any
     client started next finds them.
     """
+    await check_bootstrap(settings.bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin")
     await admin.start()
     try:

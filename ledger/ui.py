@@ -7,6 +7,10 @@ The page (``ui.html``) reads the same read side as the MCP tools, as the request
 * ``GET /ui/api/tasks/{task_id}``: the task and its timeline (``task_history``), 404 if not visible;
 * ``GET /ui/api/events``: server-sent events, one ``task`` event with the task's row each time a
   visible task changes;
+* ``GET /ui/api/inbox``: the questions the principal's own tasks wait on; ``POST
+  /ui/api/tasks/{task_id}/answer`` (``{"elicitationId", "action", "content"}``) answers one, through
+  the same service path as MCP answers, recorded with protocol ``web``; 400 with ``fields`` (field ->
+  why) for content the schema refuses;
 * ``GET /ui/api/me``, ``POST /ui/login`` (``{"token": ...}``) and ``POST /ui/logout``: signing in
   with a bearer token where the server takes tokens (``ledger.sessions``).
 """
@@ -28,7 +32,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ledger.readside import ReadSide, row_json
-from ledger.service import InvalidCursor, TaskNotFound
+from ledger.elicitation import field_errors
+from ledger.service import InvalidCursor, Refused, TaskNotFound, TaskService
 from ledger.sessions import COOKIE, COOKIE_PATH, SESSION_S, SessionSigner
 from ledger.view import LiveView
 from ledger.wire import principal_of_request
@@ -38,9 +43,10 @@ STATUSES = ("working", "input_required", "completed", "failed", "cancelled", "te
 EVENTS_PER_CLIENT = 1_000
 KEEPALIVE_S = 15.0
 MAX_TOKEN_CHARS = 8_192
+WEB = "web"  # the protocol path answers from the page are recorded with
 
 
-def ui_routes(read_side: ReadSide, view: LiveView, *, verifier: TokenVerifier | None = None,
+def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, verifier: TokenVerifier | None = None,
               signer: SessionSigner | None = None) -> list[Route]:
     """With a ``verifier``, the API answers only signed-in requests: a valid bearer token, or the
     session cookie ``POST /ui/login`` sets for one (``ledger.sessions``)."""
@@ -104,6 +110,31 @@ def ui_routes(read_side: ReadSide, view: LiveView, *, verifier: TokenVerifier | 
     async def slash(request: Request) -> Response:
         return RedirectResponse("/ui")
 
+    async def inbox(request: Request) -> Response:
+        return JSONResponse(await read_side.inbox(principal_of_request(request)))
+
+    async def answer(request: Request) -> Response:
+        """A person's answer from the page: the same service path as an MCP answer (validated, applied
+        once, recorded with protocol ``web`` and who answered)."""
+        task_id, principal = request.path_params["task_id"], principal_of_request(request)
+        try:
+            body = await request.json()
+            elicitation_id, action = body["elicitationId"], body["action"]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'send {"elicitationId": ..., "action": ..., "content": {...}}'},
+                                status_code=400)
+        content = body.get("content") if action == "accept" else None
+        try:
+            row = await service.answer(task_id, principal, elicitation_id, action, content, protocol=WEB)
+        except TaskNotFound as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except Refused as exc:
+            row = view.get(task_id)
+            pending = row.pending_elicitation(elicitation_id) if row is not None else None
+            fields = field_errors(pending.requested_schema_json, content) if pending and action == "accept" else {}
+            return JSONResponse({"error": str(exc), "fields": fields}, status_code=400)
+        return JSONResponse({"task": row_json(await service.settle(row))})
+
     async def me(request: Request) -> Response:
         signed_in = request.user.is_authenticated if authenticated else False
         return JSONResponse({"signInRequired": authenticated, "signedIn": signed_in,
@@ -143,6 +174,8 @@ def ui_routes(read_side: ReadSide, view: LiveView, *, verifier: TokenVerifier | 
         Route("/ui/api/tasks/{task_id}", guarded(task)),
         Route("/ui/api/events", guarded(events)),
         Route("/ui/api/me", me),
+        Route("/ui/api/inbox", guarded(inbox)),
+        Route("/ui/api/tasks/{task_id}/answer", guarded(answer), methods=["POST"]),
         Route("/ui/login", login, methods=["POST"]),
         Route("/ui/logout", logout, methods=["POST"]),
     ]

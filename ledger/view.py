@@ -123,6 +123,13 @@ class LiveView:
         """Events on the topic this view has not applied yet, as of its last fetch."""
         return self._reader.lag() if self._reader is not None else 0
 
+    def describe(self) -> dict[str, object]:
+        """How far this view has read, for a stuck task's report."""
+        reader = self._reader
+        return {"caught_up": self.caught_up.is_set(), "following": self.not_ready() is None,
+                "positions": reader.positions() if reader is not None else None,
+                "lag": self.lag(), "fetch_rounds": self._rounds}
+
     def task_count(self) -> int:
         return sum(map(len, self._listing.values()))
 

@@ -93,7 +93,7 @@ def service_errors() -> Iterator[None]:
     except ReadTimeout as exc:
         raise MCPError(INTERNAL_ERROR, f"The change was recorded but is not visible yet: {exc}") from None
     except OverBudget as exc:
-        raise MCPError(RATE_LIMITED, str(exc), {"retryAfterMs": round(exc.retry_after_s * 1000)}) from None
+        raise MCPError(RATE_LIMITED, str(exc), {"retryAfterMs": exc.retry_after_ms}) from None
     except CancelPending as exc:
         raise MCPError(INTERNAL_ERROR, f"Not cancelled yet: {exc}", {"taskId": exc.task_id}) from None
     except AppendTimeout as exc:

@@ -40,6 +40,7 @@ from projections.fence import Fence
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.5
+COMMIT_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 1.0
 SWEEP_INTERVAL_S = 5.0
 SLOW_CATCH_UP_S = 10.0
@@ -276,6 +277,19 @@ class Worker:
     def owned_partitions(self) -> set[int]:
         return set(self._journals)
 
+    def describe(self, task_id: str) -> dict[str, object]:
+        """What this worker knows of a task and of its partitions: for a stuck task's report."""
+        journal = next((j[task_id] for j in self._journals.values() if task_id in j), None)
+        return {
+            "worker": self.worker_id, "partitions": sorted(self._journals), "catching_up": sorted(self._catching_up),
+            "claims_pending": sorted(self._claiming), "positions": {p: self._consumer.position(p) for p in self._journals},
+            "journal": None if journal is None else {"partition": journal.partition, "ended": journal.ended,
+                                                     "waiting": journal.waiting, "attempts": journal.attempts},
+            "run": task_id in self._runs, "queued": sum(j.task_id == task_id for j in self._ready),
+            "slots": f"{self.slots.used}/{self.slots.limit}", "last_commit_s_ago":
+                round(asyncio.get_running_loop().time() - self._last_commit, 1),
+        }
+
     async def append(self, journal: Journal, event: TaskEvent) -> None:
         if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             raise PartitionLost(f"partition {journal.partition} is no longer this worker's")
@@ -356,10 +370,14 @@ class Worker:
     def _read_to_own_claim(self, partition: int, offset: int) -> None:
         if partition not in self._catching_up:
             return
-        del self._catching_up[partition]
+        began = self._catching_up.pop(partition)
         journals = self._journals.get(partition, {})
-        log.info("worker %s: partition %d read to its claim at offset %d, %d tasks open in it", self.worker_id,
-                 partition, offset, len(journals))
+        log.debug("worker %s: partition %d read to its claim at offset %d, %d tasks open in it", self.worker_id,
+                  partition, offset, len(journals))
+        if not self._catching_up:  # one line for an assignment, not one per partition
+            log.info("worker %s: all %d partitions read to its claims (%.1f s), %d tasks open", self.worker_id,
+                     len(self._journals), asyncio.get_running_loop().time() - began,
+                     sum(map(len, self._journals.values())))
         for journal in list(journals.values()):
             self.reconcile(journal)
 
@@ -521,9 +539,10 @@ class Worker:
         if not changed:
             return
         try:
-            await self._consumer.commit(changed)
-        except Exception as exc:  # a rebalance in progress; the next commit carries it
-            log.warning("commit of %s deferred: %s", changed, exc)
+            # Bounded: the loop that reads the log (and so every run's wake-up) waits for this commit.
+            await asyncio.wait_for(self._consumer.commit(changed), COMMIT_TIMEOUT_S)
+        except Exception as exc:  # a rebalance in progress, or a slow coordinator; the next commit carries it
+            log.warning("commit of %s deferred: %s", changed, exc or type(exc).__name__)
             return
         self._committed.update(changed)
 

@@ -86,6 +86,9 @@ class ProjectionStore:
 
     def __init__(self, path: str | Path = ":memory:", *, building: bool = False) -> None:
         self.path = str(path)
+        if self.path != ":memory:" and not Path(self.path).parent.is_dir():
+            raise FileNotFoundError(f"cannot keep a projection store at {self.path}: the directory "
+                                    f"{Path(self.path).parent} does not exist (create it, or choose another path)")
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=BUILDING_LOCK_WAIT_S if building else 5.0)
         if self.path != ":memory:":

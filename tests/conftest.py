@@ -67,8 +67,12 @@ def local_cluster(kafka_cluster: LocalCluster | None) -> LocalCluster:
     return kafka_cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bootstrap(kafka_cluster: LocalCluster | None) -> Iterator[str]:
+    """The broker of a test module: the session's Kafka cluster, or an embedded broker of the module's
+    own. Twice a task stayed ``working`` for 30 s in tests/test_worker.py late in the embedded suite,
+    with one embedded broker holding every earlier module's topics in memory; a broker per module
+    keeps each module's broker as fresh as the first one's (a second each to start)."""
     external = os.environ.get("LEDGER_BOOTSTRAP")
     if external:
         yield external

@@ -26,12 +26,15 @@ class Engine:
     settings: Settings
     service: TaskService
     workers: list[asyncio.Task[None]] = field(default_factory=list)
+    members: list[Worker] = field(default_factory=list)  # the workers themselves, to describe a stuck task
 
     async def start_worker(self, worker_id: str) -> asyncio.Task[None]:
         """A worker in this process, once the group has given it partitions."""
         ready = asyncio.Event()
-        worker = asyncio.create_task(Worker(self.app, self.settings, worker_id=worker_id).run(ready))
+        member = Worker(self.app, self.settings, worker_id=worker_id)
+        worker = asyncio.create_task(member.run(ready))
         self.workers.append(worker)
+        self.members.append(member)
         await asyncio.wait_for(ready.wait(), WAIT)
         return worker
 
@@ -40,7 +43,8 @@ class Engine:
         def done(row: TaskRow) -> bool:
             return row.status == status if status else row.status != "working"
         row = await self.service.wait(task_id, None, done, WAIT)
-        assert done(row), f"task {task_id} still {row.status} after {WAIT}s"
+        assert done(row), (f"task {task_id} still {row.status} after {WAIT}s; view: {self.service.view.describe()}; "
+                           f"workers: {[member.describe(task_id) for member in self.members]}")
         return row
 
 

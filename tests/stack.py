@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -69,6 +70,15 @@ async def demo_stack(bootstrap: str, **overrides: Any) -> AsyncIterator[tuple[st
     await ensure_topics(settings)
     async with working(demo, settings), serving(demo, settings) as url:
         yield url, settings
+
+
+@asynccontextmanager
+async def tokened_stack(bootstrap: str, folder: Path, tokens: dict[str, str]) -> AsyncIterator[tuple[str, Settings]]:
+    """``demo_stack`` on a server that takes bearer tokens (token -> principal)."""
+    tokens_file = folder / "tokens"
+    tokens_file.write_text("".join(f"{token} {principal}\n" for token, principal in tokens.items()))
+    async with demo_stack(bootstrap, tokens_file=str(tokens_file)) as stack:
+        yield stack
 
 
 async def in_status(client: Any, task_id: str, status: str, timeout: float = 60) -> dict[str, Any]:

@@ -15,16 +15,15 @@ from ledger.settings import Settings
 from tests.engine import history
 from tests.raw_http import ModernClient, RawSession, bearer
 from tests.spawn import LEDGER, role_environment
-from tests.stack import demo_stack, in_status, until
+from tests.stack import in_status, tokened_stack, until
 
 APPROVE = {"name": "approve_expense", "arguments": {"amount": 5, "description": "ink"}}
 
 
 @pytest.fixture(scope="module")
 async def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Settings]]:
-    tokens = tmp_path_factory.mktemp("auth") / "tokens"
-    tokens.write_text("# development tokens\nalice-secret alice\nbob-secret bob\n")
-    async with demo_stack(bootstrap, tokens_file=str(tokens)) as stack:
+    async with tokened_stack(bootstrap, tmp_path_factory.mktemp("auth"),
+                             {"alice-secret": "alice", "bob-secret": "bob"}) as stack:
         yield stack
 
 

@@ -22,7 +22,9 @@ from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from tests.engine import history
 from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
+from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, role_environment, spawned, wait_for_line
+from tests.stack import in_status
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +49,8 @@ async def test_ledger_dev_as_a_new_user_runs_it() -> None:
         banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
         url = f"http://127.0.0.1:{port}/mcp"
         assert url in banner and "approve_expense, plan_trip, count_slowly" in banner
+        assert "call approve_expense as a task" in banner and f"ledger-dev-broker-{port}.log" in banner
+        assert "tansu" not in banner.lower()  # the broker's own output goes to its log file
         async with connect(url, approve) as client:
             relayed = await call_as_task(client, "approve_expense", {"amount": 20, "description": "train"})
             assert (await task_result(client, relayed["task"]["taskId"]))["content"][0]["text"] == "approved 20"
@@ -60,6 +64,12 @@ async def test_ledger_dev_as_a_new_user_runs_it() -> None:
         assert process.wait(30) == 0
         output = process.stdout.read()
         assert "ledger dev: stopped" in output and "Traceback" not in output, output
+        # One line per transition, as it happened: time, short task id, tool, what, who.
+        short = trip[:8]
+        assert re.search(rf"\d\d:\d\d:\d\d\.\d{{3}}  {short}  plan_trip  created by anonymous", output), output
+        assert f"{short}  plan_trip  asked: Book 4 nights in Rome from 2027-03-01? (anonymous)" in output, output
+        assert f"{short}  plan_trip  answered (accept) by anonymous; resumed" in output, output
+        assert f"{short}  plan_trip  completed" in output, output
     finally:
         process.kill()
 
@@ -174,6 +184,27 @@ async def test_a_server_catching_up_listens_reports_progress_and_stops_on_sigter
         assert time.monotonic() - stopping < 10
         output = process.stdout.read()
         assert "Traceback" not in output and "ledger server: serving" not in output, output
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_ledger_dev_names_the_apps_own_tools_and_is_quiet_when_asked(tmp_path) -> None:
+    app = tmp_path / "greetings.py"
+    app.write_text("from ledger import App\napp = App('greetings')\n\n@app.tool\nasync def greet(name: str) -> str:\n"
+                   "    return f'hello {name}'\n")
+    port = free_port()
+    process = subprocess.Popen(LEDGER + ["dev", str(app), "--port", str(port), "--quiet"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
+        assert "call greet as a task" in banner and "approve_expense" not in banner, banner
+        async with ModernClient(f"http://127.0.0.1:{port}/mcp") as client:
+            task_id = (await client.result("tools/call", {"name": "greet", "arguments": {"name": "Ada"}}))["taskId"]
+            await in_status(client, task_id, "completed")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        assert task_id[:8] not in process.stdout.read()  # --quiet: no line per transition
     finally:
         process.kill()
         process.wait()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 
@@ -22,6 +25,7 @@ from projections.history import describe
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
 from tests.factories import histories, sample
+from tests.spawn import LEDGER
 
 
 def projected(events: list[TaskEvent]) -> tuple[Projector, ProjectionStore]:
@@ -180,3 +184,15 @@ async def test_a_bounded_view_keeps_few_rows_in_memory_and_reads_the_rest_from_t
     replayed = ProjectionStore()
     await replay(settings, replayed)
     assert sorted(replayed.rows(), key=lambda r: r.task_id) == sorted(store.rows(), key=lambda r: r.task_id)
+
+
+def test_a_store_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="the directory .*missing does not exist"):
+        ProjectionStore(tmp_path / "missing" / "ledger.sqlite")
+
+
+def test_replay_into_a_missing_directory_is_one_sentence(tmp_path: Path) -> None:
+    run = subprocess.run(LEDGER + ["replay", "--store", str(tmp_path / "missing" / "x.sqlite")], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "LEDGER_BOOTSTRAP": "127.0.0.1:1"})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"the directory {tmp_path / 'missing'} does not exist" in run.stderr

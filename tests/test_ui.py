@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.raw_http import ModernClient
-from tests.stack import answer_through_tasks, demo_stack, in_status, until
+from tests.stack import answer_through_tasks, demo_stack, in_status, tokened_stack, until
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +176,8 @@ async def test_the_event_stream_announces_a_new_task(stack: str) -> None:
 @pytest.fixture(scope="module")
 async def tokened(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """The MCP endpoint URL of a server that takes tokens for alice and bob."""
-    tokens = tmp_path_factory.mktemp("ui-auth") / "tokens"
-    tokens.write_text("alice-secret alice\nbob-secret bob\n")
-    async with demo_stack(bootstrap, tokens_file=str(tokens)) as stack:
+    async with tokened_stack(bootstrap, tmp_path_factory.mktemp("ui-auth"),
+                             {"alice-secret": "alice", "bob-secret": "bob"}) as stack:
         yield stack[0]
 
 
@@ -247,3 +246,39 @@ async def test_the_session_cookie_signs_in_the_page_only(tokened: str) -> None:
             assert mcp.status_code == 401  # the cookie is for the page, never for MCP
         await http.post("/ui/logout")
         assert (await http.get("/ui/api/tasks")).status_code == 401
+
+
+async def test_a_person_answers_from_the_inbox_and_the_tool_completes(stack: str, tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    base = stack.removesuffix("/mcp")
+    async with ModernClient(stack) as client, Chromium(tmp_path / "profile") as browser:
+        trip = await start(client, "plan_trip", {"destination": "Oslo"})
+        await in_status(client, trip, "input_required")
+        page = await browser.open(f"{base}/ui")
+        form = f"document.querySelector('form.question[data-task-id=\"{trip}\"]')"
+
+        def shows(expression: str) -> Any:
+            return lambda: browser.evaluate(page, expression)
+
+        await until(shows(f"!!{form} && {form}.textContent.includes('When do you want to go to Oslo?')"), 10)
+        card = await browser.evaluate(page, f"{form}.textContent")
+        assert trip in card and "created" in card and "waiting" in card  # the full id, copyable, and the times
+        # A required field left empty: the server refuses, the error shows beside the field, nothing changes.
+        await browser.evaluate(page, f"{form}.querySelector('[data-field=start_date]').value = '2027-03-01';"
+                                     f"{form}.querySelector('button[value=accept]').click()")
+        await until(shows(f"{form}.querySelector('[data-error-for=nights]').textContent === 'required'"), 10)
+        assert (await client.result("tasks/get", {"taskId": trip}))["status"] == "input_required"
+        await browser.evaluate(page, f"{form}.querySelector('[data-field=nights]').value = '3';"
+                                     f"{form}.querySelector('button[value=accept]').click()")
+        await until(shows(f"!!{form} && {form}.textContent.includes('Book 3 nights in Oslo from 2027-03-01?')"), 10)
+        await browser.evaluate(page, f"{form}.querySelector('[data-field=confirm]').checked = true;"
+                                     f"{form}.querySelector('button[value=accept]').click()")
+        done = await in_status(client, trip, "completed")
+        assert done["result"]["content"][0]["text"] == "booked Oslo for 3 nights from 2027-03-01"
+        await until(shows(f"!{form}"), 10)  # answered: gone from the inbox
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        history = (await http.get(f"/ui/api/tasks/{trip}")).json()["history"]
+    answered = [entry for entry in history if entry["kind"] == "answered"]
+    assert len(answered) == 2 and all(entry["protocol"] == "web" for entry in answered), answered
+    assert [entry["protocol"] for entry in history if entry["kind"] == "refused"] == ["web"]

@@ -1,0 +1,71 @@
+"""``ledger call`` and ``ledger answer`` as a person uses them: separate processes against a running
+server, questions answered by typing at the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ledger.settings import Settings
+from tests.raw_http import ModernClient
+from tests.spawn import LEDGER
+from tests.stack import in_status, tokened_stack
+
+
+@pytest.fixture(scope="module")
+async def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Settings]]:
+    async with tokened_stack(bootstrap, tmp_path_factory.mktemp("terminal"), {"ada-secret": "ada"}) as stack:
+        yield stack
+
+
+async def ledger(*args: str, typed: str = "", token: str | None = "ada-secret") -> subprocess.CompletedProcess[str]:
+    options = ["--token", token] if token else []
+    return await asyncio.to_thread(subprocess.run, LEDGER + list(args) + options, input=typed, capture_output=True,
+                                   text=True, timeout=120)
+
+
+async def test_call_asks_each_question_at_the_prompt_and_prints_the_result(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    run = await ledger("call", "approve_expense", "amount=20", "description=train", "--url", url, typed="a\ny\n\n")
+    assert run.returncode == 0, run.stderr
+    assert "? Approve expense of 20.0 for 'train'?" in run.stdout and run.stdout.rstrip().endswith("approved 20")
+
+
+async def test_call_checks_each_field_and_asks_again(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    typed = "a\nfour\n4\n1 March\n2027-03-01\na\ny\n"  # fields in the schema's order: nights, start_date
+    run = await ledger("call", "plan_trip", "destination=Rome", "--url", url, typed=typed)
+    assert run.returncode == 0, run.stderr
+    assert "a date as YYYY-MM-DD is needed" in run.stdout and "an integer is needed" in run.stdout
+    assert run.stdout.rstrip().endswith("booked Rome for 4 nights from 2027-03-01"), run.stdout
+
+
+async def test_answer_lists_what_waits_and_answers_the_chosen_task(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url, token="ada-secret") as client:
+        task_id = (await client.result("tools/call", {"name": "approve_expense", "arguments": {
+            "amount": 7, "description": "ink"}}))["taskId"]
+        await in_status(client, task_id, "input_required")
+        listed = await ledger("answer", "--url", url, typed="\n")  # Enter: nothing chosen yet, ends at EOF
+        assert task_id in listed.stdout and "Approve expense of 7.0 for 'ink'?" in listed.stdout, listed
+        run = await ledger("answer", task_id, "--url", url, typed="a\nn\nnot this month\n")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.rstrip().endswith("rejected 7")
+        assert (await in_status(client, task_id, "completed"))["result"]["content"][0]["text"] == "rejected 7"
+
+
+async def test_mistakes_are_one_line(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    no_token = await ledger("call", "approve_expense", "amount=1", "description=x", "--url", url, token=None)
+    assert no_token.returncode == 2 and "wants a bearer token: pass --token or set LEDGER_TOKEN" in no_token.stderr
+    unknown = await ledger("call", "no_such_tool", "--url", url)
+    assert unknown.returncode == 2 and "no_such_tool" in unknown.stderr and "Traceback" not in unknown.stderr
+    bad = await ledger("call", "approve_expense", "amount", "--url", url)
+    assert bad.returncode == 2 and "arguments are key=value, got 'amount'" in bad.stderr
+    cut_short = await ledger("call", "approve_expense", "amount=2", "description=y", "--url", url, typed="a\n")
+    assert cut_short.returncode == 2 and "the input ended before every question was answered" in cut_short.stderr
+    for run in (no_token, unknown, bad, cut_short):
+        assert run.stderr.count("\n") == 1, run.stderr
