@@ -4,9 +4,28 @@ from __future__ import annotations
 
 from collections import Counter
 from subprocess import Popen
+from typing import NamedTuple
 
 from ledger.events import TaskCompleted, TaskEvent
+from ledger.settings import Settings
+from tests.engine import all_events
 from tests.spawn import confirmed_appends
+
+
+class LogAfterFaults(NamedTuple):
+    events: list[TaskEvent]
+    on_topic: int
+    confirmed: int
+    unconfirmed: int
+
+
+async def checked_log(settings: Settings, roles: list[Popen[str]], task_ids: list[str]) -> LogAfterFaults:
+    """The topic once the faults are over, checked: nothing the log confirmed is lost, and every one
+    of ``task_ids`` completed exactly once."""
+    events = await all_events(settings)
+    on_topic, confirmed, unconfirmed = nothing_lost(events, roles)
+    completed_once(events, task_ids)
+    return LogAfterFaults(events, on_topic, confirmed, unconfirmed)
 
 
 def nothing_lost(events: list[TaskEvent], roles: list[Popen[str]]) -> tuple[int, int, int]:

@@ -15,9 +15,8 @@ import pytest
 from ledger.cluster import LocalCluster
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
-from tests.engine import all_events
 from tests.flows import asked, done
-from tests.outcomes import completed_once, nothing_lost
+from tests.outcomes import checked_log
 from tests.raw_http import ModernClient
 from tests.spawn import ledger_roles
 from tests.stack import until
@@ -72,9 +71,7 @@ async def test_a_crashed_broker_restarted_on_its_data_loses_nothing(lone_broker:
             for task_id in task_ids:
                 await until(lambda: done(client, task_id), 120)
             resumed_s = time.monotonic() - killed_at
-    events = await all_events(settings)
-    on_topic, confirmed, unconfirmed = nothing_lost(events, roles)
-    completed_once(events, task_ids)
+    _, on_topic, confirmed, unconfirmed = await checked_log(settings, roles, task_ids)
     figures(f"1 broker SIGKILLed with {TASKS // 2} tasks waiting and {TASKS // 2} completed, restarted on its data "
             f"({back_s:.1f} s to answer again): {confirmed} events confirmed before and after, {on_topic} on the "
             f"topic ({unconfirmed} not confirmed); the waiting tasks kept their questions and all completed "

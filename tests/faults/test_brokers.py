@@ -18,9 +18,8 @@ from ledger.cluster import LocalCluster
 from ledger.events import TaskCreated
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
-from tests.engine import all_events
 from tests.flows import FlowStats, approve_many, asked, asked_or_done, call, done
-from tests.outcomes import completed_once, nothing_lost
+from tests.outcomes import checked_log
 from tests.raw_http import ModernClient
 from tests.spawn import ledger_roles
 from tests.stack import until
@@ -69,9 +68,7 @@ async def test_the_leader_of_most_partitions_killed_mid_run(local_cluster: Local
         task_ids = await asyncio.wait_for(running, 600)
         elapsed = time.monotonic() - stats.started_at
     await until(lambda: fully_replicated(local_cluster, settings), 120)
-    events = await all_events(settings)
-    on_topic, confirmed, unconfirmed = nothing_lost(events, roles)
-    completed_once(events, task_ids)
+    _, on_topic, confirmed, unconfirmed = await checked_log(settings, roles, task_ids)
     figures(f"{flows} approve_expense flows; broker {victim} (leader of {led} of {settings.partitions} partitions) "
             f"SIGKILLed after {killed_at - stats.started_at:.1f} s and restarted 10 s later: all completed in "
             f"{elapsed:.1f} s, each once; {confirmed} events confirmed by the log, {on_topic} on the topic "
@@ -136,9 +133,7 @@ async def test_two_of_three_brokers_down_is_a_clear_error_then_carries_on(local_
                 await until(lambda: done(client, task_id), 120)
     outputs = "".join(line for role in roles for line in role.output)
     assert "Traceback" not in outputs
-    events = await all_events(settings)
-    on_topic, confirmed, unconfirmed = nothing_lost(events, roles)
-    completed_once(events, survivors)
+    events, on_topic, confirmed, unconfirmed = await checked_log(settings, roles, survivors)
     late_recorded = any(isinstance(e, TaskCreated) and e.task_id == late_task for e in events)
     figures(f"2 of 3 brokers SIGKILLed: a create failed after {create_s:.1f} s and an answer after {answer_s:.1f} s "
             f"with a clear MCP error (LEDGER_APPEND_TIMEOUT_MS 5000); /readyz 503: {ready.json()['reason']!r}; "
@@ -160,9 +155,7 @@ async def test_every_broker_restarted_in_turn_under_load(local_cluster: LocalClu
             await restart(local_cluster, node.node_id)
         task_ids = await asyncio.wait_for(running, 600)
         elapsed = time.monotonic() - stats.started_at
-    events = await all_events(settings)
-    on_topic, confirmed, unconfirmed = nothing_lost(events, roles)
-    completed_once(events, task_ids)
+    _, on_topic, confirmed, unconfirmed = await checked_log(settings, roles, task_ids)
     figures(f"{flows} approve_expense flows while each of the 3 brokers was stopped and restarted in turn: all "
             f"completed in {elapsed:.1f} s, each once; {confirmed} events confirmed, {on_topic} on the topic "
             f"({unconfirmed} not confirmed); {stats.describe()}")
