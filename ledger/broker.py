@@ -132,6 +132,9 @@ class EmbeddedBroker:
             stdout=self._output,
             stderr=self._output,
             preexec_fn=die_with_parent,
+            # Out of the terminal's process group: Ctrl-C reaches only ledger, which stops the broker
+            # after the clients that use it (otherwise they log the broker's death on the way out).
+            start_new_session=True,
         )
         self._wait_ready(timeout)
 

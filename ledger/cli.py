@@ -152,8 +152,10 @@ def _client(args: argparse.Namespace, work: Callable[[terminal.TaskClient], Awai
     try:
         return asyncio.run(session())
     except EOFError:
+        print()  # ends the prompt's line
         print("ledger: the input ended before every question was answered", file=sys.stderr)
     except KeyboardInterrupt:
+        print()
         print("ledger: stopped; the task goes on, and `ledger answer` takes it up again", file=sys.stderr)
     return 2
 
@@ -196,14 +198,19 @@ def _read_commands(commands: argparse._SubParsersAction) -> None:
     history.set_defaults(run=run_history)
 
     tail = _read_parser(commands, "tail", "print events as they are appended",
-                        "Follow the task-events topic and print each new event (Ctrl-C to stop).")
-    tail.add_argument("--from-beginning", action="store_true", help="print the existing events first")
+                        "Follow the task-events topic and print each new event (Ctrl-C to stop). New events "
+                        "print as they are read, which is in order for each task.")
+    tail.add_argument("--from-beginning", action="store_true",
+                      help="print the events already on the log first, in the order they occurred")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(run=run_tail)
 
-    topics = _read_parser(commands, "topics", "describe ledger's topics and the workers' lag",
-                          "Show each ledger topic's partitions, end offsets, and the worker group's committed "
-                          "offsets and lag.")
+    topics = _read_parser(commands, "topics", "describe ledger's topics and the workers' progress",
+                          "Show each ledger topic's partitions and end offsets; for the task events, the worker "
+                          "group's committed offsets, the events after them, and the open tasks there: waiting "
+                          "for people, running, and not started (workers that stay behind leave tasks not "
+                          "started). Empty partitions are left out unless --all.")
+    topics.add_argument("--all", action="store_true", help="show empty partitions too")
     topics.add_argument("--create", action="store_true",
                         help="create the topics first when they are missing (with LEDGER_PARTITIONS, "
                              "LEDGER_REPLICATION_FACTOR, LEDGER_MIN_INSYNC_REPLICAS), as compose's one-shot does")
@@ -259,9 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(command: str) -> None:
-    """Timestamped lines on stderr: ledger's own at INFO for the server and worker roles (WARNING
-    in ``ledger dev``, whose terminal is for the banner), the Kafka client's at WARNING."""
-    level = logging.WARNING if command == "dev" else logging.INFO
+    """Timestamped lines on stderr: ledger's own at INFO for the long-running roles, WARNING for the
+    commands that print for people (``ledger dev``'s terminal is for its banner and transitions, a
+    read command's for what it read); the Kafka client's at WARNING."""
+    level = logging.INFO if command in ("server", "worker", "broker") else logging.WARNING
     logs.configure(level)
 
 
@@ -349,7 +357,7 @@ def run_topics(args: argparse.Namespace) -> int:
     settings = Settings.from_env(bootstrap=args.bootstrap)
     if args.create:
         asyncio.run(ensure_topics(settings))
-    asyncio.run(console.describe_topics(settings))
+    asyncio.run(console.describe_topics(settings, show_all=args.all))
     return 0
 
 

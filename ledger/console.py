@@ -10,7 +10,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -18,14 +19,21 @@ from typing import TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.consumer import topic_partitions
+from ledger.events import TaskStarted
 from ledger.profiles import broker_profile
 from ledger.reader import LogReader
+from ledger.records import LogRecord
 from ledger.readside import row_json
 from ledger.replay import Progress, ReplaySummary, build_store, replay
 from ledger.settings import Settings
+from projections.fence import Fence
 from projections.history import Entry, entry
-from projections.status import TaskRow
+from projections.status import TaskRow, transition
 from projections.store import EVERYONE, ProjectionStore
+
+
+# Records ``ledger tail --from-beginning`` holds per partition while it merges the log in time order.
+BACKLOG_HELD = 2_000
 
 
 class NoSuchTask(LookupError):
@@ -75,8 +83,20 @@ async def run_replay(settings: Settings, path: Path, *, projection: str, since_m
     print(f"replayed {summary.events:,} events of {settings.events_topic} into {path} in {summary.seconds:.1f} s: "
           f"{summary.rate:,.0f} events/s; {tasks}, {summary.skipped:,} events left out, "
           f"{summary.dead_letters:,} undecodable records skipped", file=out)
-    print("checkpoint: " + ", ".join(f"{p}@{o}" for p, o in sorted(summary.checkpoint.items())), file=out)
+    print(checkpoint_line(summary.checkpoint), file=out)
     return summary
+
+
+def checkpoint_line(checkpoint: dict[int, int]) -> str:
+    """What a store reached, in one line however many partitions (the store keeps each offset)."""
+    if not checkpoint:
+        return "checkpoint: no partition read"
+    offsets = checkpoint.values()
+    low, high = min(offsets), max(offsets)
+    reach = f"offset {low:,}" if low == high else f"offsets {low:,} to {high:,}"
+    count = len(checkpoint)
+    return (f"checkpoint: {count} partition{'s' * (count != 1)} read to {reach} ({sum(offsets):,} records in all; "
+            "the store keeps each partition's offset)")
 
 
 async def open_store(settings: Settings, path: Path | None, err: TextIO = sys.stderr) -> ProjectionStore:
@@ -137,25 +157,60 @@ def entry_line(item: Entry) -> str:
 
 async def tail(settings: Settings, *, from_beginning: bool, as_json: bool, out: TextIO = sys.stdout,
                limit: int | None = None) -> None:
-    """Print events as they are appended (after reading past the existing ones, unless ``from_beginning``)."""
+    """Print events as they are appended; with ``from_beginning``, the events already on the log
+    first, in the order they occurred across partitions."""
     printed = 0
+
+    def show(record: LogRecord) -> bool:
+        """Print ``record``; True once ``limit`` lines are printed."""
+        nonlocal printed
+        item = entry(record.event, record.partition, record.offset)
+        print(json.dumps(item.as_json()) if as_json else entry_line(item), file=out, flush=True)
+        printed += 1
+        return limit is not None and printed >= limit
+
     async with LogReader(settings, client_id=f"{settings.client_id}-tail") as reader:
-        live = from_beginning
-        while True:
-            records = await reader.fetch(timeout_ms=200)
-            if live:
-                for record in records:
-                    item = entry(record.event, record.partition, record.offset)
-                    print(json.dumps(item.as_json()) if as_json else entry_line(item), file=out, flush=True)
-                    printed += 1
-                    if limit is not None and printed >= limit:
-                        return
-            elif reader.caught_up():
-                live = True
+        if from_beginning:
+            async for record in in_time_order(reader):
+                if show(record):
+                    return
+        else:
+            async for _ in reader.catch_up():
+                pass
+        async for batch in reader.follow():  # paced: an idle follower fetches rarely
+            for record in batch:
+                if show(record):
+                    return
 
 
-async def describe_topics(settings: Settings, out: TextIO = sys.stdout) -> dict[str, dict[int, tuple[int, int | None]]]:
-    """Each ledger topic's partitions with their end offsets, and the worker group's committed offsets."""
+async def in_time_order(reader: LogReader) -> AsyncIterator[LogRecord]:
+    """The events on the log up to each partition's end, merged across partitions by the time they
+    occurred (within a partition, log order).
+
+    A record is released once every partition not yet read to its end holds one, so that none
+    earlier can still come; a partition holding ``BACKLOG_HELD`` records is not fetched until some
+    are released, which bounds memory however long the log is.
+    """
+    held: dict[int, deque[LogRecord]] = {p: deque() for p in reader.partitions()}
+    while True:
+        for record in await reader.fetch():
+            held[record.partition].append(record)
+        for partition, records in held.items():
+            reader.hold(partition, len(records) >= BACKLOG_HELD)
+        while all(records or reader.read_to_end(partition) for partition, records in held.items()):
+            heads = [records for records in held.values() if records]
+            if not heads:
+                for partition in held:
+                    reader.hold(partition, False)
+                return
+            earliest = min(heads, key=lambda records: (records[0].event.occurred_at, records[0].partition))
+            yield earliest.popleft()
+
+
+async def describe_topics(settings: Settings, *, show_all: bool = False,
+                          out: TextIO = sys.stdout) -> dict[str, dict[int, tuple[int, int | None]]]:
+    """Each ledger topic's partitions with their end offsets; for the events topic, the worker group's
+    committed offsets and the open tasks after them (waiting for people, running, not started)."""
     described: dict[str, dict[int, tuple[int, int | None]]] = {}
     group = f"{settings.topic_prefix}.workers"
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False,
@@ -171,17 +226,67 @@ async def describe_topics(settings: Settings, out: TextIO = sys.stdout) -> dict[
             described[topic] = {p: (end, committed.get(p)) for p, end in sorted(ends.items())}
     finally:
         await consumer.stop()
+    events = described[settings.events_topic]
+    uncommitted = {p: end - (committed or 0) for p, (end, committed) in events.items() if end > (committed or 0)}
+    open_tasks = await _open_tasks(settings, {p: events[p][1] or 0 for p in uncommitted})
     for topic, partitions in described.items():
         total = sum(end for end, _ in partitions.values())
-        print(f"{topic}: {len(partitions)} partitions, {total:,} events", file=out)
+        shown = {p: v for p, v in partitions.items() if show_all or v[0] > 0}
+        hidden = len(partitions) - len(shown)
+        note = f" ({hidden} empty, not shown: --all shows them)" if hidden and shown else ""
+        print(f"{topic}: {len(partitions)} partitions, {total:,} events{note}", file=out)
+        if not shown:
+            continue
+        if topic != settings.events_topic:
+            table(["partition", "end offset"], [[str(p), f"{end:,}"] for p, (end, _) in shown.items()], out)
+            continue
         rows = []
-        for partition, (end, committed) in partitions.items():
-            lag = "" if committed is None else f"{end - committed:,}"
-            rows.append([str(partition), f"{end:,}", "" if committed is None else f"{committed:,}", lag])
-        headers = ["partition", "end offset", f"committed ({group})", "lag"] if topic == settings.events_topic \
-            else ["partition", "end offset", "", ""]
-        table(headers, rows, out)
+        for partition, (end, committed) in shown.items():
+            tasks = open_tasks.get(partition, Counter())
+            rows.append([str(partition), f"{end:,}", "" if committed is None else f"{committed:,}",
+                         f"{uncommitted.get(partition, 0):,}",
+                         *(f"{tasks[state]:,}" for state in OPEN_STATES)])
+        table(["partition", "end offset", f"committed ({group})", "uncommitted", *OPEN_STATES], rows, out)
+    print("Uncommitted events are normal: a partition's commit sits on a worker's claim at or before its oldest "
+          "open task, where a successor starts reading, so a task waiting for people holds every later event "
+          "uncommitted. Workers are behind where tasks stay not started.", file=out)
     return described
+
+
+OPEN_STATES = ("waiting for people", "running", "not started")
+
+
+async def _open_tasks(settings: Settings, committed: dict[int, int]) -> dict[int, Counter[str]]:
+    """Per partition, the tasks after its committed offset that have not ended, by ``OPEN_STATES``.
+
+    Every task that has not ended was created at or after its partition's committed offset (the
+    workers commit no further), so reading from there finds them all."""
+    if not committed:
+        return {}
+    rows: dict[str, tuple[int, TaskRow]] = {}
+    started: set[str] = set()
+    fence = Fence()
+    async with LogReader(settings, checkpoint=committed, partitions=committed,
+                         client_id=f"{settings.client_id}-topics") as reader:
+        async for batch in reader.catch_up():
+            for record in batch:
+                if not fence.admits(record):
+                    continue
+                event = record.event
+                if isinstance(event, TaskStarted):
+                    started.add(event.task_id)
+                previous = rows.get(event.task_id)
+                row = transition(previous[1] if previous else None, event)
+                if row is not None:
+                    rows[event.task_id] = (record.partition, row)
+    counts: dict[int, Counter[str]] = {}
+    for task_id, (partition, row) in rows.items():
+        if row.terminal:
+            continue
+        state = ("waiting for people" if row.status == "input_required"
+                 else "running" if task_id in started else "not started")
+        counts.setdefault(partition, Counter())[state] += 1
+    return counts
 
 
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:

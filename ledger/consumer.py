@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import time
 from collections.abc import Sequence
@@ -75,7 +77,13 @@ class DecodingConsumer:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            try:
+                await self._consumer.stop()
+            except asyncio.CancelledError:
+                # aiokafka's fetcher awaits the fetch task it just cancelled, and so raises that task's
+                # CancelledError when the fetch was waiting to retry (a broker gone): stopped all the same.
+                if asyncio.current_task().cancelling():
+                    raise
 
     async def __aenter__(self) -> Self:
         await self.start()

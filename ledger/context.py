@@ -119,6 +119,8 @@ class Context:
         return json.loads(result_json)
 
     async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self._journal.ahead_of(self._next_elicitation, self._next_step):
+            return  # a re-run repeating a report that an earlier run wrote before reaching its journaled point
         await self._host.append(
             ProgressReported(task_id=self.task_id, principal=self.principal, actor=self._actor,
                              progress=progress, total=total, message=message)

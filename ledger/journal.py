@@ -115,6 +115,11 @@ class Journal:
         encoded = self._steps.get(sequence) if self._steps else None
         return CODEC.decode(encoded) if encoded is not None else None  # type: ignore[return-value]
 
+    def ahead_of(self, elicitations: int, steps: int) -> bool:
+        """Whether the journal holds a question or step beyond a run that has asked ``elicitations``
+        and run ``steps`` so far: the run is re-running what an earlier run already did."""
+        return elicitations < len(self._asked) or (self._steps is not None and steps <= max(self._steps))
+
     @property
     def waiting(self) -> bool:
         """Whether the task is parked: it asked a question that is not answered yet."""

@@ -82,6 +82,19 @@ class LogReader(DecodingConsumer):
                 return False
         return True
 
+    def read_to_end(self, partition: int) -> bool:
+        """True when ``partition`` has been read up to the high watermark of its last fetch."""
+        highwater = self._consumer.highwater(TopicPartition(self.topic, partition))
+        return highwater is not None and self._positions[partition] >= highwater
+
+    def hold(self, partition: int, held: bool) -> None:
+        """Stop fetching ``partition`` (or fetch it again): for a caller whose buffer of it is full."""
+        tp = TopicPartition(self.topic, partition)
+        if held:
+            self._consumer.pause(tp)
+        else:
+            self._consumer.resume(tp)
+
     def all_reached(self, offset: int) -> bool:
         """True when every partition has been read to ``offset`` or to its end."""
         for tp in self._partitions:

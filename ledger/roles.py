@@ -167,6 +167,24 @@ def _first(app: App) -> str:
     return next(iter(app.tools), "a tool")
 
 
+def _example_call(app: App) -> str:
+    """``ledger call`` of the app's first tool, with a value of the right type for each required argument."""
+    if not app.tools:
+        return "ledger call TOOL key=value ..."
+    schema = app.get(_first(app)).input_schema
+    arguments = []
+    for name in schema.get("required", ()):
+        field = schema.get("properties", {}).get(name, {})
+        if "enum" in field:
+            value = field["enum"][0]
+        elif field.get("type") in ("number", "integer"):
+            value = field.get("minimum", 1)
+        else:
+            value = {"boolean": "true"}.get(field.get("type"), "example")
+        arguments.append(f"{name}={value}")
+    return " ".join(["ledger call", _first(app), *arguments])
+
+
 def _banner(app: App, source: str, host: str, port: int, bootstrap: str, broker_log: Path) -> str:
     url = f"http://{host}:{port}/mcp"
     tools = ", ".join(app.tools)
@@ -179,7 +197,10 @@ def _banner(app: App, source: str, host: str, port: int, bootstrap: str, broker_
 Try it:
   connect any MCP client to {url} and call {_first(app)} as a task;
   a tool that asks a question waits in input_required until you answer its elicitation.
-  watch the tasks and their timelines at http://{host}:{port}/ui
+  or from another shell, call it and answer its questions at the prompt:
+    {_example_call(app)} --url {url}
+  answer what your tasks wait for, and watch their timelines, at http://{host}:{port}/ui
+  (or list and answer them from a shell: ledger answer --url {url})
   read the history from another shell:
     LEDGER_BOOTSTRAP={bootstrap} ledger tasks
     LEDGER_BOOTSTRAP={bootstrap} ledger history TASK_ID

@@ -229,7 +229,8 @@ class Adapter:
         if row.terminal:
             return tool_call_result(row)
         waiting = error_result(f"Task {row.task_id} needs input: {row.pending[0].message} Answer it with "
-                               f"tasks/get _meta[{ELICITATION_RESPONSE!r}].")
+                               f"tasks/get _meta[{ELICITATION_RESPONSE!r}], in the /ui inbox, or from a "
+                               f"terminal: ledger answer {row.task_id}")
         waiting["_meta"] = {RELATED_TASK: {"taskId": row.task_id},
                             PENDING_ELICITATIONS: [pending_json(p) for p in row.pending]}
         return waiting

@@ -10,6 +10,8 @@ stop and restart brokers then skip).
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -20,6 +22,7 @@ from ledger.cluster import LocalCluster
 from ledger.log import EventLog
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
+from tests.spawn import LEDGER, drain, wait_for_line
 
 BROKERS = ("embedded", "kafka")
 
@@ -81,6 +84,23 @@ def bootstrap(kafka_cluster: LocalCluster | None) -> Iterator[str]:
     else:
         with EmbeddedBroker(port=free_port()) as broker:
             yield broker.bootstrap
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[tuple[str, Settings]]:
+    """``ledger dev`` (its own embedded broker) on a free port: its MCP URL, and settings that read
+    its log."""
+    port = free_port()
+    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
+        drain(process)
+        bootstrap = re.search(r"embedded Kafka\s+(\S+)", banner).group(1)
+        yield f"http://127.0.0.1:{port}/mcp", Settings.from_env(bootstrap=bootstrap)
+    finally:
+        process.kill()
+        process.wait(30)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from ledger.broker import free_port
 from ledger.events import RequestRejected
 from ledger.settings import Settings
 from tests.engine import history
@@ -98,7 +99,7 @@ async def test_a_host_that_is_not_ours_is_refused(stack: tuple[str, Settings]) -
 
 
 def test_no_unauthenticated_serving_beyond_loopback(settings: Settings, tmp_path: Path) -> None:
-    refused = subprocess.run(LEDGER + ["server", "examples/demo.py", "--host", "0.0.0.0", "--port", "8765"],
+    refused = subprocess.run(LEDGER + ["server", "examples/demo.py", "--host", "0.0.0.0", "--port", str(free_port())],
                              capture_output=True, text=True, timeout=60, env=role_environment(settings))
     assert refused.returncode == 2
     assert "refusing to serve without authentication on 0.0.0.0" in refused.stderr

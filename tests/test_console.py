@@ -101,18 +101,40 @@ async def test_replay_in_several_processes_builds_the_store_one_process_builds(s
     assert refused.returncode == 2 and "--processes must be at least 1" in refused.stderr
 
 
-async def test_topics_and_tail(settings: Settings, trips: list[str]) -> None:
+async def test_topics_tells_waiting_for_people_from_not_started(settings: Settings, trips: list[str]) -> None:
+    async with EventLog(settings) as log:
+        [created] = await log.append_many([sample(TaskCreated, "fresh")])
     described = ledger(settings, "topics")
     assert described.returncode == 0, described.stderr
-    assert f"{settings.events_topic}: {settings.partitions} partitions, 11 events" in described.stdout
+    lines = described.stdout.splitlines()
+    assert lines[0].startswith(f"{settings.events_topic}: {settings.partitions} partitions, 12 events")
+    header = lines[1].split("  ")
+    assert [h for h in header if h][-3:] == ["waiting for people", "running", "not started"]
+    rows = {line.split()[0]: line.split()[-3:] for line in lines[3:] if line[:1].isdigit()}
+    assert len(rows) < settings.partitions and "empty, not shown" in lines[0]  # empty partitions are left out
+    assert sum(int(r[0]) for r in rows.values()) == 1  # trip-2 waits for its answer
+    assert rows[str(created.partition)][2] == "1"  # "fresh" was never started
+    everything = ledger(settings, "topics", "--all").stdout
+    assert sum(line[:1].isdigit() for line in everything.splitlines()) == settings.partitions + 1  # + dead letters
+
+
+async def test_tail_from_the_beginning_prints_the_log_in_time_order(settings: Settings, topics: dict) -> None:
+    tasks = [f"t-{i}" for i in range(6)]
+    async with EventLog(settings) as log:  # in time order, as tasks run side by side: they interleave
+        positions = await log.append_many([
+            sample(kind, task, occurred_at=1_700_000_000_000 + 10 * step + i)
+            for step, kind in enumerate((TaskCreated, TaskStarted, TaskCompleted)) for i, task in enumerate(tasks)])
+    assert len({position.partition for position in positions}) > 1
     tail = subprocess.Popen(LEDGER + ["tail", "--from-beginning", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=role_environment(settings))
+                            stderr=subprocess.PIPE, text=True, env=role_environment(settings))
     try:
-        entries = [json.loads(tail.stdout.readline()) for _ in range(11)]
+        entries = [json.loads(tail.stdout.readline()) for _ in range(18)]
     finally:
         tail.kill()
         tail.wait(10)
-    assert sorted(e["kind"] for e in entries if e["kind"] == "asked") == ["asked"] * 3
+    occurred = [e["occurredAt"] for e in entries]
+    assert occurred == sorted(occurred) and [e["kind"] for e in entries[:6]] == ["created"] * 6
+    assert tail.stderr.read() == ""  # a read command prints what it read, not the client's log lines
 
 
 async def test_a_reader_that_stops_reading_ends_tail_quietly(settings: Settings, trips: list[str]) -> None:

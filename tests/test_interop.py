@@ -6,40 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from ledger.broker import free_port
 from ledger.events import ResponseSubmitted, TaskCancelled, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events
 from tests.modern_client import modern_client
 from tests.raw_http import ModernClient
-from tests.spawn import LEDGER, drain, wait_for_line
 
 pytestmark = pytest.mark.slow
 
 FLOWS = "tests/interop/fastmcp_flows.py"
-
-
-@pytest.fixture(scope="module")
-def dev() -> Iterator[tuple[str, Settings]]:
-    """``ledger dev`` on a free port: its MCP URL, and settings that read its embedded broker."""
-    port = free_port()
-    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
-        banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
-        drain(process)
-        bootstrap = re.search(r"embedded Kafka\s+(\S+)", banner).group(1)
-        yield f"http://127.0.0.1:{port}/mcp", Settings.from_env(bootstrap=bootstrap)
-    finally:
-        process.kill()
-        process.wait(30)
 
 
 def fastmcp(url: str, mode: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ share one broker, and a worker SIGKILLed while one task waits and another runs."
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -43,13 +44,15 @@ def counted(task: dict) -> int:
 
 async def test_ledger_dev_as_a_new_user_runs_it() -> None:
     port = free_port()
+    # A session of its own, as a terminal gives: Ctrl-C signals the whole foreground process group.
     process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
         url = f"http://127.0.0.1:{port}/mcp"
         assert url in banner and "approve_expense, plan_trip, count_slowly" in banner
         assert "call approve_expense as a task" in banner and f"ledger-dev-broker-{port}.log" in banner
+        assert f"ledger call approve_expense amount=1 description=example --url {url}" in banner
         assert "tansu" not in banner.lower()  # the broker's own output goes to its log file
         async with connect(url, approve) as client:
             relayed = await call_as_task(client, "approve_expense", {"amount": 20, "description": "train"})
@@ -60,10 +63,10 @@ async def test_ledger_dev_as_a_new_user_runs_it() -> None:
             await answer_first_pending(client, trip, {"confirm": True})
             result = await task_result(client, trip)
         assert result["content"][0]["text"] == "booked Rome for 4 nights from 2027-03-01"
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         assert process.wait(30) == 0
         output = process.stdout.read()
-        assert "ledger dev: stopped" in output and "Traceback" not in output, output
+        assert "ledger dev: stopped" in output and "Traceback" not in output and "ERROR" not in output, output
         # One line per transition, as it happened: time, short task id, tool, what, who.
         short = trip[:8]
         assert re.search(rf"\d\d:\d\d:\d\d\.\d{{3}}  {short}  plan_trip  created by anonymous", output), output

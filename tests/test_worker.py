@@ -46,6 +46,7 @@ async def test_steps_run_once_whether_resumed_in_place_or_replayed(
     starts = [e.attempt for e in events if isinstance(e, TaskStarted)]
     assert starts == ([1] if hot_window_ms else [1, 2])
     assert [e.name for e in events if isinstance(e, StepRecorded)] == ["charge", "ship"]
+    assert [e.progress for e in events if isinstance(e, ProgressReported)] == [1, 2]  # a re-run repeats none
     assert sum(isinstance(e, ElicitationRequested) for e in events) == 1
     assert sum(isinstance(e, TaskCompleted) for e in events) == 1
 

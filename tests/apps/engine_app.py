@@ -21,8 +21,10 @@ async def journaled(ledger_file: str, ctx: Context) -> str:
     """Two side effects around a question; the file shows how often each really ran."""
     path = Path(ledger_file)
     first = await ctx.step("charge", lambda: _append(path, "charge"))
+    await ctx.report_progress(1, 2, "charged")
     answer = await ctx.elicit("Ship it?", YES)
     second = await ctx.step("ship", lambda: _append(path, "ship"))
+    await ctx.report_progress(2, 2, "shipped")
     return f"{first}+{second}:{answer.content['ok']}"
 
 
