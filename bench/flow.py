@@ -4,6 +4,7 @@ side by side on this machine, in one run, driven by the peer's own load generato
     python bench/flow.py                          # N=2000, C in 1,16,64, 3 runs, the peer and ledger on both brokers
     python bench/flow.py --flows 200 --runs 1     # quick check
     python bench/flow.py --broker kafka --impls peer,ledger-tasks,ledger-meta --json /tmp/flow.json
+    python bench/flow.py --impls ledger-tasks,ledger-meta --push --concurrency 1,64   # push beside poll
 
 Implementations/paths, interleaved run by run so that machine load hits them alike:
 
@@ -19,6 +20,9 @@ Implementations/paths, interleaved run by run so that machine load hits them ali
   Kafka cluster of local JVMs (ledger/cluster.py; replication 3, ``min.insync.replicas`` 2), started
   once, warmed with ``--kafka-warmup`` flows and paused (SIGSTOP) whenever another run goes.
 * ``ledger-meta@…``: the same stacks on the 2025-11-25 ``_meta`` pattern.
+* ``ledger-push@…`` and ``ledger-relay@…`` (``--push``): the same stacks, nothing polled: the 2026-07-28
+  client listens (``subscriptions/listen``) for the question and the result; the 2025-11-25 client waits
+  on ``tasks/result``, which relays the question and returns the result.
 
 Every run: a fresh stack, 20 warm-up flows (not counted), then N flows at concurrency C through
 bench/flow_load.py, which runs under the peer's venv and calls the peer's ``loadgen.run_flow``
@@ -76,7 +80,12 @@ class Impl:
 
 PEER = Impl("peer", "peer: FastMCP 4 + fastmcp-tasks, Redis (2026-07-28 tasks)", "tasks", "peer")
 BROKER_LABELS = {"embedded": "embedded broker", "kafka": "Apache Kafka, 3 brokers"}
-PATHS = {"tasks": "2026-07-28 tasks ext", "meta": "2025-11-25 `_meta`"}
+PATHS = {"tasks": "2026-07-28 tasks ext", "meta": "2025-11-25 `_meta`",
+         "push": "2026-07-28 tasks ext, pushed by subscriptions/listen", "relay": "2025-11-25 relay on tasks/result"}
+# Requests a flow makes besides its polls (tasks/get): create and answer; the `_meta` path reads the result with
+# tasks/result; push opens one listen stream; relay one tasks/result, whose question it answers with a response.
+REQUESTS_BESIDES_POLLS = {"tasks": 2, "meta": 3, "push": 3, "relay": 3}
+PUSHED = ("push", "relay")
 IMPLS = [PEER] + [Impl(f"ledger-{path}@{broker}", f"ledger ({label}; {BROKER_LABELS[broker]})", path, "ledger", broker)
                   for broker in BROKER_LABELS for path, label in PATHS.items()]
 KAFKA_TASKS = next(impl for impl in IMPLS if impl.key == "ledger-tasks@kafka")
@@ -350,14 +359,19 @@ def row(impl: Impl, concurrency: int, runs: list[dict], peer_runs: list[dict]) -
     rss = ", ".join(f"{name} {max(r['peak_rss_mb'][name] for r in runs):.0f}" for name in runs[0]["peak_rss_mb"])
     loads = [r["loadavg1_before"] for r in runs]
     return (f"| {impl.label} | {concurrency} | {tps:.1f} ({', '.join(str(r['throughput_tps']) for r in runs)}) | "
-            f"{tps_ratio} | {' | '.join(latency)} | {p50_ratio} | {median(runs, 'mean_polls_per_task'):.2f} | "
+            f"{tps_ratio} | {' | '.join(latency)} | {p50_ratio} | {requests_per_flow(impl, runs)} | "
             f"{cpu_text} | {idle} | {rss} | {sum(r['errors'] for r in runs)} | {min(loads):.2f}–{max(loads):.2f} |")
+
+
+def requests_per_flow(impl: Impl, runs: list[dict]) -> str:
+    polls = median(runs, "mean_polls_per_task")
+    return f"{polls + REQUESTS_BESIDES_POLLS[impl.path]:.2f} ({polls:.2f})"
 
 
 def table(results: dict[tuple[str, int], list[dict]], impls: list[Impl], levels: list[int]) -> str:
     lines = ["| implementation / path | C | completed flows/s (runs) | flows/s ×peer | create p50/p99 ms | "
              "create→input_required p50/p99 ms | answer→completed p50/p99 ms | p50 ×peer (create / →IR / "
-             "answer→done) | polls/task | CPU s per task | idle CPU % of a core | peak RSS MB | errors | "
+             "answer→done) | requests/flow (polls) | CPU s per task | idle CPU % of a core | peak RSS MB | errors | "
              "load1 before |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for concurrency in levels:
@@ -405,10 +419,16 @@ def main() -> None:
                         help="brokers for ledger, comma-separated: embedded, kafka (default %(default)s)")
     parser.add_argument("--kafka-warmup", type=int, default=1000,
                         help="flows through the Kafka cluster once it started, before any run (default %(default)s)")
+    parser.add_argument("--push", action="store_true",
+                        help="also run ledger's paths that wait for the server to push instead of polling: "
+                             "ledger-push (2026-07-28 subscriptions/listen) and ledger-relay (2025-11-25 "
+                             "tasks/result relay), beside the polling paths")
     parser.add_argument("--json", type=Path, help="also write every run's raw result here")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     wanted, brokers = args.impls.split(","), args.broker.split(",")
+    if args.push:
+        wanted += [f"ledger-{path}" for path in PUSHED]
     impls = [i for i in IMPLS if i.key in wanted or (i.broker in brokers and i.key.split("@")[0] in wanted)]
     os.environ["LEDGER_POLL_INTERVAL_MS"] = str(args.poll_ms)
 

@@ -12,6 +12,10 @@ the ledger venv has neither), so every path is driven by the same code and HTTP 
   ``Approve expense of {amount} for {description!r}?`` rather than the peer's
   ``Approve expense of {amount}: {description}?``; method, schema and result text are
   checked exactly as loadgen checks them.
+* ``push``: the tasks path with nothing polled: after ``tools/call``, a ``subscriptions/listen`` on
+  the task brings its question and then its result as ``notifications/tasks`` (2026-07-28).
+* ``relay``: 2025-11-25 with nothing polled: task-augmented ``tools/call``, then ``tasks/result``,
+  whose stream brings the question as ``elicitation/create``; the answer is the response to it.
 * ``meta``: the same flow on ledger's 2025-11-25 ``_meta`` pattern: task-augmented
   ``tools/call``, ``tasks/get`` until ``_meta[pending-elicitations]`` shows the question, the
   answer as ``tasks/get _meta[elicitation-response]``, ``tasks/get`` until completed, then
@@ -74,11 +78,12 @@ class LegacyHttp(loadgen.McpHttp):
     """loadgen's HTTP client speaking 2025-11-25: one initialized session, no routing headers."""
 
     session_id: str | None = None
+    capabilities: dict = {}
 
     async def start(self) -> None:
         self._open()
         body = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": LEGACY_VERSION, "capabilities": {},
+            "protocolVersion": LEGACY_VERSION, "capabilities": self.capabilities,
             "clientInfo": {"name": "flow-meta-loader", "version": "0.1"}}}
         async with self.client.post(self.url, json=body, headers=self._headers()) as r:
             self.session_id = r.headers["mcp-session-id"]
@@ -114,8 +119,19 @@ class LegacyHttp(loadgen.McpHttp):
         return {**task, "pollIntervalMs": task.get("pollInterval")}
 
 
-async def meta_flow(m, i: int, st, deadline: float) -> None:
-    """loadgen.one_flow, step for step, on the 2025-11-25 ``_meta`` pattern."""
+def record(st, times: tuple[float, ...], polls: int) -> None:
+    """One completed flow's legs, as loadgen.one_flow records them: created, asked, answered, done."""
+    t0, t1, t2, t3, t4 = times
+    st.create.append(t1 - t0)
+    st.to_ir.append(t2 - t1)
+    st.answer_to_done.append(t4 - t3)
+    st.polls.append(polls)
+    st.ok += 1
+
+
+async def create_legacy(m, i: int) -> tuple[float, str, dict, float, float]:
+    """Flow ``i``'s task-augmented tools/call on 2025-11-25: amount, description, the CreateTaskResult,
+    and when the call was sent and answered."""
     amount = float(100 + i % 900) + 0.5
     desc = f"expense {i}"
     t0 = time.perf_counter()
@@ -124,6 +140,12 @@ async def meta_flow(m, i: int, st, deadline: float) -> None:
     t1 = time.perf_counter()
     if "task" not in created:
         raise loadgen.ProtocolError(f"tools/call did not create a task: {created}")
+    return amount, desc, created, t0, t1
+
+
+async def meta_flow(m, i: int, st, deadline: float) -> None:
+    """loadgen.one_flow, step for step, on the 2025-11-25 ``_meta`` pattern."""
+    amount, desc, created, t0, t1 = await create_legacy(m, i)
     task_id = created["task"]["taskId"]
     st.advertised_poll_ms.add(created["task"].get("pollInterval"))
     cur, n1 = await m.poll_until(task_id, {"input_required"}, deadline)
@@ -136,17 +158,94 @@ async def meta_flow(m, i: int, st, deadline: float) -> None:
         cur, n2 = await m.poll_until(task_id, {"completed"}, deadline)
     t4 = time.perf_counter()
     loadgen.check_done({"result": await m.rpc("tasks/result", {"taskId": task_id})}, amount)
-    st.create.append(t1 - t0)
-    st.to_ir.append(t2 - t1)
-    st.answer_to_done.append(t4 - t3)
-    st.polls.append(n1 + n2)
-    st.ok += 1
+    record(st, (t0, t1, t2, t3, t4), polls=n1 + n2)
 
 
-async def run_meta(url: str, n: int, conc: int, poll: str, max_s: float) -> dict:
-    """loadgen.run_flow for the ``_meta`` path: same workers, same summary."""
-    m = LegacyHttp(url, conc, poll)
+async def stream(m, headers: dict, body: dict):
+    """The messages of one request answered as an event stream, as they arrive (loadgen's aiohttp client)."""
+    async with m.client.post(m.url, data=json.dumps(body), headers=headers) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            yield json.loads(await response.text())
+            return
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if line.startswith("data:") and line[5:].strip():
+                yield json.loads(line[5:])
+
+
+async def push_flow(m, i: int, st, deadline: float) -> None:
+    """loadgen.one_flow with the status pushed (2026-07-28 ``subscriptions/listen``): no tasks/get."""
+    amount = float(100 + i % 900) + 0.5
+    desc = f"expense {i}"
+    t0 = time.perf_counter()
+    created = await m.create(amount, desc)
+    t1 = time.perf_counter()
+    task_id = created["taskId"]
+    m._id += 1
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+               "mcp-protocol-version": loadgen.PROTO, "mcp-method": "subscriptions/listen"}
+    body = {"jsonrpc": "2.0", "id": m._id, "method": "subscriptions/listen",
+            "params": {"notifications": {"taskIds": [task_id]}, "_meta": loadgen.META}}
+    t2 = t3 = t4 = None
+    async for message in stream(m, headers, body):
+        if "error" in message:
+            raise loadgen.ProtocolError(f"subscriptions/listen: {message['error']}")
+        task = message.get("params") if message.get("method") == "notifications/tasks" else None
+        if task is None:
+            continue
+        if task["status"] == "input_required" and t2 is None:
+            t2 = time.perf_counter()
+            key = loadgen.check_ir(task, amount, desc)
+            t3 = time.perf_counter()
+            await m.update(task_id, {key: loadgen.ANSWER})
+        elif task["status"] == "completed":
+            t4 = time.perf_counter()
+            loadgen.check_done(task, amount)
+            break
+    if t2 is None or t4 is None:
+        raise loadgen.ProtocolError(f"task {task_id}: the stream ended before the task did")
+    record(st, (t0, t1, t2, t3, t4), polls=0)
+
+
+async def relay_flow(m, i: int, st, deadline: float) -> None:
+    """The 2025-11-25 relay: task-augmented tools/call, then ``tasks/result``, on whose stream the question
+    arrives as ``elicitation/create``; the answer is the client's response to it. No tasks/get."""
+    amount, desc, created, t0, t1 = await create_legacy(m, i)
+    task_id = created["task"]["taskId"]
+    m._id += 1
+    body = {"jsonrpc": "2.0", "id": m._id, "method": "tasks/result", "params": {"taskId": task_id}}
+    t2 = t3 = t4 = None
+    async for message in stream(m, m._headers(), body):
+        if message.get("method") == "elicitation/create":
+            t2 = time.perf_counter()
+            if message["params"].get("message") != ledger_message(amount, desc):
+                raise loadgen.ProtocolError(f"unexpected question {message['params']}")
+            t3 = time.perf_counter()
+            await m._post({"jsonrpc": "2.0", "id": message["id"], "result": loadgen.ANSWER}, m._headers())
+        elif message.get("id") == body["id"]:
+            if "error" in message:
+                raise loadgen.ProtocolError(f"tasks/result: {message['error']}")
+            t4 = time.perf_counter()
+            loadgen.check_done({"result": message["result"]}, amount)
+    if t2 is None or t4 is None:
+        raise loadgen.ProtocolError(f"task {task_id}: tasks/result ended without the question or the result")
+    record(st, (t0, t1, t2, t3, t4), polls=0)
+
+
+async def run_legacy(url: str, n: int, conc: int, poll: str, max_s: float, flow=meta_flow) -> dict:
+    """loadgen.run_flow on a 2025-11-25 session: same workers, same summary."""
+    m = LegacyHttp(url, 2 * conc, poll)  # a relay holds tasks/result open while it answers
+    if flow is relay_flow:
+        m.capabilities = {"elicitation": {"form": {}}}
     await m.start()
+    return await run_flows(m, flow, n, conc, poll, max_s)
+
+
+async def run_push(url: str, n: int, conc: int, poll: str, max_s: float) -> dict:
+    return await run_flows(loadgen.McpHttp(url, 2 * conc, poll), push_flow, n, conc, poll, max_s)
+
+
+async def run_flows(m, flow, n: int, conc: int, poll: str, max_s: float) -> dict:
     st = loadgen.Stats()
     deadline = time.monotonic() + max_s
     q = iter(range(n))
@@ -156,7 +255,7 @@ async def run_meta(url: str, n: int, conc: int, poll: str, max_s: float) -> dict
             if time.monotonic() > deadline:
                 return
             try:
-                await meta_flow(m, i, st, deadline)
+                await flow(m, i, st, deadline)
             except Exception as e:  # noqa: BLE001 - counted and reported, as in loadgen
                 st.err(e)
 
@@ -182,7 +281,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--path", choices=["tasks", "meta"], required=True)
+    ap.add_argument("--path", choices=["tasks", "meta", "push", "relay"], required=True)
     ap.add_argument("--expect", choices=["peer", "ledger"], default="ledger",
                     help="whose question text to expect on the tasks path")
     ap.add_argument("--url", required=True)
@@ -201,8 +300,9 @@ def main() -> None:
     elif a.answer:
         res = asyncio.run(loadgen.run_answer(a.url, a.answer, a.c, "fastmcp", a.max_s))
     else:
-        run = loadgen.run_flow if a.path == "tasks" else run_meta
-        res = asyncio.run(run(a.url, a.n, a.c, "fastmcp", a.max_s))
+        runs = {"tasks": loadgen.run_flow, "meta": run_legacy, "push": run_push,
+                "relay": lambda *args: run_legacy(*args, flow=relay_flow)}
+        res = asyncio.run(runs[a.path](a.url, a.n, a.c, "fastmcp", a.max_s))
     res["client_cpu_s"] = round(cpu_seconds() - cpu0, 2)
     print(json.dumps(res))
 

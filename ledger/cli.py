@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Join the worker group and run APP's tools for the tasks in the partitions it is given; "
         "waiting tasks are parked and resumed from the log. Run as many as you have partitions.",
     )
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve /metrics (Prometheus) and /healthz on this port (default: none)")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address of the metrics port (default: %(default)s)")
     worker.set_defaults(run=run_worker)
 
     dev = commands.add_parser(
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _http_arguments(dev)
     dev.add_argument("--quiet", action="store_true",
                      help="print no line per task transition (created, asked, answered, completed...)")
+    dev.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="port of the worker's /metrics and /healthz (default: PORT + 1)")
     dev.set_defaults(run=run_dev)
     _read_commands(commands)
     _terminal_commands(commands)
@@ -308,14 +314,20 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    if args.metrics_port is not None:
+        _check_port(args.metrics_port)
     settings = Settings.from_env(bootstrap=args.bootstrap)
-    return _run(work(load_app(args.app), settings))
+    return _run(work(load_app(args.app), settings, metrics_at=None if args.metrics_port is None
+                     else (args.metrics_host, args.metrics_port)))
 
 
 def run_dev(args: argparse.Namespace) -> int:
     _check_port(args.port)
+    metrics_port = args.port + 1 if args.metrics_port is None else args.metrics_port
+    _check_port(metrics_port)
     source = args.app or str(default_app_path())
-    return _run(serve_dev(load_app(source), source, args.host, args.port, quiet=args.quiet))
+    return _run(serve_dev(load_app(source), source, args.host, args.port, quiet=args.quiet,
+                          metrics_port=metrics_port))
 
 
 def run_replay(args: argparse.Namespace) -> int:

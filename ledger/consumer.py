@@ -126,6 +126,15 @@ class DecodingConsumer:
         if tp in self._consumer.assignment():
             self._consumer.seek(tp, offset)
 
+    def lag_by_partition(self) -> dict[int, int]:
+        """Events past what was read in each assigned partition, as the last fetches showed."""
+        lags = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                lags[tp.partition] = max(0, highwater - self._positions.get(tp.partition, 0))
+        return lags
+
     def _behind(self) -> bool:
         """Whether the last fetches showed events past what was read in some partition."""
         for tp in self._consumer.assignment():

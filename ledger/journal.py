@@ -36,6 +36,7 @@ class Asked(NamedTuple):
     elicitation_id: str
     message: str
     requested_schema_json: str
+    asked_at: int  # Unix ms
 
 
 class Journal:
@@ -45,8 +46,8 @@ class Journal:
     worker's own write read back) changes nothing, and neither does an event the fold ignores.
     """
 
-    __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "attempts", "ended",
-                 "end_read", "ending", "cancel_reason", "_asked", "_answers", "_steps")
+    __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "ttl_ms", "expires_at", "expired",
+                 "attempts", "ended", "end_read", "ending", "cancel_reason", "_asked", "_answers", "_steps")
 
     def __init__(self, created: TaskCreated, partition: int, offset: int) -> None:
         self.task_id = created.task_id
@@ -55,6 +56,10 @@ class Journal:
         self.arguments_json = created.arguments_json
         self.partition = partition
         self.offset = offset  # of the created event: the partition cannot be committed past it
+        # Unix ms when the task's ttl runs out (None: never); ``expired`` once the worker saw it run out.
+        self.ttl_ms = created.ttl_ms
+        self.expires_at = None if created.ttl_ms is None else created.occurred_at + created.ttl_ms
+        self.expired = False
         self.attempts = 0
         self.ended = False
         # The worker applies its own writes at once; an end counts for commits only once read back
@@ -79,7 +84,8 @@ class Journal:
             case ElicitationRequested():
                 if event.sequence != len(self._asked):
                     return False
-                self._asked.append(Asked(event.elicitation_id, event.message, event.requested_schema_json))
+                self._asked.append(Asked(event.elicitation_id, event.message, event.requested_schema_json,
+                                         event.occurred_at))
             case ResponseSubmitted():
                 # The first answer in log order wins, as in the status projection.
                 answers = self._answers or {}
@@ -106,6 +112,10 @@ class Journal:
 
     def elicitation(self, sequence: int) -> Asked | None:
         return self._asked[sequence] if sequence < len(self._asked) else None
+
+    def asked_at(self, elicitation_id: str) -> int | None:
+        """When the question was asked (Unix ms), if this task asked it."""
+        return next((q.asked_at for q in self._asked if q.elicitation_id == elicitation_id), None)
 
     def response(self, elicitation_id: str) -> ResponseSubmitted | None:
         encoded = self._answers.get(elicitation_id) if self._answers else None

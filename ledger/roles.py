@@ -25,6 +25,7 @@ from ledger.server import create_app
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from ledger.worker import Worker
+from ledger.worker_metrics import metrics_app
 
 
 class PortTaken(OSError):
@@ -115,41 +116,59 @@ async def _caught_up(server: HttpServer, serving: asyncio.Task[None]) -> None:
     caught_up.cancel()
 
 
-async def work(app: App, settings: Settings) -> None:
+async def work(app: App, settings: Settings, metrics_at: tuple[str, int] | None = None) -> None:
     stop = _stop_on_signal()
     await ensure_topics(settings)
     worker = Worker(app, settings)
+    metrics_server = None if metrics_at is None else _metrics_server(worker, *metrics_at)
     ready = asyncio.Event()
-    working = asyncio.create_task(worker.run(ready))
-    print(f"ledger worker {worker.worker_id}: running {', '.join(app.tools)} (Kafka {settings.bootstrap})", flush=True)
-    await _until(stop, working)
+    roles = [asyncio.create_task(worker.run(ready))]
+    if metrics_server is not None:
+        roles.append(asyncio.create_task(_serve(metrics_server)))
+    metrics = f"; metrics at http://{metrics_at[0]}:{metrics_at[1]}/metrics" if metrics_at else ""
+    print(f"ledger worker {worker.worker_id}: running {', '.join(app.tools)} (Kafka {settings.bootstrap}){metrics}",
+          flush=True)
+    await _until(stop, *roles)
 
 
-async def serve_dev(app: App, source: str, host: str, port: int, *, quiet: bool = False) -> None:
-    stop = _stop_on_signal()
+def _metrics_server(worker: Worker, host: str, port: int) -> HttpServer:
     if not port_is_free(host, port):
-        raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
+        raise PortTaken(f"port {port} on {host} is in use; choose another with --metrics-port")
+    return HttpServer(uvicorn.Config(metrics_app(worker, worker.metrics), host=host, port=port, log_level="warning",
+                                     lifespan="off"))
+
+
+async def serve_dev(app: App, source: str, host: str, port: int, *, quiet: bool = False,
+                    metrics_port: int | None = None) -> None:
+    stop = _stop_on_signal()
+    metrics_port = port + 1 if metrics_port is None else metrics_port
+    for taken, option in ((port, "--port"), (metrics_port, "--metrics-port")):
+        if not port_is_free(host, taken):
+            raise PortTaken(f"port {taken} on {host} is in use; choose another with {option}")
     # The broker's own output (a live spinner among it) would overwrite the banner: it goes to a file.
     broker_log = Path(tempfile.gettempdir()) / f"ledger-dev-broker-{port}.log"
     with broker_log.open("ab") as output:
         broker = EmbeddedBroker(output=output)
         await asyncio.to_thread(broker.start)
         try:
-            await _dev_roles(app, source, host, port, broker, broker_log, stop, quiet)
+            await _dev_roles(app, source, host, (port, metrics_port), broker, broker_log, stop, quiet)
         finally:
             broker.stop()
     print("ledger dev: stopped", flush=True)
 
 
-async def _dev_roles(app: App, source: str, host: str, port: int, broker: EmbeddedBroker, broker_log: Path,
-                     stop: asyncio.Event, quiet: bool) -> None:
+async def _dev_roles(app: App, source: str, host: str, ports: tuple[int, int], broker: EmbeddedBroker,
+                     broker_log: Path, stop: asyncio.Event, quiet: bool) -> None:
+    port, metrics_port = ports
     settings = replace(Settings.from_env(), bootstrap=broker.bootstrap)
     await ensure_topics(settings)
     worker = Worker(app, settings, worker_id=f"dev-{socket.gethostname()}")
+    server = _http_server(app, settings, host, port)
+    metrics_server = _metrics_server(worker, host, metrics_port)
     ready = asyncio.Event()
     working = asyncio.create_task(worker.run(ready))
-    server = _http_server(app, settings, host, port)
     serving = asyncio.create_task(_serve(server))
+    metrics = asyncio.create_task(_serve(metrics_server))
 
     def up() -> bool:
         return server.started and server.config.app.state.caught_up.is_set() and ready.is_set()
@@ -157,10 +176,10 @@ async def _dev_roles(app: App, source: str, host: str, port: int, broker: Embedd
     while not up() and not serving.done() and not working.done() and not stop.is_set():
         await asyncio.sleep(0.05)
     if up():
-        print(_banner(app, source, host, port, broker.bootstrap, broker_log), flush=True)
+        print(_banner(app, source, host, ports, broker.bootstrap, broker_log), flush=True)
         if not quiet:
             server.config.app.state.view.listen(transitions.printer())
-    await _until(stop, serving, working)
+    await _until(stop, serving, working, metrics)
 
 
 def _first(app: App) -> str:
@@ -185,7 +204,8 @@ def _example_call(app: App) -> str:
     return " ".join(["ledger call", _first(app), *arguments])
 
 
-def _banner(app: App, source: str, host: str, port: int, bootstrap: str, broker_log: Path) -> str:
+def _banner(app: App, source: str, host: str, ports: tuple[int, int], bootstrap: str, broker_log: Path) -> str:
+    port, metrics_port = ports
     url = f"http://{host}:{port}/mcp"
     tools = ", ".join(app.tools)
     return f"""ledger dev: ready
@@ -193,6 +213,7 @@ def _banner(app: App, source: str, host: str, port: int, bootstrap: str, broker_
                    with the tasks extension or multi round-trip requests)
   tools            {tools}   (from {source})
   embedded Kafka   {bootstrap}   (memory storage: events are lost on exit; its log: {broker_log})
+  metrics          http://{host}:{port}/metrics (server), http://{host}:{metrics_port}/metrics (worker)
 
 Try it:
   connect any MCP client to {url} and call {_first(app)} as a task;

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -44,12 +45,14 @@ from starlette.routing import Mount, Route
 from ledger import modern
 from ledger.app import App, UnknownTool, error_result
 from ledger.auth import check_exposure, token_verifier
+from ledger.events import ProgressReported, TaskEvent
 from ledger.health import LogHealth
 from ledger.hosts import HostCheck, transport_security
 from ledger.intake import Intake
 from ledger.log import EventLog
 from ledger.metrics import Metrics
 from ledger.modern import ModernAdapter
+from ledger.listening import TaskListeners
 from ledger.readside import HISTORY_URI, READ_TOOLS, TASK_URI, ReadSide, call_read_tool, read_resource, read_tool_definitions
 from ledger.service import Refused, TaskNotFound, TaskService, awaits_client
 from ledger.sessions import BearerOrSession, SessionSigner
@@ -81,6 +84,19 @@ MAX_STATUS_SUBSCRIBERS = 10_000
 MAX_NOTIFICATIONS_IN_FLIGHT = 1_000
 
 
+class Creator:
+    """The 2025-11-25 session that created a task, and what it is told of the task."""
+
+    __slots__ = ("session", "status", "progress_token", "request_id", "progress")
+
+    def __init__(self, session: Any, status: bool, progress_token: str | int | None, request_id: Any) -> None:
+        self.session = session
+        self.status = status
+        self.progress_token = progress_token
+        self.request_id = request_id
+        self.progress = -math.inf
+
+
 class TaskParams(types.RequestParams):
     task_id: str = Field(alias="taskId", min_length=1)
 
@@ -91,7 +107,12 @@ class _TaskServer(Server[Any]):
     def get_capabilities(self, *args: Any, protocol_version: str | None = None, **kwargs: Any) -> types.ServerCapabilities:
         capabilities = super().get_capabilities(*args, protocol_version=protocol_version, **kwargs)
         if protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return capabilities
+            # The SDK advertises every kind of listen notification once subscriptions/listen has a handler;
+            # ledger's lists never change and it serves no resource subscriptions, only task ids.
+            return capabilities.model_copy(update={
+                "tools": capabilities.tools and capabilities.tools.model_copy(update={"list_changed": False}),
+                "resources": capabilities.resources and capabilities.resources.model_copy(
+                    update={"list_changed": False, "subscribe": False})})
         tasks = types.ServerTasksCapability(
             list=types.TasksListCapability(), cancel=types.TasksCancelCapability(),
             requests=types.ServerTasksRequestsCapability(tools=types.TasksToolsCapability(call=types.TasksCallCapability())),
@@ -154,33 +175,61 @@ class Adapter:
         if len(self.read_tools) < len(READ_TOOLS):
             log.warning("the application defines %s; ledger's read tools of the same names are not served",
                         ", ".join(sorted(set(READ_TOOLS) - set(self.read_tools))))
-        self._status_subscribers: dict[str, Any] = {}
+        self._creators: dict[str, Creator] = {}
         self._notifying: set[asyncio.Task[None]] = set()
         view.listen(self._notify_status)
+        view.listen_events(self._notify_progress)
+
+    def _follow(self, ctx: ServerRequestContext[Any, Any], task_id: str, *, status: bool) -> None:
+        """Tell the session that created ``task_id`` of its changes: with ``status`` its status (a
+        task-augmented call), and its progress when the request carried a progress token."""
+        token = ctx.meta.get("progress_token") if ctx.meta else None
+        if (status or token is not None) and len(self._creators) < MAX_STATUS_SUBSCRIBERS:
+            # A task-augmented call has returned by the time progress comes: its token's notifications go
+            # on the session's GET stream; a plain call's on the stream of the request, which waits.
+            self._creators[task_id] = Creator(ctx.session, status, token, None if status else ctx.request_id)
 
     def _notify_status(self, before: TaskRow | None, after: TaskRow | None) -> None:
         """Send ``notifications/tasks/status`` to the session that created the task (best effort)."""
-        if after is None or before is None or after.task_id not in self._status_subscribers:
+        if after is None or before is None or after.task_id not in self._creators:
             return
-        if (task_status(before), before.status_message) == (task_status(after), after.status_message):
-            return
-        session = self._status_subscribers[after.task_id]
+        creator = self._creators[after.task_id]
         if after.terminal:
-            del self._status_subscribers[after.task_id]
-        if len(self._notifying) >= MAX_NOTIFICATIONS_IN_FLIGHT:
+            del self._creators[after.task_id]
+        if not creator.status or (task_status(before), before.status_message) == (task_status(after),
+                                                                                   after.status_message):
             return
         notification = types.TaskStatusNotification(
             params=types.TaskStatusNotificationParams.model_validate(task_json(after), by_name=False))
-        sending = asyncio.create_task(self._send_quietly(session, notification))
-        self._notifying.add(sending)
-        sending.add_done_callback(self._notifying.discard)
+        self._send(creator.session.send_notification(notification))
+
+    def _notify_progress(self, event: TaskEvent) -> None:
+        """Send ``notifications/progress`` with the creating request's token; progress only grows (a
+        re-run that reports less than was already sent is not passed on)."""
+        if not isinstance(event, ProgressReported):
+            return
+        creator = self._creators.get(event.task_id)
+        if creator is None or creator.progress_token is None or event.progress <= creator.progress:
+            return
+        creator.progress = event.progress
+        self._send(creator.session.send_progress_notification(
+            creator.progress_token, event.progress, event.total, event.message,
+            related_request_id=creator.request_id))
+
+    def _send(self, sending: Coroutine[Any, Any, None]) -> None:
+        if len(self._notifying) >= MAX_NOTIFICATIONS_IN_FLIGHT:
+            sending.close()
+            return
+        task = asyncio.create_task(self._quietly(sending))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     @staticmethod
-    async def _send_quietly(session: Any, notification: types.TaskStatusNotification) -> None:
+    async def _quietly(sending: Coroutine[Any, Any, None]) -> None:
         try:
-            await session.send_notification(notification)
+            await sending
         except Exception as exc:  # optional by the spec; a closed session must not matter
-            log.debug("status notification not delivered: %s", exc)
+            log.debug("notification not delivered: %s", exc)
 
     # tools
 
@@ -200,8 +249,7 @@ class Adapter:
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} does not support task-augmented calls")
         ttl = params.task.ttl if params.task is not None else None
         row = await create_task(self.service, params, ctx, ttl, PROTOCOL)
-        if len(self._status_subscribers) < MAX_STATUS_SUBSCRIBERS:
-            self._status_subscribers[row.task_id] = ctx.session
+        self._follow(ctx, row.task_id, status=True)
         result: dict[str, Any] = {"task": task_json(row)}
         with_pending(result, row)
         result.setdefault("_meta", {})[IMMEDIATE_RESPONSE] = (
@@ -220,6 +268,7 @@ class Adapter:
         if tool.task_support == "required":
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} must be called as a task (task augmentation required)")
         row = await create_task(self.service, params, ctx, None, PROTOCOL)
+        self._follow(ctx, row.task_id, status=False)
         principal = principal_of(ctx)
         if client_can_elicit(ctx):
             return tool_call_result(await self._relay_until_ended(ctx, row.task_id, principal, related=False))
@@ -375,6 +424,8 @@ def build_mcp_server(app: App, adapter: Adapter, request_state_security: Request
     server.add_request_handler("tasks/list", types.PaginatedRequestParams, adapter.list_tasks)
     server.add_request_handler("tasks/cancel", TaskParams, adapter.cancel_task)
     server.add_request_handler("tasks/update", modern.UpdateTaskParams, adapter.update_task)
+    server.add_request_handler("subscriptions/listen", types.SubscriptionsListenRequestParams,
+                               TaskListeners(adapter.service, adapter.view).listen)
     server.extensions[modern.TASKS_EXTENSION] = {}
 
     async def task_augmented_calls(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:

@@ -24,7 +24,7 @@ from ledger.elicitation import canonical_json, content_errors
 from ledger.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCreated, TaskEvent
 from ledger.log import EventLog
 from ledger.metrics import Metrics
-from ledger.settings import Settings
+from ledger.settings import MIN_TTL_MS, Settings
 from ledger.values import printable, problem_in
 from ledger.view import ListKey, LiveView
 from projections.status import TaskRow
@@ -81,6 +81,7 @@ class TaskService:
         tool.parse_arguments(arguments, strict=True)
         if ttl_ms is not None and not 0 <= ttl_ms <= MAX_TTL_MS:
             raise InvalidArguments(f"task.ttl must be between 0 and {MAX_TTL_MS:,} ms (ten years), got {ttl_ms!r}")
+        ttl_ms = self.settings.task_ttl_ms if ttl_ms is None else max(ttl_ms, MIN_TTL_MS)
         arguments_json = canonical_json(arguments or {})
         if len(arguments_json) > self.settings.max_input_bytes:
             raise InvalidArguments(f"arguments are {len(arguments_json):,} bytes of JSON; the limit is "

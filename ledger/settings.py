@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+# The shortest task lifetime ledger gives (a shorter requested ttl gets this one, as the spec lets it).
+MIN_TTL_MS = 1_000
 
 
 def _setting(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
@@ -128,6 +130,11 @@ class Settings:
     request_state_ttl_ms: int = _setting(
         600_000, "LEDGER_REQUEST_STATE_TTL_MS", "How long a multi round-trip requestState stays valid."
     )
+    task_ttl_ms: int | None = _setting(
+        None, "LEDGER_TASK_TTL_MS", "Lifetime of a task that asks for no ttl of its own, from its creation; one "
+        "still not ended then is failed by its partition's worker, with one event saying it expired (its history "
+        "stays on the log). Unset: tasks never expire, so a wait of days works."
+    )
     principal_events_per_s: int = _setting(
         2_000, "LEDGER_PRINCIPAL_EVENTS_PER_S",
         "Events one principal's requests may append per second on one server (bursts of twice that); a request "
@@ -175,6 +182,8 @@ class Settings:
                                 f"LEDGER_FETCH_MAX_WAIT_MS ({self.fetch_max_wait_ms})")
         if self.request_state_key is not None and len(self.request_state_key) < 32:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
+        if self.task_ttl_ms is not None and self.task_ttl_ms < MIN_TTL_MS:
+            raise SettingsError(f"LEDGER_TASK_TTL_MS must be at least {MIN_TTL_MS} (ms), got {self.task_ttl_ms}")
         for name in ("worker_concurrency", "append_timeout_ms", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
                      "cached_rows", "principal_events_per_s"):
             if getattr(self, name) < 1:

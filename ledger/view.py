@@ -14,7 +14,7 @@ import logging
 from bisect import bisect_right, insort
 from collections.abc import Callable
 
-from ledger.events import ResponseSubmitted
+from ledger.events import ResponseSubmitted, TaskEvent
 from ledger.metrics import Metrics
 from ledger.reader import LogReader
 from ledger.records import LogRecord, Position
@@ -62,6 +62,7 @@ class LiveView:
         self._tiebreak = itertools.count()
         self._listing: dict[str | None, list[ListKey]] = {}
         self._listeners: list[Callable[[TaskRow | None, TaskRow | None], None]] = []
+        self._event_listeners: list[Callable[[TaskEvent], None]] = []
         self.caught_up = asyncio.Event()
         self._catch_up_read = 0
         self._catch_up_started: float | None = None
@@ -75,6 +76,10 @@ class LiveView:
 
     def unlisten(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
         self._listeners.remove(listener)
+
+    def listen_events(self, listener: Callable[[TaskEvent], None]) -> None:
+        """Call ``listener(event)`` for every event applied (live events only), after the row listeners."""
+        self._event_listeners.append(listener)
 
     async def start(self) -> None:
         """Resume from the store's checkpoint (when it was built from this topic), then follow the log."""
@@ -244,14 +249,19 @@ class LiveView:
                 self.metrics.elicitation_wait.observe(max(0, event.occurred_at - pending.requested_at) / 1000)
         if before is None and after is not None:
             insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
-        elif before is not None and after is None:
-            self._listing[before.principal].remove((before.created_at, before.task_id))
-        if before is not after and self.caught_up.is_set():
+        if not self.caught_up.is_set():
+            return
+        if before is not after:
             for listener in self._listeners:
                 try:
                     listener(before, after)
                 except Exception:  # a listener's failure must never stop the view following the log
                     log.exception("live view: listener %r failed on task %s", listener, event.task_id)
+        for event_listener in self._event_listeners:
+            try:
+                event_listener(event)
+            except Exception:
+                log.exception("live view: listener %r failed on task %s", event_listener, event.task_id)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -265,7 +275,7 @@ class LiveView:
             self._unflushed.clear()
             batch, checkpoint = self._projector.take(), self._applied
             try:
-                if self.store is not None and (len(batch) or batch.rows or batch.removed or checkpoint != self._flushed):
+                if self.store is not None and (len(batch) or batch.rows or checkpoint != self._flushed):
                     writing = asyncio.ensure_future(asyncio.to_thread(flush, self.store, batch, checkpoint))
                     try:
                         await asyncio.shield(writing)

@@ -19,22 +19,25 @@ a claim, so whoever reads a partition from its committed offset first learns who
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import os
 import socket
+import time
 from collections import Counter, OrderedDict, deque
 
 from ledger.app import App, InvalidArguments, UnknownTool, tool_result
 from ledger.context import Context, NonDeterminismError
 from ledger.events import (TERMINAL_EVENTS, PartitionClaimed, ProgressReported, ResponseSubmitted, TaskCancelled,
-                           TaskCompleted, TaskCreated, TaskEvent, TaskFailed, TaskStarted)
+                           TaskCompleted, TaskCreated, TaskEvent, TaskExpired, TaskFailed, TaskStarted)
 from ledger.group import GroupConsumer
 from ledger.journal import Journal
 from ledger.log import EventLog
 from ledger.progress import CoalescedProgress
 from ledger.records import LogRecord
 from ledger.settings import Settings
+from ledger.worker_metrics import WorkerMetrics
 from projections.fence import Fence
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,8 @@ SWEEP_INTERVAL_S = 5.0
 SLOW_CATCH_UP_S = 10.0
 STATUS_INTERVAL_S = 30.0
 REMEMBERED_ENDINGS = 50_000
+# Expiry entries held before those of ended tasks are dropped (when they outnumber open tasks two to one).
+EXPIRIES_KEPT = 10_000
 # A worker claims its partitions again after this many events, so that its committed offsets, which
 # stay on claims (see _safe_offsets), keep up with what it has read.
 RECLAIM_AFTER_EVENTS = 10_000
@@ -162,11 +167,19 @@ class Run:
 
     async def execute(self) -> None:
         journal, worker = self.journal, self.worker
+        metrics, started = worker.metrics, time.perf_counter()
+        metrics.runs_started.inc()
+        if journal.attempts:
+            metrics.replays.inc()
+        finished = "stopped"
         try:
             await self.append(self._event(TaskStarted, attempt=journal.attempts + 1))
             outcome = await self._call()
+            if outcome is None and not self.stopped:
+                finished = "parked"
             if outcome is not None and not self.stopped:
                 await self.end(outcome)
+                finished = "completed" if isinstance(outcome, TaskCompleted) else "failed"
         except (Parked, asyncio.CancelledError):
             pass
         except AppendFailed as exc:
@@ -175,6 +188,8 @@ class Run:
                           journal.task_id, exc, RETRY_AFTER_S)
                 self.unrecorded = True
         finally:
+            metrics.runs_finished.labels(finished).inc()
+            metrics.run_seconds.observe(time.perf_counter() - started)
             self.progress.close()
             worker.run_ended(self)
 
@@ -192,6 +207,8 @@ class Run:
                 return None
             raise
         except (NonDeterminismError, InvalidArguments, UnknownTool) as exc:
+            if isinstance(exc, NonDeterminismError):
+                worker.metrics.nondeterminism_errors.inc()
             log.error("task %s failed: %s", journal.task_id, exc)
             return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc))
         except Exception as exc:
@@ -244,12 +261,15 @@ class Worker:
         self._queued: set[Journal] = set()
         self._retrying: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._expiries: list[tuple[int, str, int]] = []  # a heap of (expires_at, task id, partition)
         self._committed: dict[int, int] = {}
         self._last_commit = 0.0
         self._last_sweep = 0.0
         self._last_status = 0.0
         self._closing = False
         self._ready_signal: asyncio.Event | None = None
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(self)
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Consume and run until cancelled; on the way out stop runs and commit what is safe.
@@ -276,6 +296,20 @@ class Worker:
 
     def owned_partitions(self) -> set[int]:
         return set(self._journals)
+
+    def parked(self) -> int:
+        """Tasks waiting for a person with no run in memory."""
+        return sum(journal.waiting and journal.task_id not in self._runs
+                   for journals in self._journals.values() for journal in journals.values())
+
+    def queued(self) -> int:
+        return len(self._ready)
+
+    def consumer_lag(self) -> dict[int, int]:
+        return self._consumer.lag_by_partition()
+
+    def holes_waited(self) -> int:
+        return self._consumer.holes_waited
 
     def describe(self, task_id: str) -> dict[str, object]:
         """What this worker knows of a task and of its partitions: for a stuck task's report."""
@@ -307,15 +341,20 @@ class Worker:
         finally:
             journal.ending = False
 
-    async def _cancel(self, journal: Journal) -> None:
-        cancelled = TaskCancelled(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
-                                  reason=journal.cancel_reason)
+    async def _end_early(self, journal: Journal) -> None:
+        """End a task that was cancelled, or whose ttl ran out, with its one terminal event."""
+        if journal.cancel_reason is not None:
+            ending: TaskEvent = TaskCancelled(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+                                              reason=journal.cancel_reason)
+        else:
+            ending = TaskExpired(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+                                 ttl_ms=journal.ttl_ms)
         try:
-            await self.end(journal, cancelled)
+            await self.end(journal, ending)
         except PartitionLost:
             return
         except Exception as exc:  # the log is not taking writes; the request stays in the journal
-            log.error("task %s: could not record its cancellation (%s); retrying in %.0fs", journal.task_id, exc,
+            log.error("task %s: could not record its end (%s); retrying in %.0fs", journal.task_id, exc,
                       RETRY_AFTER_S)
             self._retrying.add(journal.task_id)
             asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry, journal)
@@ -330,8 +369,27 @@ class Worker:
                 touched[journal.task_id] = journal
         for journal in touched.values():
             self.reconcile(journal)
+        self._expire_due()
         self._sweep()
         await self._commit()
+
+    def _expire_due(self) -> None:
+        """Mark the open tasks whose ttl ran out; ``reconcile`` ends each with ``TaskExpired``."""
+        if not self._expiries:
+            return
+        now = int(time.time() * 1000)
+        while self._expiries and self._expiries[0][0] <= now:
+            _, task_id, partition = heapq.heappop(self._expiries)
+            journal = self._journals.get(partition, {}).get(task_id)
+            if journal is not None and not journal.ended:
+                journal.expired = True
+                self.reconcile(journal)
+        if len(self._expiries) > EXPIRIES_KEPT and len(self._expiries) > 2 * sum(map(len, self._journals.values())):
+            # Entries of tasks that ended or moved away stay until their time: drop them in one pass.
+            self._expiries = [(journal.expires_at, journal.task_id, journal.partition)
+                              for journals in self._journals.values() for journal in journals.values()
+                              if journal.expires_at is not None and not journal.ended]
+            heapq.heapify(self._expiries)
 
     def _fold(self, record: LogRecord) -> Journal | None:
         journals = self._journals.get(record.partition)
@@ -348,8 +406,14 @@ class Worker:
             if not isinstance(event, TaskCreated) or event.task_id in self._ended:
                 return None
             journal = journals[event.task_id] = Journal(event, record.partition, record.offset)
+            if journal.expires_at is not None:
+                heapq.heappush(self._expiries, (journal.expires_at, journal.task_id, journal.partition))
             return journal
         changed = journal.apply(event)
+        if changed and isinstance(event, ResponseSubmitted) and record.partition not in self._catching_up:
+            asked_at = journal.asked_at(event.elicitation_id)
+            if asked_at is not None:
+                self.metrics.elicitation_wait.observe(max(0, event.occurred_at - asked_at) / 1000)
         if isinstance(event, TERMINAL_EVENTS):
             journal.end_read = True
             return journal
@@ -387,13 +451,13 @@ class Worker:
                 self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             return
         run = self._runs.get(journal.task_id)
-        if journal.cancel_reason is not None and not journal.ended:
+        if (journal.cancel_reason is not None or journal.expired) and not journal.ended:
             # A run whose terminal event is being appended is let finish: that event ends the task.
             if not journal.ending and journal.task_id not in self._cancelling:
                 if run is not None:
                     run.stop()
-                self._cancelling[journal.task_id] = asyncio.create_task(self._cancel(journal),
-                                                                        name=f"cancel {journal.task_id}")
+                self._cancelling[journal.task_id] = asyncio.create_task(self._end_early(journal),
+                                                                        name=f"end {journal.task_id}")
             return
         if journal.ended:
             if run is not None:

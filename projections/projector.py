@@ -27,10 +27,9 @@ REMEMBERED_EVENT_IDS = 50_000
 
 @dataclass
 class Batch:
-    """What changed since the last flush: rows to write, rows to drop, history to add, partition owners."""
+    """What changed since the last flush: rows to write, history to add, partition owners."""
 
     rows: dict[str, TaskRow] = field(default_factory=dict)
-    removed: set[str] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
     owners: dict[int, str] = field(default_factory=dict)
 
@@ -85,13 +84,8 @@ class Projector:
         if not self.status or not admitted:
             return before, before
         after = self.projection.apply(event)
-        if after is not before:
-            if after is None:
-                self.batch.rows.pop(event.task_id, None)
-                self.batch.removed.add(event.task_id)
-            else:
-                self.batch.rows[event.task_id] = after
-                self.batch.removed.discard(event.task_id)
+        if after is not before and after is not None:
+            self.batch.rows[event.task_id] = after
         return before, after
 
     def take(self) -> Batch:
@@ -115,11 +109,9 @@ class Projector:
         for batch in (self.batch, *reversed(self._writing)):
             if task_id in batch.rows:
                 return batch.rows[task_id]
-            if task_id in batch.removed:
-                return None
         assert self.store is not None
         return self.store.row(task_id)
 
 
 def flush(store: ProjectionStore, batch: Batch, checkpoint: dict[int, int]) -> None:
-    store.write(batch.rows.values(), batch.entries, checkpoint, batch.removed, batch.owners)
+    store.write(batch.rows.values(), batch.entries, checkpoint, batch.owners)

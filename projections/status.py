@@ -99,8 +99,6 @@ def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
                 poll_interval_ms=event.poll_interval_ms,
             )
         return None
-    if isinstance(event, TaskExpired):
-        return None
     if row.terminal or isinstance(event, (TaskCreated, RequestRejected, PartitionClaimed)):
         return row
     at = event.occurred_at
@@ -138,7 +136,14 @@ def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
                            last_updated_at=at)
         case TaskCancelled():
             return row._replace(status="cancelled", status_message=event.reason, pending=(), last_updated_at=at)
+        case TaskExpired():
+            expired = expiry_message(event.ttl_ms)
+            return row._replace(status="failed", status_message=expired, pending=(), error=expired, last_updated_at=at)
     raise TypeError(f"status projection has no rule for {type(event).__name__}")
+
+
+def expiry_message(ttl_ms: int) -> str:
+    return f"Expired: the task's ttl of {ttl_ms:,} ms ran out before it ended"
 
 
 class StatusProjection:
@@ -168,9 +173,7 @@ class StatusProjection:
         if self._remembered_ids is not None and len(self._applied) > self._remembered_ids:
             self._applied.popitem(last=False)
         row = transition(self.get(event.task_id, look_up=not isinstance(event, TaskCreated)), event)
-        if row is None:
-            self.rows.pop(event.task_id, None)
-        else:
+        if row is not None:
             self._keep(event.task_id, row)
         return row
 

@@ -117,7 +117,7 @@ class ProjectionStore:
 
     @_locked
     def write(self, rows: Iterable[TaskRow], entries: Iterable[Entry], checkpoint: Mapping[int, int],
-              removed: Iterable[str] = (), owners: Mapping[int, str] | None = None) -> None:
+              owners: Mapping[int, str] | None = None) -> None:
         """Upsert ``rows``, add ``entries`` (a record read twice is the same entry), move the checkpoint
         and the partitions' owners as of it."""
         db = self._db
@@ -128,7 +128,6 @@ class ProjectionStore:
                 [(r.task_id, r.principal, r.tool, r.status, r.created_at, r.last_updated_at, row_json(r))
                  for r in rows],
             )
-            db.executemany("DELETE FROM tasks WHERE task_id = ?", [(task_id,) for task_id in removed])
             db.executemany("INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            entries)
             db.executemany("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", list(checkpoint.items()))

@@ -91,8 +91,8 @@ def dev() -> Iterator[tuple[str, Settings]]:
     """``ledger dev`` (its own embedded broker) on a free port: its MCP URL, and settings that read
     its log."""
     port = free_port()
-    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port), "--metrics-port", str(free_port())],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
         drain(process)

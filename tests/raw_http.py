@@ -103,6 +103,22 @@ class ModernClient:
 
     async def post(self, method: str, params: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> httpx.Response:
+        message, headers = self._request(method, params, headers)
+        return await self._http.post(self.url, json=message, headers=headers)
+
+    async def stream(self, method: str, params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The messages answering one request, as they arrive (``subscriptions/listen`` streams them)."""
+        message, headers = self._request(method, params, None)
+        async with self._http.stream("POST", self.url, json=message, headers=headers) as response:
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                yield json.loads(await response.aread())
+                return
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and line[5:].strip():
+                    yield json.loads(line[5:])
+
+    def _request(self, method: str, params: dict[str, Any] | None,
+                 headers: dict[str, str] | None) -> tuple[dict[str, Any], dict[str, str]]:
         params = dict(params or {})
         params["_meta"] = {
             "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
@@ -115,4 +131,4 @@ class ModernClient:
         if method in NAME_HEADER_FIELDS and NAME_HEADER_FIELDS[method] in params:
             routing["Mcp-Name"] = str(params[NAME_HEADER_FIELDS[method]])
         message = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        return await self._http.post(self.url, json=message, headers={**routing, **(headers or {})})
+        return message, {**routing, **(headers or {})}

@@ -60,7 +60,7 @@ def test_the_file_is_valid_compose_with_the_cluster_it_promises() -> None:
         if name != "topics":
             assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
     assert {c["condition"] for c in services["entry"]["depends_on"].values()} == {"service_healthy"}
-    assert all("healthcheck" in services[f"server-{n}"] for n in (1, 2))
+    assert all("healthcheck" in services[f"{role}-{n}"] for n in (1, 2) for role in ("server", "worker"))
 
 
 def local(service: dict[str, Any], bootstrap: str, prefix: str, scratch: Path,
@@ -76,8 +76,9 @@ def local(service: dict[str, Any], bootstrap: str, prefix: str, scratch: Path,
         elif value.startswith("/data/"):
             environment[key] = str(scratch / value.removeprefix("/data/"))
     command = list(service["command"])
-    if "--port" in command:
-        command[command.index("--port") + 1] = str(free_port())
+    for option in ("--port", "--metrics-port"):
+        if option in command:
+            command[command.index(option) + 1] = str(free_port())
     return command, environment
 
 

@@ -43,7 +43,8 @@ def test_a_journal_gives_back_the_events_it_keeps() -> None:
     assert journal.arguments_json == first.arguments_json
     for sequence, asked_event in enumerate((question, second_question)):
         assert journal.elicitation(sequence) == (asked_event.elicitation_id, asked_event.message,
-                                                 asked_event.requested_schema_json)
+                                                 asked_event.requested_schema_json, asked_event.occurred_at)
+        assert journal.asked_at(asked_event.elicitation_id) == asked_event.occurred_at
     assert journal.elicitation(2) is None
     assert journal.response("e0") == answer and journal.response("e1") is None
     assert journal.step(0) == step and journal.step(1) is None

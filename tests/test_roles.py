@@ -45,8 +45,8 @@ def counted(task: dict) -> int:
 async def test_ledger_dev_as_a_new_user_runs_it() -> None:
     port = free_port()
     # A session of its own, as a terminal gives: Ctrl-C signals the whole foreground process group.
-    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(LEDGER + ["dev", "--port", str(port), "--metrics-port", str(free_port())],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
         url = f"http://127.0.0.1:{port}/mcp"
@@ -197,8 +197,8 @@ async def test_ledger_dev_names_the_apps_own_tools_and_is_quiet_when_asked(tmp_p
     app.write_text("from ledger import App\napp = App('greetings')\n\n@app.tool\nasync def greet(name: str) -> str:\n"
                    "    return f'hello {name}'\n")
     port = free_port()
-    process = subprocess.Popen(LEDGER + ["dev", str(app), "--port", str(port), "--quiet"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(LEDGER + ["dev", str(app), "--port", str(port), "--metrics-port", str(free_port()),
+                                         "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
         assert "call greet as a task" in banner and "approve_expense" not in banner, banner

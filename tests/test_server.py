@@ -286,6 +286,46 @@ async def test_wire_status_notifications_on_the_get_stream(stack: tuple[str, Set
     assert statuses[-1] == "completed" and set(statuses) <= {"working", "completed"}
 
 
+async def test_a_task_reports_progress_with_the_creating_requests_token(stack: tuple[str, Settings]) -> None:
+    """Raw HTTP: a task-augmented call's progressToken gets notifications/progress on the GET stream
+    for the task's whole life, after the call itself has returned."""
+    url, _ = stack
+    async with RawSession(url) as session:
+        progress: list[dict] = []
+
+        async def listen() -> None:
+            async for message in session.stream():
+                if message.get("method") == "notifications/progress":
+                    progress.append(message["params"])
+                    if message["params"]["progress"] == 4:
+                        return
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(0.2)  # let the GET stream open before anything happens
+        created = await session.call("tools/call", {"name": "count_slowly", "arguments": {"n": 4}, "task": {},
+                                                    "_meta": {"progressToken": "tok-7"}})
+        assert "task" in created["result"]
+        await asyncio.wait_for(listener, 30)
+    assert {p["progressToken"] for p in progress} == {"tok-7"}
+    assert [p["progress"] for p in progress] == sorted({p["progress"] for p in progress})  # only grows
+    assert progress[-1] == {"progressToken": "tok-7", "progress": 4, "total": 4, "message": "counted 4 of 4"}
+
+
+async def test_a_plain_call_reports_progress_to_the_sdk_client(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    reported: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append((progress, total, message))
+
+    async with connect(url) as client:
+        result = await client.call_tool("count_slowly", {"n": 3}, progress_callback=on_progress)
+    assert result.content[0].text == "counted 3"
+    # Sent while the call waits (whether the last report overtakes the result is up to the transport).
+    assert reported and {total for _, total, _ in reported} == {3}
+    assert [progress for progress, _, _ in reported] == sorted({progress for progress, _, _ in reported})
+
+
 async def test_wire_errors_are_json_rpc_errors(stack: tuple[str, Settings]) -> None:
     url, _ = stack
     async with RawSession(url) as session:

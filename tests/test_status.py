@@ -62,12 +62,16 @@ def test_answer_to_an_elicitation_that_is_not_pending_changes_nothing() -> None:
     assert projection.apply(sample(ResponseSubmitted, "t", elicitation_id="nope")) == before
 
 
-def test_terminal_rows_do_not_move_and_expiry_removes_them() -> None:
+def test_terminal_rows_do_not_move_and_expiry_fails_an_open_task() -> None:
     projection = fold([sample(TaskCreated, "t"), sample(CancelRequested, "t"), sample(TaskCancelled, "t")])
     cancelled = projection.get("t")
     assert cancelled.status == "cancelled" and cancelled.cancel_requested
     assert projection.apply(sample(TaskCompleted, "t")) == cancelled
-    assert projection.apply(sample(TaskExpired, "t")) is None and projection.get("t") is None
+    assert projection.apply(sample(TaskExpired, "t")) == cancelled
+    waiting = fold([sample(TaskCreated, "w"), sample(ElicitationRequested, "w")])
+    expired = waiting.apply(sample(TaskExpired, "w", ttl_ms=60_000))
+    assert (expired.status, expired.pending) == ("failed", ())
+    assert expired.error == expired.status_message == "Expired: the task's ttl of 60,000 ms ran out before it ended"
 
 
 def test_events_for_an_unknown_task_create_nothing() -> None:
@@ -89,9 +93,6 @@ def test_terminal_status_is_final(events: list[TaskEvent]) -> None:
     final: dict[str, str] = {}
     for event in events:
         row = projection.apply(event)
-        if isinstance(event, TaskExpired):
-            final.pop(event.task_id, None)
-            continue
         if event.task_id in final:
             assert row is not None and row.status == final[event.task_id]
         elif row is not None and row.status in TERMINAL:

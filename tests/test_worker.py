@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.app import InvalidArguments
-from ledger.events import (ElicitationRequested, PartitionClaimed, ProgressReported, StepRecorded, TaskCancelled,
-                           TaskCompleted, TaskFailed, TaskStarted)
+from ledger.events import (TERMINAL_EVENTS, ElicitationRequested, PartitionClaimed, ProgressReported, StepRecorded,
+                           TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskStarted)
 from ledger.reader import LogReader
 from ledger.settings import Settings
 from tests.apps.engine_app import app
@@ -91,6 +91,36 @@ async def test_cancel_stops_a_task_and_nothing_follows(settings: Settings, topic
     events = await history(settings, row.task_id)
     assert isinstance(events[-1], TaskCancelled)
     assert not any(isinstance(e, (TaskCompleted, TaskFailed)) for e in events)
+
+
+@pytest.mark.parametrize("tool,arguments,requested_ttl,default_ttl", [
+    ("journaled", {"ledger_file": "/dev/null"}, 1_500, None),
+    ("sleepy", {"seconds": 30}, None, 1_000),
+], ids=["waiting, its requested ttl", "running, LEDGER_TASK_TTL_MS"])
+async def test_a_task_still_open_when_its_ttl_runs_out_is_failed_once_by_its_worker(
+        settings: Settings, topics: dict, tool: str, arguments: dict, requested_ttl: int | None,
+        default_ttl: int | None) -> None:
+    settings = replace(settings, task_ttl_ms=default_ttl)
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create(tool, arguments, principal=None, ttl_ms=requested_ttl, protocol="test")
+        assert row.ttl_ms == (requested_ttl or default_ttl)  # what tasks/get reports is what ledger does
+        row = await engine.settled(row.task_id, "failed")
+        await asyncio.sleep(0.3)  # give a wrongly still-running tool the chance to record more
+    assert row.error.startswith("Expired: the task's ttl of")
+    events = await history(settings, row.task_id)
+    assert [type(e).__name__ for e in events if isinstance(e, TERMINAL_EVENTS)] == ["TaskExpired"]
+    assert isinstance(events[-1], TaskExpired)
+
+
+async def test_a_task_without_a_ttl_reports_none_and_stays_open(settings: Settings, topics: dict) -> None:
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("journaled", {"ledger_file": "/dev/null"}, principal=None, ttl_ms=None,
+                                          protocol="test")
+        assert row.ttl_ms is None
+        row = await engine.settled(row.task_id, "input_required")
+        await asyncio.sleep(1.5)  # longer than the shortest ttl ledger gives
+        assert engine.service.view.get(row.task_id).status == "input_required"
+        await engine.service.cancel(row.task_id, None, protocol="test")
 
 
 async def test_progress_reports_are_coalesced_and_the_last_of_each_burst_is_written(settings: Settings,
