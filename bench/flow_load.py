@@ -187,21 +187,22 @@ async def push_flow(m, i: int, st, deadline: float) -> None:
     body = {"jsonrpc": "2.0", "id": m._id, "method": "subscriptions/listen",
             "params": {"notifications": {"taskIds": [task_id]}, "_meta": loadgen.META}}
     t2 = t3 = t4 = None
-    async for message in stream(m, headers, body):
-        if "error" in message:
-            raise loadgen.ProtocolError(f"subscriptions/listen: {message['error']}")
-        task = message.get("params") if message.get("method") == "notifications/tasks" else None
-        if task is None:
-            continue
-        if task["status"] == "input_required" and t2 is None:
-            t2 = time.perf_counter()
-            key = loadgen.check_ir(task, amount, desc)
-            t3 = time.perf_counter()
-            await m.update(task_id, {key: loadgen.ANSWER})
-        elif task["status"] == "completed":
-            t4 = time.perf_counter()
-            loadgen.check_done(task, amount)
-            break
+    async with asyncio.timeout(deadline - time.monotonic()):  # loadgen's deadline, for a stream that stalls
+        async for message in stream(m, headers, body):
+            if "error" in message:
+                raise loadgen.ProtocolError(f"subscriptions/listen: {message['error']}")
+            task = message.get("params") if message.get("method") == "notifications/tasks" else None
+            if task is None:
+                continue
+            if task["status"] == "input_required" and t2 is None:
+                t2 = time.perf_counter()
+                key = loadgen.check_ir(task, amount, desc)
+                t3 = time.perf_counter()
+                await m.update(task_id, {key: loadgen.ANSWER})
+            elif task["status"] == "completed":
+                t4 = time.perf_counter()
+                loadgen.check_done(task, amount)
+                break
     if t2 is None or t4 is None:
         raise loadgen.ProtocolError(f"task {task_id}: the stream ended before the task did")
     record(st, (t0, t1, t2, t3, t4), polls=0)
@@ -215,18 +216,19 @@ async def relay_flow(m, i: int, st, deadline: float) -> None:
     m._id += 1
     body = {"jsonrpc": "2.0", "id": m._id, "method": "tasks/result", "params": {"taskId": task_id}}
     t2 = t3 = t4 = None
-    async for message in stream(m, m._headers(), body):
-        if message.get("method") == "elicitation/create":
-            t2 = time.perf_counter()
-            if message["params"].get("message") != ledger_message(amount, desc):
-                raise loadgen.ProtocolError(f"unexpected question {message['params']}")
-            t3 = time.perf_counter()
-            await m._post({"jsonrpc": "2.0", "id": message["id"], "result": loadgen.ANSWER}, m._headers())
-        elif message.get("id") == body["id"]:
-            if "error" in message:
-                raise loadgen.ProtocolError(f"tasks/result: {message['error']}")
-            t4 = time.perf_counter()
-            loadgen.check_done({"result": message["result"]}, amount)
+    async with asyncio.timeout(deadline - time.monotonic()):
+        async for message in stream(m, m._headers(), body):
+            if message.get("method") == "elicitation/create":
+                t2 = time.perf_counter()
+                if message["params"].get("message") != ledger_message(amount, desc):
+                    raise loadgen.ProtocolError(f"unexpected question {message['params']}")
+                t3 = time.perf_counter()
+                await m._post({"jsonrpc": "2.0", "id": message["id"], "result": loadgen.ANSWER}, m._headers())
+            elif message.get("id") == body["id"]:
+                if "error" in message:
+                    raise loadgen.ProtocolError(f"tasks/result: {message['error']}")
+                t4 = time.perf_counter()
+                loadgen.check_done({"result": message["result"]}, amount)
     if t2 is None or t4 is None:
         raise loadgen.ProtocolError(f"task {task_id}: tasks/result ended without the question or the result")
     record(st, (t0, t1, t2, t3, t4), polls=0)

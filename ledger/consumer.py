@@ -128,11 +128,13 @@ class DecodingConsumer:
 
     def lag_by_partition(self) -> dict[int, int]:
         """Events past what was read in each assigned partition, as the last fetches showed."""
-        lags = {}
+        lags: dict[int, int] = {}
+        if self._consumer is None:  # not started yet
+            return lags
         for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                lags[tp.partition] = max(0, highwater - self._positions.get(tp.partition, 0))
+            highwater, position = self._consumer.highwater(tp), self._positions.get(tp.partition)
+            if highwater is not None and position is not None:
+                lags[tp.partition] = max(0, highwater - position)
         return lags
 
     def _behind(self) -> bool:

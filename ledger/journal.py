@@ -25,6 +25,7 @@ from ledger.events import (
     TaskStarted,
     TERMINAL_EVENTS,
 )
+from ledger.settings import MIN_TTL_MS
 
 CODEC = Codec()
 CANCELLED_BY_REQUEST = "The task was cancelled by request."
@@ -58,7 +59,8 @@ class Journal:
         self.offset = offset  # of the created event: the partition cannot be committed past it
         # Unix ms when the task's ttl runs out (None: never); ``expired`` once the worker saw it run out.
         self.ttl_ms = created.ttl_ms
-        self.expires_at = None if created.ttl_ms is None else created.occurred_at + created.ttl_ms
+        # A task from before ttls were enforced may carry a shorter one than ledger now gives (even 0).
+        self.expires_at = None if created.ttl_ms is None else created.occurred_at + max(created.ttl_ms, MIN_TTL_MS)
         self.expired = False
         self.attempts = 0
         self.ended = False

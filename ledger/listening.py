@@ -73,28 +73,40 @@ class TaskListeners:
             require_client_extension(ctx, TASKS_EXTENSION)
         if self._streams >= MAX_STREAMS:
             raise MCPError(INTERNAL_ERROR, f"This server already serves {MAX_STREAMS} listen streams; retry later")
-        rows = await self._own(task_ids or [], principal_of(ctx))
-        stream = TaskStream(rows)
-        meta = {SUBSCRIPTION_ID: subscription_id}
-        self._open(stream)
+        self._streams += 1  # before the first await: streams arriving together count against the bound
         try:
-            # Only task ids are honoured: the tools, prompts and resources lists never change (the server
-            # advertises no listChanged) and resource subscriptions are not served.
-            honored = {} if task_ids is None else {"taskIds": [row.task_id for row in rows]}
-            await ctx.session.send_notification(
-                types.SubscriptionsAcknowledgedNotification(params=types.SubscriptionsAcknowledgedNotificationParams(
-                    notifications=types.SubscriptionFilter.model_validate(honored), _meta=meta)),
-                related_request_id=subscription_id)
-            await self._stream(ctx, stream, meta)
+            await self._settle_unknown(task_ids or [])
+            # From here to the subscription nothing awaits, so no change of these rows can slip between.
+            stream = TaskStream(self._own(task_ids or [], principal_of(ctx)))
+            meta = {SUBSCRIPTION_ID: subscription_id}
+            self._subscribe(stream)
+            try:
+                # Only task ids are honoured: the tools, prompts and resources lists never change (the
+                # server advertises no listChanged) and resource subscriptions are not served.
+                honored = {} if task_ids is None else {"taskIds": list(stream.unsent)}  # in the order asked
+                await ctx.session.send_notification(
+                    types.SubscriptionsAcknowledgedNotification(params=types.SubscriptionsAcknowledgedNotificationParams(
+                        notifications=types.SubscriptionFilter.model_validate(honored), _meta=meta)),
+                    related_request_id=subscription_id)
+                await self._stream(ctx, stream, meta)
+            finally:
+                self._unsubscribe(stream)
         finally:
-            self._close(stream)
+            self._streams -= 1
         return types.SubscriptionsListenResult(_meta=meta)
 
-    async def _own(self, task_ids: list[str], principal: str | None) -> list[TaskRow]:
+    async def _settle_unknown(self, task_ids: list[str]) -> None:
+        """Read the log as it is now once, if a task is not in this server's view yet (another server may
+        have created it a moment ago)."""
+        view = self.service.view
+        if any(view.get(task_id) is None for task_id in task_ids):
+            await view.settle(self.service.settings.read_timeout_ms / 1000)
+
+    def _own(self, task_ids: list[str], principal: str | None) -> list[TaskRow]:
         rows = []
         for task_id in dict.fromkeys(task_ids):
             try:
-                rows.append(await self.service.find(task_id, principal))
+                rows.append(self.service.get(task_id, principal))
             except TaskNotFound:
                 continue
         return rows
@@ -117,13 +129,11 @@ class TaskListeners:
             if not stream.open:
                 return
 
-    def _open(self, stream: TaskStream) -> None:
-        self._streams += 1
+    def _subscribe(self, stream: TaskStream) -> None:
         for task_id in stream.task_ids:
             self._by_task.setdefault(task_id, set()).add(stream)
 
-    def _close(self, stream: TaskStream) -> None:
-        self._streams -= 1
+    def _unsubscribe(self, stream: TaskStream) -> None:
         for task_id in stream.task_ids:
             streams = self._by_task.get(task_id)
             if streams is not None:

@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -175,19 +176,24 @@ class Adapter:
         if len(self.read_tools) < len(READ_TOOLS):
             log.warning("the application defines %s; ledger's read tools of the same names are not served",
                         ", ".join(sorted(set(READ_TOOLS) - set(self.read_tools))))
-        self._creators: dict[str, Creator] = {}
+        self._creators: OrderedDict[str, Creator] = OrderedDict()  # in the order followed
         self._notifying: set[asyncio.Task[None]] = set()
         view.listen(self._notify_status)
         view.listen_events(self._notify_progress)
 
     def _follow(self, ctx: ServerRequestContext[Any, Any], task_id: str, *, status: bool) -> None:
         """Tell the session that created ``task_id`` of its changes: with ``status`` its status (a
-        task-augmented call), and its progress when the request carried a progress token."""
+        task-augmented call), and its progress when the request carried a progress token. The oldest
+        followed task is forgotten beyond ``MAX_STATUS_SUBSCRIBERS`` (tasks that wait for days)."""
         token = ctx.meta.get("progress_token") if ctx.meta else None
-        if (status or token is not None) and len(self._creators) < MAX_STATUS_SUBSCRIBERS:
-            # A task-augmented call has returned by the time progress comes: its token's notifications go
-            # on the session's GET stream; a plain call's on the stream of the request, which waits.
-            self._creators[task_id] = Creator(ctx.session, status, token, None if status else ctx.request_id)
+        row = self.view.get(task_id)
+        if (not status and token is None) or row is None or row.terminal:
+            return  # nothing to tell, or the view already applied its end (which removes the entry)
+        # A task-augmented call has returned by the time progress comes: its token's notifications go
+        # on the session's GET stream; a plain call's on the stream of the request, which waits.
+        self._creators[task_id] = Creator(ctx.session, status, token, None if status else ctx.request_id)
+        if len(self._creators) > MAX_STATUS_SUBSCRIBERS:
+            self._creators.popitem(last=False)
 
     def _notify_status(self, before: TaskRow | None, after: TaskRow | None) -> None:
         """Send ``notifications/tasks/status`` to the session that created the task (best effort)."""
@@ -269,6 +275,12 @@ class Adapter:
             raise MCPError(METHOD_NOT_FOUND, f"Tool {tool.name!r} must be called as a task (task augmentation required)")
         row = await create_task(self.service, params, ctx, None, PROTOCOL)
         self._follow(ctx, row.task_id, status=False)
+        try:
+            return await self._plain_call(ctx, row)
+        finally:
+            self._creators.pop(row.task_id, None)  # its progress has no request to go to any more
+
+    async def _plain_call(self, ctx: ServerRequestContext[Any, Any], row: TaskRow) -> dict[str, Any]:
         principal = principal_of(ctx)
         if client_can_elicit(ctx):
             return tool_call_result(await self._relay_until_ended(ctx, row.task_id, principal, related=False))

@@ -78,7 +78,8 @@ class LiveView:
         self._listeners.remove(listener)
 
     def listen_events(self, listener: Callable[[TaskEvent], None]) -> None:
-        """Call ``listener(event)`` for every event applied (live events only), after the row listeners."""
+        """Call ``listener(event)`` for every event that changed a row (live events only), after the row
+        listeners."""
         self._event_listeners.append(listener)
 
     async def start(self) -> None:
@@ -249,14 +250,13 @@ class LiveView:
                 self.metrics.elicitation_wait.observe(max(0, event.occurred_at - pending.requested_at) / 1000)
         if before is None and after is not None:
             insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
-        if not self.caught_up.is_set():
-            return
-        if before is not after:
-            for listener in self._listeners:
-                try:
-                    listener(before, after)
-                except Exception:  # a listener's failure must never stop the view following the log
-                    log.exception("live view: listener %r failed on task %s", listener, event.task_id)
+        if before is after or not self.caught_up.is_set():
+            return  # a repeat, an event the fence ignored, or catch-up
+        for listener in self._listeners:
+            try:
+                listener(before, after)
+            except Exception:  # a listener's failure must never stop the view following the log
+                log.exception("live view: listener %r failed on task %s", listener, event.task_id)
         for event_listener in self._event_listeners:
             try:
                 event_listener(event)

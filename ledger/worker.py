@@ -485,7 +485,7 @@ class Worker:
             journal = self._ready.popleft()
             tracked = self._journals.get(journal.partition, {}).get(journal.task_id) is journal
             if not tracked or journal.ended or journal.waiting or journal.cancel_reason is not None or \
-                    journal.task_id in self._runs:
+                    journal.expired or journal.task_id in self._runs:
                 self._queued.discard(journal)
                 self.slots.give()
                 continue
