@@ -34,6 +34,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = {tp.partition for tp in assigned}
+        await self._member.start_where_committed(assigned)
         self._member.own(partitions)
         await self._assigned(partitions)
 
@@ -79,6 +80,19 @@ class GroupConsumer(DecodingConsumer):
         # aiokafka can fetch a newly assigned partition before the assignment callback has run; an
         # owner that has not set the partition up yet would drop its records, and read on past them.
         return partition in self._owned
+
+    async def start_where_committed(self, assigned: set[TopicPartition]) -> None:
+        """On a broker that can serve a later batch before an earlier one, read each newly assigned
+        partition from its committed offset (0 when none: ledger's topics are never truncated) with
+        that offset known, so that the first fetch is checked for holes like every later one. Without
+        it, a first fetch that began past a batch not yet readable skipped that batch for good (a task
+        created there never reached a worker)."""
+        if self.profile is None or self.profile.serves_batches_in_order:
+            return
+        starts = {tp: await self._consumer.committed(tp) or 0 for tp in assigned}
+        for tp, start in starts.items():  # together, with no await between: nothing fetched in between
+            self._consumer.seek(tp, start)
+            self._positions[tp.partition] = start
 
     def own(self, partitions: set[int]) -> None:
         """Hand out records of ``partitions`` from now on (called just before ``on_assigned``, whose
