@@ -225,6 +225,13 @@ class Run:
         return cls(task_id=journal.task_id, principal=journal.principal, actor=self.worker.actor, **fields)
 
 
+def _commit_outcome(commit: asyncio.Future[None]) -> None:
+    """Read a commit's outcome: a rebalance in progress, a slow coordinator or brokers away defer it,
+    and the next commit carries its offsets."""
+    if not commit.cancelled() and commit.exception() is not None:
+        log.warning("an offset commit was deferred: %s", commit.exception() or type(commit.exception()).__name__)
+
+
 class Worker:
     """Runs the tools of ``app`` for the partitions the group gives it."""
 
@@ -262,6 +269,7 @@ class Worker:
         self._retrying: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._expiries: list[tuple[int, str, int]] = []  # a heap of (expires_at, task id, partition)
+        self._committing: asyncio.Future[None] | None = None
         self._committed: dict[int, int] = {}
         self._last_commit = 0.0
         self._last_sweep = 0.0
@@ -600,15 +608,16 @@ class Worker:
             self._claim_again(set(self._journals))
         offsets = self._safe_offsets(partitions if partitions is not None else set(self._journals))
         changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
-        if not changed:
-            return
-        try:
-            # Bounded: the loop that reads the log (and so every run's wake-up) waits for this commit.
-            await asyncio.wait_for(self._consumer.commit(changed), COMMIT_TIMEOUT_S)
-        except Exception as exc:  # a rebalance in progress, or a slow coordinator; the next commit carries it
-            log.warning("commit of %s deferred: %s", changed, exc or type(exc).__name__)
-            return
-        self._committed.update(changed)
+        if not changed or (self._committing is not None and not self._committing.done()):
+            return  # nothing new, or the last commit still waits on the coordinator: the next carries it
+        # Bounded: the loop that reads the log (and so every run's wake-up) waits for this commit. It is
+        # not cancelled after the bound (aiokafka finishes a commit it began on its own, and its error
+        # would then be nobody's): it is left to end, and its outcome read when it does.
+        self._committing = committing = asyncio.ensure_future(self._consumer.commit(changed))
+        committing.add_done_callback(_commit_outcome)
+        await asyncio.wait({committing}, timeout=COMMIT_TIMEOUT_S)
+        if committing.done() and not committing.cancelled() and committing.exception() is None:
+            self._committed.update(changed)
 
     async def _assigned(self, partitions: set[int]) -> None:
         for partition in partitions:
