@@ -106,12 +106,7 @@ class LogReader(DecodingConsumer):
 
     def lag(self) -> int:
         """Events between the positions and the high watermarks of the last fetches."""
-        behind = 0
-        for tp in self._partitions:
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                behind += max(0, highwater - self._positions[tp.partition])
-        return behind
+        return sum(self.lag_by_partition().values())
 
     async def follow(self) -> AsyncIterator[list[LogRecord]]:
         """Fetch forever, yielding each non-empty batch."""

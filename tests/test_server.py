@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2 as httpx
@@ -262,6 +262,24 @@ async def test_tasks_list_pages_with_an_opaque_cursor(stack: tuple[str, Settings
     assert {c["task"]["taskId"] for c in created} | before == set(seen)
 
 
+async def on_get_stream(session: RawSession, method: str,
+                        last: Callable[[dict[str, Any]], bool]) -> tuple[list[dict[str, Any]], asyncio.Task[None]]:
+    """Collect the params of each ``method`` notification on the session's GET stream, up to the one
+    ``last`` accepts: the list they arrive in, and the task collecting them (the stream is open)."""
+    heard: list[dict[str, Any]] = []
+
+    async def listen() -> None:
+        async for message in session.stream():
+            if message.get("method") == method:
+                heard.append(message["params"])
+                if last(message["params"]):
+                    return
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)  # let the GET stream open before anything happens
+    return heard, listener
+
+
 async def test_wire_status_notifications_on_the_get_stream(stack: tuple[str, Settings]) -> None:
     """Raw HTTP: the session that created a task hears its status changes on the GET stream.
 
@@ -269,20 +287,12 @@ async def test_wire_status_notifications_on_the_get_stream(stack: tuple[str, Set
     """
     url, _ = stack
     async with RawSession(url) as session:
-        statuses: list[str] = []
-
-        async def listen() -> None:
-            async for message in session.stream():
-                if message.get("method") == "notifications/tasks/status":
-                    statuses.append(message["params"]["status"])
-                    if message["params"]["status"] == "completed":
-                        return
-
-        listener = asyncio.create_task(listen())
-        await asyncio.sleep(0.2)  # let the GET stream open before anything happens
+        heard, listener = await on_get_stream(session, "notifications/tasks/status",
+                                              lambda params: params["status"] == "completed")
         created = await session.call("tools/call", {"name": "count_slowly", "arguments": {"n": 2}, "task": {}})
         assert created["result"]["task"]["status"] in ("working", "completed")
         await asyncio.wait_for(listener, 30)
+    statuses = [params["status"] for params in heard]
     assert statuses[-1] == "completed" and set(statuses) <= {"working", "completed"}
 
 
@@ -291,17 +301,8 @@ async def test_a_task_reports_progress_with_the_creating_requests_token(stack: t
     for the task's whole life, after the call itself has returned."""
     url, _ = stack
     async with RawSession(url) as session:
-        progress: list[dict] = []
-
-        async def listen() -> None:
-            async for message in session.stream():
-                if message.get("method") == "notifications/progress":
-                    progress.append(message["params"])
-                    if message["params"]["progress"] == 4:
-                        return
-
-        listener = asyncio.create_task(listen())
-        await asyncio.sleep(0.2)  # let the GET stream open before anything happens
+        progress, listener = await on_get_stream(session, "notifications/progress",
+                                                 lambda params: params["progress"] == 4)
         created = await session.call("tools/call", {"name": "count_slowly", "arguments": {"n": 4}, "task": {},
                                                     "_meta": {"progressToken": "tok-7"}})
         assert "task" in created["result"]
