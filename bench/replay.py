@@ -37,7 +37,7 @@ from ledger.codec import Codec  # noqa: E402
 from ledger.log import EventLog  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
 from ledger.topics import ensure_topics  # noqa: E402
-from ledger.records import LogRecord  # noqa: E402
+from ledger.records import decode_records  # noqa: E402
 from ledger.view import LiveView  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 from projections.store import ProjectionStore  # noqa: E402
@@ -123,7 +123,7 @@ async def stage_rate(settings: Settings, partitions: int, events: int, stage: st
                 seen += len(messages)
                 if stage == "read":
                     continue
-                decoded = [LogRecord(tp.partition, m.offset, codec.decode(m.value)) for m in messages]
+                decoded, _ = decode_records(codec, tp.topic, tp.partition, messages)
                 if stage == "fold":
                     for record in decoded:
                         projector.apply(record)

@@ -26,6 +26,7 @@ from ledger.roles import PortTaken, serve, serve_dev, work
 from ledger.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
 from ledger.topics import TopicError, ensure_topics
+from projections.store import OutdatedStore
 
 DESCRIPTION = """\
 ledger: a Kafka event-sourced task ledger for MCP servers.
@@ -35,7 +36,7 @@ log answer tasks/get, and workers resume waiting tools from it."""
 
 EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken,
                    NotKafka, KafkaUnreachable, console.NoSuchTask, FileNotFoundError, ReplayFailed,
-                   terminal.ClientError)
+                   terminal.ClientError, OutdatedStore)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 ResponseAction = Literal["accept", "decline", "cancel"]
 
 
+# BaseModel's slots, set through their descriptors: half the cost of object.__setattr__ by name.
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
 def _new_event_id() -> str:
     return str(uuid.uuid4())
 
@@ -60,11 +68,11 @@ class TaskEvent(BaseModel):
         ``fields`` must hold exactly the model's fields (the writer schema, resolved to the
         current one, guarantees it) and is taken over, not copied.
         """
-        event = cls.__new__(cls)
-        object.__setattr__(event, "__dict__", fields)
-        object.__setattr__(event, "__pydantic_fields_set__", cls._field_names)
-        object.__setattr__(event, "__pydantic_extra__", None)
-        object.__setattr__(event, "__pydantic_private__", None)
+        event = _new_object(cls)
+        _set_attribute(event, "__dict__", fields)
+        _set_fields_set(event, cls._field_names)
+        _set_extra(event, None)
+        _set_private(event, None)
         return event
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:

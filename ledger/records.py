@@ -18,11 +18,15 @@ class Position(NamedTuple):
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
+    """An event where it sits on the log, with the record's bytes as written (the history keeps them).
+
+    A named tuple: a replay makes one per event, and a frozen dataclass costs twice as much to build."""
+
     partition: int
     offset: int
     event: TaskEvent
+    value: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ def decode_records(codec: Codec, topic: str, partition: int, raw: Iterable[Any])
     decode = codec.decode
     for message in raw:
         try:
-            records.append(LogRecord(partition, message.offset, decode(message.value)))
+            records.append(LogRecord(partition, message.offset, decode(message.value), message.value))
         except DecodeError as exc:
             fingerprint = exc.fingerprint.hex() if isinstance(exc, UnknownSchema) else None
             dead.append(DeadLetter(topic, partition, message.offset, message.key, message.value or b"", str(exc), fingerprint))

@@ -478,7 +478,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics,
                          confirm_within=settings.append_timeout_ms / 1000)
     health = LogHealth(settings, event_log)
-    store = ProjectionStore(settings.store)
+    store = ProjectionStore(settings.store, rebuild_outdated=True)
     view = LiveView(settings, store, metrics)
     metrics.watch(store.count_by_status, view.lag, view.dead_letters)
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}", metrics=metrics)

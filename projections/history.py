@@ -4,6 +4,10 @@
 who answered what through which protocol path, which answers were refused and why, and how the
 task ended. Entries are kept in log order; a producer retry's duplicate (same ``event_id``)
 is the same entry.
+
+The store keeps an entry as the record was written (``Recorded``) and renders it when read: a
+replay folds a million events and a person reads a few timelines, so the rendering (summary,
+detail JSON) is paid for by the reads.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from ledger.codec import Codec
 from ledger.events import (
     CancelRequested,
     PartitionClaimed,
@@ -27,6 +32,7 @@ from ledger.events import (
     TaskFailed,
     TaskStarted,
 )
+from ledger.records import LogRecord
 
 DUPLICATE_PREFIX = "duplicate"
 IGNORED = "ignored"
@@ -58,6 +64,22 @@ class Entry(NamedTuple):
             "protocol": self.protocol, "elicitationId": self.elicitation_id, "summary": self.summary,
             "detail": json.loads(self.detail_json),
         }
+
+
+# A history entry as the store keeps it: (partition, offset, task_id, fenced_by, value), where
+# ``value`` is the record's bytes as written and ``fenced_by`` the partition's owner when another
+# worker wrote the event. A plain tuple: the projector makes one per event of a replay.
+Recorded = tuple[int, int, str, str | None, bytes]
+
+
+def recorded(record: LogRecord, fenced_by: str | None = None) -> Recorded:
+    return record.partition, record.offset, record.event.task_id, fenced_by, record.value
+
+
+def render(stored: Recorded, codec: Codec) -> Entry:
+    """The timeline entry of a stored one."""
+    partition, offset, _, fenced_by, value = stored
+    return entry(codec.decode(value), partition, offset, fenced_by)
 
 
 def entry(event: TaskEvent, partition: int, offset: int, fenced_by: str | None = None) -> Entry:

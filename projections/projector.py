@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ledger.events import PartitionClaimed, TaskCreated
 from ledger.records import LogRecord
 from projections.fence import Fence
-from projections.history import Entry, entry
+from projections.history import Recorded, recorded
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
 
@@ -30,7 +30,7 @@ class Batch:
     """What changed since the last flush: rows to write, history to add, partition owners."""
 
     rows: dict[str, TaskRow] = field(default_factory=dict)
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Recorded] = field(default_factory=list)
     owners: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -70,20 +70,20 @@ class Projector:
         the partition's owner.
         """
         event = record.event
-        if isinstance(event, PartitionClaimed):
+        kind = type(event)
+        if kind is PartitionClaimed:
             self.fence.admits(record)
             self.batch.owners[record.partition] = event.actor
             return None, None
-        before = self.projection.get(event.task_id, look_up=not isinstance(event, TaskCreated)) if self.status else None
+        before = self.projection.get(event.task_id, look_up=kind is not TaskCreated) if self.status else None
         if self._seen(event.event_id):
             return before, before
         admitted = self.fence.admits(record)
         if self.history:
-            fenced_by = None if admitted else self.fence.owner(record.partition)
-            self.batch.entries.append(entry(event, record.partition, record.offset, fenced_by))
+            self.batch.entries.append(recorded(record, None if admitted else self.fence.owner(record.partition)))
         if not self.status or not admitted:
             return before, before
-        after = self.projection.apply(event)
+        after = self.projection.fold(before, event)
         if after is not before and after is not None:
             self.batch.rows[event.task_id] = after
         return before, after

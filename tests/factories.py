@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from ledger.codec import Codec
 from ledger.events import (
     EVENT_TYPES,
     CancelRequested,
@@ -25,6 +26,7 @@ from ledger.events import (
     TaskStarted,
     PartitionClaimed,
 )
+from ledger.records import LogRecord
 
 text = st.text(max_size=40)
 optional_text = st.none() | text
@@ -108,3 +110,11 @@ def histories(draw: st.DrawFn) -> list[TaskEvent]:
         extra = {"elicitation_id": elicitation_id} if "elicitation_id" in cls.model_fields else {}
         events.append(sample(cls, task_id, occurred_at=1_000 + clock, actor=actor, **extra))
     return events
+
+
+_codec = Codec()
+
+
+def written(partition: int, offset: int, event: TaskEvent) -> LogRecord:
+    """``event`` as a reader hands it out from ``partition`` at ``offset``: with its bytes as written."""
+    return LogRecord(partition, offset, event, _codec.encode(event))

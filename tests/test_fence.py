@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from hypothesis import given
 
+from ledger.codec import Codec
 from ledger.events import (ElicitationRequested, PartitionClaimed, ResponseSubmitted, StepRecorded, TaskCompleted,
                            TaskCreated, TaskEvent, TaskStarted)
-from ledger.records import LogRecord
 from projections.fence import Fence
+from projections.history import render
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
-from tests.factories import histories, sample
+from tests.factories import histories, sample, written
 
 OLD, NEW = "worker:old", "worker:new"
 
@@ -19,7 +20,7 @@ OLD, NEW = "worker:old", "worker:new"
 def fold(events: list[TaskEvent], projector: Projector | None = None, first_offset: int = 0) -> Projector:
     projector = projector or Projector()
     for offset, event in enumerate(events, start=first_offset):
-        projector.apply(LogRecord(0, offset, event))
+        projector.apply(written(0, offset, event))
     return projector
 
 
@@ -40,9 +41,10 @@ def test_a_worker_that_lost_its_partition_changes_nothing_after_the_new_claim() 
     projector = fold(events)
     row = projector.projection.get("t")
     assert row.status == "completed" and '"new"' in row.result_json
-    kinds = [entry.kind for entry in projector.batch.entries]
+    entries = [render(stored, Codec()) for stored in projector.batch.entries]
+    kinds = [entry.kind for entry in entries]
     assert kinds == ["created", "started", "asked", "answered", "ignored", "ignored", "started", "step", "completed"]
-    ignored = [entry for entry in projector.batch.entries if entry.kind == "ignored"]
+    ignored = [entry for entry in entries if entry.kind == "ignored"]
     assert all(OLD in entry.summary and NEW in entry.summary for entry in ignored)
 
 
@@ -55,9 +57,9 @@ def test_everything_counts_before_the_first_claim_and_servers_are_never_fenced()
 
 def test_a_claim_on_another_partition_fences_nothing_here() -> None:
     fence = Fence()
-    assert fence.admits(LogRecord(1, 0, sample(PartitionClaimed, "partition-1", actor=NEW, partition=1)))
-    assert fence.admits(LogRecord(0, 0, sample(StepRecorded, "t", actor=OLD)))
-    assert not fence.admits(LogRecord(1, 1, sample(StepRecorded, "u", actor=OLD)))
+    assert fence.admits(written(1, 0, sample(PartitionClaimed, "partition-1", actor=NEW, partition=1)))
+    assert fence.admits(written(0, 0, sample(StepRecorded, "t", actor=OLD)))
+    assert not fence.admits(written(1, 1, sample(StepRecorded, "u", actor=OLD)))
 
 
 def test_a_store_keeps_the_owners_so_a_view_resuming_from_it_fences_the_same() -> None:

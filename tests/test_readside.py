@@ -12,10 +12,9 @@ from ledger.events import ElicitationRequested, TaskCreated
 from ledger.readside import ReadSide
 from ledger.service import TaskNotFound
 from ledger.settings import Settings
-from ledger.records import LogRecord
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
-from tests.factories import sample
+from tests.factories import sample, written
 from tests.mcp_client import answer_first_pending, call_as_task, connect, poll_until
 from tests.raw_http import ModernClient
 from tests.stack import demo_stack, until
@@ -108,7 +107,7 @@ async def test_each_principal_sees_its_own_tasks_and_auditors_see_all() -> None:
               sample(TaskCreated, "b1", principal="bob", occurred_at=2),
               sample(ElicitationRequested, "b1", principal="bob", elicitation_id="e", occurred_at=3)]
     for offset, event in enumerate(events):
-        projector.apply(LogRecord(0, offset, event))
+        projector.apply(written(0, offset, event))
     store = ProjectionStore()
     flush(store, projector.take(), {0: 3})
     read_side = ReadSide(store, auditors={"carol"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import uuid
 from dataclasses import replace
@@ -16,22 +17,21 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from ledger.events import (EVENT_TYPES, ElicitationRequested, PartitionClaimed, RequestRejected, ResponseSubmitted,
                            TaskCreated, TaskEvent)
 from ledger.log import EventLog
-from ledger.records import LogRecord
 from ledger.replay import replay
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from ledger.view import LiveView
 from projections.history import describe
 from projections.projector import Projector, flush
-from projections.store import ProjectionStore
-from tests.factories import histories, sample
+from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore
+from tests.factories import histories, sample, written
 from tests.spawn import LEDGER
 
 
 def projected(events: list[TaskEvent]) -> tuple[Projector, ProjectionStore]:
     projector = Projector()
     for offset, event in enumerate(events):
-        projector.apply(LogRecord(0, offset, event))
+        projector.apply(written(0, offset, event))
     store = ProjectionStore()
     flush(store, projector.take(), {0: len(events)})
     return projector, store
@@ -137,7 +137,7 @@ async def test_a_store_built_from_another_topic_is_rebuilt(settings: Settings, t
     path = tmp_path / "projections.sqlite"
     stale = ProjectionStore(path)
     projector = Projector()
-    projector.apply(LogRecord(0, 0, sample(TaskCreated, "ghost")))
+    projector.apply(written(0, 0, sample(TaskCreated, "ghost")))
     flush(stale, projector.take(), {0: 1})
     stale.close()
     async with EventLog(settings) as log:
@@ -196,3 +196,22 @@ def test_replay_into_a_missing_directory_is_one_sentence(tmp_path: Path) -> None
                          text=True, timeout=60, env={**os.environ, "LEDGER_BOOTSTRAP": "127.0.0.1:1"})
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
     assert f"the directory {tmp_path / 'missing'} does not exist" in run.stderr
+
+
+def test_a_store_of_another_format_is_refused_or_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE history (event_id TEXT, summary TEXT, detail_json TEXT)")
+    old.execute("CREATE TABLE checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL)")
+    old.execute("INSERT INTO checkpoint VALUES (0, 41)")
+    old.commit()
+    old.close()
+    with pytest.raises(OutdatedStore, match=f"format 0, this one reads {STORE_FORMAT}.*ledger replay --store"):
+        ProjectionStore(path)
+    store = ProjectionStore(path, rebuild_outdated=True)  # what a server does: read the log again
+    assert store.checkpoint() == {} and store.history_size() == 0
+    projector = Projector()
+    projector.apply(written(0, 0, sample(TaskCreated, "t")))
+    flush(store, projector.take(), {0: 1})
+    store.close()
+    assert ProjectionStore(path).history("t")[0].kind == "created"
