@@ -38,6 +38,7 @@ from ledger.log import EventLog  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
 from ledger.topics import ensure_topics  # noqa: E402
 from ledger.records import decode_records  # noqa: E402
+from ledger.replay import no_collections  # noqa: E402
 from ledger.view import LiveView  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 from projections.store import ProjectionStore  # noqa: E402
@@ -118,16 +119,17 @@ async def stage_rate(settings: Settings, partitions: int, events: int, stage: st
         codec, projector = Codec(), Projector()
         seen = 0
         started = time.perf_counter()
-        while seen < events:
-            for tp, messages in (await consumer.getmany(timeout_ms=100, max_records=20_000)).items():
-                seen += len(messages)
-                if stage == "read":
-                    continue
-                decoded, _ = decode_records(codec, tp.topic, tp.partition, messages)
-                if stage == "fold":
-                    for record in decoded:
-                        projector.apply(record)
-                    projector.written(projector.take())
+        with no_collections():  # as ledger replay runs
+            while seen < events:
+                for tp, messages in (await consumer.getmany(timeout_ms=100, max_records=20_000)).items():
+                    seen += len(messages)
+                    if stage == "read":
+                        continue
+                    decoded, _ = decode_records(codec, tp.topic, tp.partition, messages)
+                    if stage == "fold":
+                        for record in decoded:
+                            projector.apply(record)
+                        projector.written(projector.take())
         return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()

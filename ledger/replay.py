@@ -77,12 +77,12 @@ async def replay(settings: Settings, store: ProjectionStore, *, partitions: Coll
 
     ``since_ms`` leaves out events that occurred before it; ``to_offset`` stops each partition there.
     """
-    with _no_collections():
+    with no_collections():
         return await _replay(settings, store, partitions, status, history, since_ms, to_offset, progress)
 
 
 @contextmanager
-def _no_collections() -> Iterator[None]:
+def no_collections() -> Iterator[None]:
     """Pause the cyclic garbage collector: a replay allocates millions of objects and makes no cycles
     of its own (the client's few per fetch wait for the next collection), and each collection walks
     every row and event held: 9 % of a replay's CPU even at a hundredth of the default frequency."""
