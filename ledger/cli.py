@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ledger: cannot reach Kafka: {exc}; check LEDGER_BOOTSTRAP", file=sys.stderr)
     except EXPECTED_ERRORS as exc:
         print(f"ledger: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C during a command that is not a long-running role
+        print("ledger: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Whoever read the output stopped (``ledger tail | head``): not an error. Point stdout at
         # /dev/null so that the interpreter's final flush does not fail once more.

@@ -65,12 +65,15 @@ async def run_replay(settings: Settings, path: Path, *, projection: str, since_m
                      err: TextIO = sys.stderr) -> ReplaySummary:
     """Build a fresh store beside ``path`` and move it into place when complete (readers never see half)."""
     building = path.with_name(path.name + ".building")
-    for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
-        leftover.unlink(missing_ok=True)
+    _remove_store_files(building)  # left by a replay that was killed
     options = {"status": projection in ("status", "all"), "history": projection in ("history", "all"),
                "since_ms": since_ms, "to_offset": to_offset}
-    summary = await build_store(settings, building, processes=processes, progress=progress_printer("replay", err),
-                                **options)
+    try:
+        summary = await build_store(settings, building, processes=processes,
+                                    progress=progress_printer("replay", err), **options)
+    except BaseException:  # an error or Ctrl-C: half a store is of no use to anyone
+        _remove_store_files(building)
+        raise
     store = ProjectionStore(building)
     try:
         store.set_meta("topic", settings.events_topic)
@@ -85,6 +88,11 @@ async def run_replay(settings: Settings, path: Path, *, projection: str, since_m
           f"{summary.dead_letters:,} undecodable records skipped", file=out)
     print(checkpoint_line(summary.checkpoint), file=out)
     return summary
+
+
+def _remove_store_files(path: Path) -> None:
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        name.unlink(missing_ok=True)
 
 
 def checkpoint_line(checkpoint: dict[int, int]) -> str:

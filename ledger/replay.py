@@ -184,7 +184,10 @@ async def _replay_in_processes(settings: Settings, path: Path, partitions: list[
             exited = not any(child.is_alive() for child in children)
             _collect(results, summaries)  # after is_alive: a share's result is queued before it exits
             now = time.perf_counter()
-            if progress is not None and (now - last_report >= PROGRESS_EVERY_S or len(summaries) == len(children)):
+            # A share reports once it has fetched; before every share has, the lag would read too low.
+            reported = all(counts[2 * i] or counts[2 * i + 1] for i in range(len(shares)))
+            if progress is not None and ((reported and now - last_report >= PROGRESS_EVERY_S)
+                                         or len(summaries) == len(children)):
                 last_report = now
                 progress(Progress(sum(counts[0::2]), now - started, sum(counts[1::2])))
             if exited and len(summaries) < len(children):
