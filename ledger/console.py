@@ -91,7 +91,7 @@ async def run_replay(settings: Settings, path: Path, *, projection: str, since_m
 
 
 def _remove_store_files(path: Path) -> None:
-    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    for name in (path, *(Path(f"{path}-{suffix}") for suffix in ("wal", "shm", "journal"))):
         name.unlink(missing_ok=True)
 
 

@@ -228,10 +228,11 @@ def _replay_share(settings: Settings, path: str, partitions: list[int], options:
     def report(progress: Progress) -> None:
         counts[2 * index], counts[2 * index + 1] = progress.events, progress.lag
 
-    # A forked child keeps the parent's handlers: a parent that stops on a flag would leave its
-    # children deaf to Ctrl-C and to terminate().
+    # A forked child keeps the parent's handlers; it is stopped by the parent's terminate() alone.
+    # Ctrl-C reaches the whole process group, and the parent, interrupted, terminates its children:
+    # left to raise KeyboardInterrupt, each child would print a traceback of its own first.
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     store = ProjectionStore(path, building=True)

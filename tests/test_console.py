@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +102,27 @@ async def test_replay_in_several_processes_builds_the_store_one_process_builds(s
     db.close()
     refused = ledger(settings, "replay", "--store", str(shared), "--processes", "0")
     assert refused.returncode == 2 and "--processes must be at least 1" in refused.stderr
+
+
+async def test_ctrl_c_stops_a_parallel_replay_in_one_line_and_leaves_no_store(settings: Settings, topics: dict,
+                                                                              tmp_path: Path) -> None:
+    async with EventLog(settings) as log:
+        for first in range(0, 15_000, 1_000):
+            await log.append_many([event for i in range(first, first + 1_000) for event in plan_trip(f"trip-{i}")])
+    path = tmp_path / "store.sqlite"
+    replaying = subprocess.Popen(LEDGER + ["replay", "--store", str(path), "--processes", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=role_environment(settings), start_new_session=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not path.with_name("store.sqlite.building").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(replaying.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = replaying.communicate(timeout=60)
+    assert (replaying.returncode, err.strip()) == (130, "ledger: interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ProcessLookupError):  # no replay process left behind
+        os.killpg(replaying.pid, 0)
 
 
 async def test_topics_tells_waiting_for_people_from_not_started(settings: Settings, trips: list[str]) -> None:
