@@ -139,11 +139,7 @@ class DecodingConsumer:
 
     def _behind(self) -> bool:
         """Whether the last fetches showed events past what was read in some partition."""
-        for tp in self._consumer.assignment():
-            highwater, position = self._consumer.highwater(tp), self._positions.get(tp.partition)
-            if highwater is not None and position is not None and position < highwater:
-                return True
-        return False
+        return any(self.lag_by_partition().values())
 
     def _next_starved_wait(self) -> int:
         # The embedded broker returns nothing from a partition of many batches when the wait is

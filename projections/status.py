@@ -222,7 +222,7 @@ class StatusProjection:
     def apply(self, event: TaskEvent) -> TaskRow | None:
         """Fold one event in; returns the task's row afterwards."""
         row = self.get(event.task_id, look_up=type(event) is not TaskCreated)
-        if event.event_id in self._applied:
+        if self.seen(event.event_id):
             return row
         return self.fold(row, event)
 
@@ -235,10 +235,7 @@ class StatusProjection:
             applied.popitem(last=False)
         after = transition(row, event)
         if after is not row and after is not None:
-            rows = self.rows
-            rows[event.task_id] = after  # a new task goes last, a known one keeps the place get gave it
-            if self.capacity is not None and len(rows) > self.capacity:
-                del rows[next(iter(rows))]
+            self._keep(event.task_id, after)
         return after
 
     def get(self, task_id: str, *, look_up: bool = True) -> TaskRow | None:
@@ -257,13 +254,12 @@ class StatusProjection:
         return row
 
     def _keep(self, task_id: str, row: TaskRow) -> None:
-        if self.capacity is None:
-            self.rows[task_id] = row
-            return
-        self.rows.pop(task_id, None)
-        self.rows[task_id] = row
-        if len(self.rows) > self.capacity:
-            del self.rows[next(iter(self.rows))]
+        """Hold ``row``: a new task's goes last (most recently used); a held task's keeps the place
+        ``get`` just gave it, the last."""
+        rows = self.rows
+        rows[task_id] = row
+        if self.capacity is not None and len(rows) > self.capacity:
+            del rows[next(iter(rows))]
 
     def seen(self, event_id: str) -> bool:
         """Whether an event with this id was applied (a producer retry writes an event twice)."""
