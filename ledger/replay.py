@@ -174,6 +174,9 @@ async def _replay_in_processes(settings: Settings, path: Path, partitions: list[
     children = [context.Process(target=_replay_share, name=f"ledger-replay-{i}",
                                 args=(settings, str(path), share, options, counts, i, results))
                 for i, share in enumerate(shares)]
+    # Made here, before the shares open it: SQLite refuses at once ("database is locked", without
+    # waiting) a connection that switches a file to WAL while another does the same.
+    ProjectionStore(path, building=True).close()
     for child in children:
         child.start()
     summaries: dict[int, ReplaySummary | str] = {}
