@@ -49,11 +49,13 @@ from pathlib import Path
 from flow import LOADER, PEER_DIR, ROOT, SetupFailed, cpu_seconds, fresh_broker, peak_rss_mb, peer_python, say
 
 from ledger.broker import free_port
+from ledger.codec import Codec
 from ledger.events import ElicitationRequested, TaskCreated, TaskEvent, TaskStarted
 from ledger.log import EventLog
 from ledger.reader import LogReader
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
+from projections.history import describe
 from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
 
 SEED_CHUNK = 6_000  # events per append_many while seeding
@@ -291,11 +293,14 @@ def still_waiting(store: Path, parked: list[dict]) -> int:
 def fold_check(store: Path, parked: list[str]) -> dict:
     """How often the log says each parked task asked and completed, from the server's projection store."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    codec, asked, completed = Codec(), Counter[str](), Counter[str]()
     try:
-        def per_task(kind: str) -> Counter:
-            return Counter(dict(db.execute("SELECT task_id, count(*) FROM history WHERE kind = ? GROUP BY task_id",
-                                           (kind,))))
-        asked, completed = per_task("asked"), per_task("completed")
+        for task_id in parked:  # the store keeps each event as written; a fenced one counts for nothing
+            for (record,) in db.execute("SELECT record FROM history WHERE task_id = ? AND fenced_by IS NULL",
+                                        (task_id,)):
+                kind = describe(codec.decode(record))[0]
+                asked[task_id] += kind == "asked"
+                completed[task_id] += kind == "completed"
         events = db.execute("SELECT sum(next_offset) FROM checkpoint").fetchone()[0]
     finally:
         db.close()

@@ -42,7 +42,7 @@ compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Entry(NamedTuple):
-    """One timeline entry; its fields are the store's columns, in order."""
+    """One timeline entry."""
 
     event_id: str
     task_id: str

@@ -213,7 +213,9 @@ class StatusProjection:
                  remembered_ids: int | None = None) -> None:
         if capacity is not None and lookup is None:
             raise ValueError("a bounded projection needs a lookup for the rows it no longer holds")
-        self.rows: dict[str, TaskRow] = {}  # in least- to most-recently-used order when bounded
+        # In least- to most-recently-used order when bounded. Not a dict: deleting a dict's first
+        # item leaves a hole that every later next(iter()) walks over (1.3 s in a million events).
+        self.rows: OrderedDict[str, TaskRow] = OrderedDict()
         self.capacity = capacity
         self._lookup = lookup
         self._applied: OrderedDict[str, None] = OrderedDict()
@@ -244,7 +246,7 @@ class StatusProjection:
         row = self.rows.get(task_id)
         if row is not None:
             if self.capacity is not None:
-                self.rows[task_id] = self.rows.pop(task_id)
+                self.rows.move_to_end(task_id)
             return row
         if self._lookup is None or not look_up:
             return None
@@ -259,7 +261,7 @@ class StatusProjection:
         rows = self.rows
         rows[task_id] = row
         if self.capacity is not None and len(rows) > self.capacity:
-            del rows[next(iter(rows))]
+            rows.popitem(last=False)
 
     def seen(self, event_id: str) -> bool:
         """Whether an event with this id was applied (a producer retry writes an event twice)."""

@@ -32,13 +32,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     row_json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS history (
-    partition INTEGER NOT NULL,
-    "offset" INTEGER NOT NULL,
+    position INTEGER PRIMARY KEY,  -- partition << 40 | offset: the record's place in the log
     task_id TEXT NOT NULL,
     fenced_by TEXT,
-    record BLOB NOT NULL,
-    PRIMARY KEY (partition, "offset")
-) WITHOUT ROWID;
+    record BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS owners (partition INTEGER PRIMARY KEY, actor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,12 +46,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INDEXES = """
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
-CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, partition, "offset");
+CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id);
 """
 # Raised whenever the tables change. A store of another format is rebuilt from the log by a server
 # (the log is the truth; the store only saves reading it again) and refused by the read commands.
-STORE_FORMAT = 2
+STORE_FORMAT = 3
 PAGE_SIZE = 16_384
+# A history entry's key is its place in the log, one integer: a rowid key is inserted a third
+# faster than a (partition, offset) key (4.0 -> 2.8 us a row), and a replay inserts a million.
+OFFSET_BITS = 40
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
 BUILDING_LOCK_WAIT_S = 120  # the processes of a parallel replay take turns writing
 
 ROW_FIELDS = TaskRow._fields
@@ -162,7 +164,7 @@ class ProjectionStore:
                 [(r.task_id, r.principal, r.tool, r.status, r.created_at, r.last_updated_at, row_json(r))
                  for r in rows],
             )
-            db.executemany("INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?)", entries)
+            db.executemany(f"INSERT OR IGNORE INTO history VALUES ((? << {OFFSET_BITS}) | ?, ?, ?, ?)", entries)
             db.executemany("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", list(checkpoint.items()))
             db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", list((owners or {}).items()))
             db.execute("COMMIT")
@@ -229,13 +231,14 @@ class ProjectionStore:
 
     @_locked
     def history(self, task_id: str) -> list[Entry]:
-        query = 'SELECT * FROM history WHERE task_id = ? ORDER BY partition, "offset"'
+        query = (f"SELECT position >> {OFFSET_BITS}, position & {OFFSET_MASK}, task_id, fenced_by, record "
+                 "FROM history WHERE task_id = ? ORDER BY position")
         return [render(stored, self._codec) for stored in self._db.execute(query, (task_id,))]
 
     @_locked
     def first_event(self, partition: int) -> str | None:
         """The id of the event at offset 0 of ``partition``, as this store saw it."""
-        found = self._db.execute('SELECT record FROM history WHERE partition = ? AND "offset" = 0',
+        found = self._db.execute(f"SELECT record FROM history WHERE position = ? << {OFFSET_BITS}",
                                  (partition,)).fetchone()
         return self._codec.decode(found[0]).event_id if found else None
 
