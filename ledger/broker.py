@@ -37,6 +37,10 @@ def tansu_binary() -> Path:
     )
 
 
+class PortTaken(OSError):
+    """A port ledger was asked to listen on is in use."""
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -19,14 +19,15 @@ import uvloop
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ledger import console, logs, terminal
-from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker
+from ledger.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker, PortTaken
 from ledger.loading import AppNotFound, default_app_path, load_app
 from ledger.profiles import KafkaUnreachable, NotKafka
-from ledger.roles import PortTaken, serve, serve_dev, work
 from ledger.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
 from ledger.topics import TopicError, ensure_topics
 from projections.store import OutdatedStore
+# ledger.roles (the MCP SDK, uvicorn) is imported by the commands that serve, in their run_*:
+# the others (replay, tasks, tail...) start in 0.3 s instead of 0.9 s.
 
 DESCRIPTION = """\
 ledger: a Kafka event-sourced task ledger for MCP servers.
@@ -314,6 +315,7 @@ def run_broker(args: argparse.Namespace) -> int:
 def run_server(args: argparse.Namespace) -> int:
     _check_port(args.port)
     settings = Settings.from_env(bootstrap=args.bootstrap)
+    from ledger.roles import serve  # see the note on imports above
     return _run(serve(load_app(args.app), settings, args.host, args.port))
 
 
@@ -321,6 +323,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         _check_port(args.metrics_port)
     settings = Settings.from_env(bootstrap=args.bootstrap)
+    from ledger.roles import work  # see the note on imports above
     return _run(work(load_app(args.app), settings, metrics_at=None if args.metrics_port is None
                      else (args.metrics_host, args.metrics_port)))
 
@@ -330,6 +333,7 @@ def run_dev(args: argparse.Namespace) -> int:
     metrics_port = args.port + 1 if args.metrics_port is None else args.metrics_port
     _check_port(metrics_port)
     source = args.app or str(default_app_path())
+    from ledger.roles import serve_dev  # see the note on imports above
     return _run(serve_dev(load_app(source), source, args.host, args.port, quiet=args.quiet,
                           metrics_port=metrics_port))
 

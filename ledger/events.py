@@ -11,6 +11,7 @@ import copy
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,11 @@ def _new_event_id() -> str:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def iso(ms: int) -> str:
+    """An event time (ms since the epoch) as ISO 8601 UTC, to the millisecond, as MCP shows times."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TaskEvent(BaseModel):

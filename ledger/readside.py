@@ -15,10 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ledger.app import error_result
-from ledger.events import now_ms
+from ledger.events import iso, now_ms
 from ledger.service import InvalidCursor, TaskNotFound, decode_cursor, encode_cursor
 from ledger.values import problem_in
-from ledger.wire import iso
 from projections.status import PendingElicitation, TaskRow
 from projections.store import EVERYONE, ProjectionStore
 

@@ -20,16 +20,12 @@ import uvicorn
 
 from ledger import transitions
 from ledger.app import App
-from ledger.broker import EmbeddedBroker, port_is_free
+from ledger.broker import EmbeddedBroker, PortTaken, port_is_free
 from ledger.server import create_app
 from ledger.settings import Settings
 from ledger.topics import ensure_topics
 from ledger.worker import Worker
 from ledger.worker_metrics import metrics_app
-
-
-class PortTaken(OSError):
-    pass
 
 
 class HttpServer(uvicorn.Server):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import mcp_types as types
@@ -15,6 +14,7 @@ from starlette.requests import Request
 
 from ledger.app import InvalidArguments, UnknownTool, error_result
 from ledger.budget import OverBudget
+from ledger.events import iso
 from ledger.log import AppendTimeout
 from ledger.service import CancelPending, InvalidCursor, Refused, TaskNotFound, TaskService
 from ledger.view import ReadTimeout
@@ -24,10 +24,6 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RATE_LIMITED = -32000  # in JSON-RPC's range for server-defined errors
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def task_fields(row: TaskRow, *, status: str, ttl: str, poll_interval: str) -> dict[str, Any]:
