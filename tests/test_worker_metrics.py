@@ -3,7 +3,6 @@ the Grafana dashboard in compose/ names only series that the server and the work
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import pytest
 from ledger.broker import free_port
 from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, drain, wait_for_line
+from tests.stack import until
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +79,10 @@ async def test_the_worker_serves_every_series_after_a_demo_run(dev_with_metrics:
     async with httpx.AsyncClient() as http:
         # A server can read a TaskCompleted off the log before the worker that wrote it has its
         # acknowledgement and counts the run: scrape until the worker has counted both.
-        deadline = asyncio.get_running_loop().time() + 10
-        scraped = series((await http.get(worker_metrics)).text)
-        while (scraped.get('ledger_worker_runs_finished_total{outcome="completed"}', 0) < 2
-               and asyncio.get_running_loop().time() < deadline):
-            await asyncio.sleep(0.05)
+        async def counted_both_runs() -> dict[str, float] | None:
             scraped = series((await http.get(worker_metrics)).text)
+            return scraped if scraped.get('ledger_worker_runs_finished_total{outcome="completed"}', 0) >= 2 else None
+        scraped = await until(counted_both_runs, 10)
         health = await http.get(worker_metrics.replace("/metrics", "/healthz"))
     names = {sample.split("{", 1)[0] for sample in scraped}
     assert set(WORKER_SERIES) <= names, set(WORKER_SERIES) - names
