@@ -1,7 +1,24 @@
-"""ledger: a Kafka event-sourced task ledger for MCP servers."""
+"""ledger: a Kafka event-sourced task ledger for MCP servers.
 
-from ledger.app import App
-from ledger.context import Context, Elicited, NonDeterminismError
+The public API: ``App`` and ``Context`` for writing tools, ``create_app`` for serving them from your own
+ASGI process. ``create_app`` is imported on first use, so a tool module or a read command does not load
+the MCP SDK's HTTP stack.
+"""
 
-__all__ = ["App", "Context", "Elicited", "NonDeterminismError"]
+from typing import TYPE_CHECKING, Any
+
+from ledger.engine.app import App
+from ledger.engine.context import Context, Elicited, NonDeterminismError
+
+if TYPE_CHECKING:
+    from ledger.http.app import create_app
+
+__all__ = ["App", "Context", "Elicited", "NonDeterminismError", "create_app"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from ledger.http.app import create_app
+        return create_app
+    raise AttributeError(f"module 'ledger' has no attribute {name!r}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ledger.events import PartitionClaimed
-from ledger.records import LogRecord
+from ledger.contract.events import PartitionClaimed
+from ledger.kafka.records import LogRecord
 
 WORKER_PREFIX = "worker:"
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-from ledger.codec import Codec
-from ledger.events import (
+from ledger.contract.codec import Codec
+from ledger.contract.events import (
     CancelRequested,
     PartitionClaimed,
     ElicitationRequested,
@@ -32,7 +32,7 @@ from ledger.events import (
     TaskFailed,
     TaskStarted,
 )
-from ledger.records import LogRecord
+from ledger.kafka.records import LogRecord
 
 DUPLICATE_PREFIX = "duplicate"
 IGNORED = "ignored"

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ledger.events import PartitionClaimed, TaskCreated
-from ledger.records import LogRecord
+from ledger.contract.events import PartitionClaimed, TaskCreated
+from ledger.kafka.records import LogRecord
 from projections.fence import Fence
 from projections.history import Recorded, recorded
 from projections.status import StatusProjection, TaskRow

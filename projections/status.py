@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-from ledger.events import (
+from ledger.contract.events import (
     CancelRequested,
     PartitionClaimed,
     ElicitationRequested,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ledger.codec import Codec
+from ledger.contract.codec import Codec
 from projections.history import Entry, Recorded, compact_json, render
 from projections.status import TERMINAL, Answer, PendingElicitation, TaskRow
 

@@ -1,7 +1,7 @@
 """Fixtures: a real broker for the session and isolated topics.
 
 ``pytest --broker embedded`` (the default) starts the embedded broker (Tansu); ``pytest --broker
-kafka`` starts a 3-broker Apache Kafka cluster of local JVMs (``ledger.cluster``, as
+kafka`` starts a 3-broker Apache Kafka cluster of local JVMs (``ledger.kafka.cluster``, as
 ``compose/local-cluster`` runs it). ``LEDGER_TEST_BROKER`` sets the default of ``--broker``;
 ``LEDGER_BOOTSTRAP`` points the suite at a broker that is already running instead (the tests that
 stop and restart brokers then skip).
@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from ledger.broker import EmbeddedBroker, free_port
-from ledger.cluster import LocalCluster
-from ledger.log import EventLog
+from ledger.kafka.broker import EmbeddedBroker, free_port
+from ledger.kafka.cluster import LocalCluster
+from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.spawn import LEDGER, drain, wait_for_line
 
 BROKERS = ("embedded", "kafka")

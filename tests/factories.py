@@ -8,8 +8,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ledger.codec import Codec
-from ledger.events import (
+from ledger.contract.codec import Codec
+from ledger.contract.events import (
     EVENT_TYPES,
     CancelRequested,
     ElicitationRequested,
@@ -26,7 +26,7 @@ from ledger.events import (
     TaskStarted,
     PartitionClaimed,
 )
-from ledger.records import LogRecord
+from ledger.kafka.records import LogRecord
 
 text = st.text(max_size=40)
 optional_text = st.none() | text

@@ -6,7 +6,7 @@ from collections import Counter
 from subprocess import Popen
 from typing import NamedTuple
 
-from ledger.events import TaskCompleted, TaskEvent
+from ledger.contract.events import TaskCompleted, TaskEvent
 from ledger.settings import Settings
 from tests.engine import all_events
 from tests.spawn import confirmed_appends

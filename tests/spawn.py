@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from ledger.broker import free_port
+from ledger.kafka.broker import free_port
 from ledger.settings import Settings
 
-LEDGER = [sys.executable, "-m", "ledger.cli"]
+LEDGER = [sys.executable, "-m", "ledger.cli.main"]
 DEMO = "examples/demo.py"
 
 

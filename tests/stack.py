@@ -11,13 +11,13 @@ from typing import Any
 
 import uvicorn
 
-from ledger.app import App
-from ledger.broker import free_port
-from ledger.roles import HttpServer
-from ledger.server import create_app
+from ledger.engine.app import App
+from ledger.kafka.broker import free_port
+from ledger.cli.roles import HttpServer
+from ledger.http.app import create_app
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
-from ledger.worker import Worker
+from ledger.kafka.topics import ensure_topics
+from ledger.engine.worker import Worker
 
 
 @asynccontextmanager

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from ledger import App, Context
-from ledger.app import InvalidArguments, UnknownTool, error_result, tool_result
+from ledger.engine.app import InvalidArguments, UnknownTool, error_result, tool_result
 
 
 def build() -> App:

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from ledger.broker import free_port
-from ledger.events import RequestRejected
+from ledger.kafka.broker import free_port
+from ledger.contract.events import RequestRejected
 from ledger.settings import Settings
 from tests.engine import history
 from tests.raw_http import ModernClient, RawSession, bearer

@@ -1,4 +1,4 @@
-"""Compiled Avro readers (ledger/avro.py) against fastavro, the reference: the same fields from every
+"""Compiled Avro readers (ledger/contract/avro.py) against fastavro, the reference: the same fields from every
 event written with every shipped schema version, and no bytes accepted that fastavro rejects."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from fastavro import parse_schema, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import schemas
-from ledger.avro import Unsupported, compile_reader
-from ledger.codec import HEADER_SIZE, MARKER, SHARED_TEXT_FIELDS, fastavro_reader, reader_of
-from ledger.events import TaskEvent
+from ledger.contract import schemas
+from ledger.contract.avro import Unsupported, compile_reader
+from ledger.contract.codec import HEADER_SIZE, MARKER, SHARED_TEXT_FIELDS, fastavro_reader, reader_of
+from ledger.contract.events import TaskEvent
 from tests.factories import any_event
 
 CURRENT = schemas.current()

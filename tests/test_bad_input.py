@@ -14,7 +14,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from ledger.events import RequestRejected, TaskCreated
+from ledger.contract.events import RequestRejected, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events, history
 from tests.raw_http import ACCEPT, ModernClient, RawSession, _messages

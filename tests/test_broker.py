@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger.broker import EmbeddedBroker, answers_metadata, free_port, port_is_free
-from ledger.profiles import TANSU
+from ledger.kafka.broker import EmbeddedBroker, answers_metadata, free_port, port_is_free
+from ledger.kafka.profiles import TANSU
 from tests.spawn import LEDGER, wait_for_line
 
 

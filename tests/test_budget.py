@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ledger.budget import OverBudget, WriteBudget
-from ledger.events import RequestRejected, TaskCreated
+from ledger.service.budget import OverBudget, WriteBudget
+from ledger.contract.events import RequestRejected, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events
 from tests.raw_http import ModernClient

@@ -1,4 +1,4 @@
-"""The local Apache Kafka cluster (ledger/cluster.py, compose/local-cluster): it runs what compose
+"""The local Apache Kafka cluster (ledger/kafka/cluster.py, compose/local-cluster): it runs what compose
 runs, as a user starts it from the command line, and keeps its data across restarts."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from ledger.cluster import LocalCluster, kafka_version, property_name, read_env_file, shared_properties
-from ledger.events import TaskCreated
-from ledger.log import EventLog
+from ledger.kafka.cluster import LocalCluster, kafka_version, property_name, read_env_file, shared_properties
+from ledger.contract.events import TaskCreated
+from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
-from ledger.topics import TopicError, ensure_topics
+from ledger.kafka.topics import TopicError, ensure_topics
 from tests.engine import all_events
 from tests.factories import sample
 

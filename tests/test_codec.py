@@ -10,9 +10,9 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import schemas
-from ledger.codec import MARKER, Codec, CorruptRecord, DecodeError, UnknownSchema
-from ledger.events import ResponseSubmitted, TaskCreated
+from ledger.contract import schemas
+from ledger.contract.codec import MARKER, Codec, CorruptRecord, DecodeError, UnknownSchema
+from ledger.contract.events import ResponseSubmitted, TaskCreated
 from tests.factories import sample
 
 codec = Codec()

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from compose_spec import PyCompose
 
-from ledger.broker import free_port
-from ledger.cluster import read_env_file
+from ledger.kafka.broker import free_port
+from ledger.kafka.cluster import read_env_file
 from tests.proxy import round_robin
 from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, drain, wait_for_line

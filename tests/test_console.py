@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import ElicitationRequested, RequestRejected, ResponseSubmitted, TaskCompleted, TaskCreated, TaskStarted
-from ledger.log import EventLog
+from ledger.contract.events import ElicitationRequested, RequestRejected, ResponseSubmitted, TaskCompleted, TaskCreated, TaskStarted
+from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from projections.store import ProjectionStore
 from tests.factories import sample

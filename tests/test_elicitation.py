@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from ledger.elicitation import InvalidSchema, canonical_json, content_errors, requested_schema
+from ledger.contract.elicitation import InvalidSchema, canonical_json, content_errors, requested_schema
 
 
 class Dates(BaseModel):

@@ -7,9 +7,9 @@ from fastavro import parse_schema
 from fastavro.validation import validate
 from hypothesis import given
 
-from ledger import schemas
-from ledger.codec import Codec
-from ledger.events import EVENT_TYPES, TaskEvent
+from ledger.contract import schemas
+from ledger.contract.codec import Codec
+from ledger.contract.events import EVENT_TYPES, TaskEvent
 from tests.factories import any_event
 
 ENVELOPE = [f["name"] for f in schemas.current().source["fields"] if f["name"] != "payload"]

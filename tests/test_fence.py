@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from ledger.codec import Codec
-from ledger.events import (ElicitationRequested, PartitionClaimed, ResponseSubmitted, StepRecorded, TaskCompleted,
+from ledger.contract.codec import Codec
+from ledger.contract.events import (ElicitationRequested, PartitionClaimed, ResponseSubmitted, StepRecorded, TaskCompleted,
                            TaskCreated, TaskEvent, TaskStarted)
 from projections.fence import Fence
 from projections.history import render

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ledger.intake import BODY_READ_TIMEOUT_S, jsonrpc_problem
+from ledger.http.intake import BODY_READ_TIMEOUT_S, jsonrpc_problem
 from ledger.settings import Settings
 from tests.stack import demo_stack
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from ledger.events import ResponseSubmitted, TaskCancelled, TaskCreated
+from ledger.contract.events import ResponseSubmitted, TaskCancelled, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events
 from tests.modern_client import modern_client

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.events import (
+from ledger.contract.events import (
     ElicitationRequested,
     ResponseSubmitted,
     StepRecorded,
@@ -10,7 +10,7 @@ from ledger.events import (
     TaskCreated,
     TaskStarted,
 )
-from ledger.journal import Journal
+from ledger.engine.journal import Journal
 
 TASK = {"task_id": "task-1", "principal": "alice", "actor": "worker:w1"}
 

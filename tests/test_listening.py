@@ -13,7 +13,7 @@ import pytest
 
 from examples.demo import app as demo
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.raw_http import ModernClient
 from tests.stack import serving, tokened_stack, working
 

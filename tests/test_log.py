@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ledger.codec import Codec
-from ledger.consumer import contiguous_run, fetch_wait_ms
-from ledger.events import EVENT_TYPES, ProgressReported, TaskCreated
-from ledger.group import GroupConsumer
-from ledger.log import EventLog
-from ledger.reader import LogReader
-from ledger.records import DeadLetter, LogRecord
+from ledger.contract.codec import Codec
+from ledger.kafka.consumer import contiguous_run, fetch_wait_ms
+from ledger.contract.events import EVENT_TYPES, ProgressReported, TaskCreated
+from ledger.kafka.group import GroupConsumer
+from ledger.kafka.appender import EventLog
+from ledger.kafka.reader import LogReader
+from ledger.kafka.records import DeadLetter, LogRecord
 from ledger.settings import Settings
-from ledger.topics import TopicError, ensure_topics
+from ledger.kafka.topics import TopicError, ensure_topics
 from tests.factories import sample
 
 ROOT = Path(__file__).resolve().parent.parent

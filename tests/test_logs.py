@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from ledger import logs
+from ledger.cli import logging_setup
 
 
 def test_a_repeated_line_passes_once_a_window_and_then_counts_the_rest(monkeypatch) -> None:
     clock = [100.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
-    quiet = logs.QuietRepeats()
+    monkeypatch.setattr(logging_setup.time, "monotonic", lambda: clock[0])
+    quiet = logging_setup.QuietRepeats()
 
     def line(text: str) -> logging.LogRecord:
         return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, text, (), None)
@@ -19,7 +19,7 @@ def test_a_repeated_line_passes_once_a_window_and_then_counts_the_rest(monkeypat
     held = [quiet.filter(line("Unable connect to node 2")) for _ in range(40)]
     assert not any(held)
     assert quiet.filter(line("Unable connect to node 3")), "another line is not held back"
-    clock[0] += logs.REPEAT_WINDOW_S
+    clock[0] += logging_setup.REPEAT_WINDOW_S
     later = line("Unable connect to node 2")
     assert quiet.filter(later)
     assert later.getMessage() == "Unable connect to node 2 (and 40 times more in 10 s)"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ledger.events import RequestRejected, ResponseSubmitted, TaskCreated
+from ledger.contract.events import RequestRejected, ResponseSubmitted, TaskCreated
 from ledger.settings import Settings
 from tests.engine import all_events, history
 from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until

@@ -35,9 +35,9 @@ def test_wheel_ships_and_finds_the_schemas_and_demo_tools(tmp_path: Path) -> Non
     )
     assert install.returncode == 0, install.stderr
     probe = subprocess.run(
-        [sys.executable, "-c", "import ledger, ledger.schemas as s, ledger.loading as l; print(ledger.__file__); "
+        [sys.executable, "-c", "import ledger, ledger.contract.schemas as s, ledger.cli.loading as l; print(ledger.__file__); "
          "print(s.schema_dir()); print(s.current().version); print(l.default_app_path()); "
-         "print(len(l.load_app(str(l.default_app_path())).tools)); import ledger.cluster as c; print(c.compose_dir()); "
+         "print(len(l.load_app(str(l.default_app_path())).tools)); import ledger.kafka.cluster as c; print(c.compose_dir()); "
          "print(c.kafka_version())"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, timeout=60,
     )

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from ledger.broker import free_port
-from ledger.profiles import KAFKA, TANSU, profile_for
+from ledger.kafka.broker import free_port
+from ledger.kafka.profiles import KAFKA, TANSU, profile_for
 from tests.spawn import LEDGER
 
 SENTENCE_WITHIN_S = 10

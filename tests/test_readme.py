@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ledger.loading import load_app
+from ledger.cli.loading import load_app
 from ledger.settings import Settings
 from tests.engine import running_engine
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from ledger.events import ElicitationRequested, TaskCreated
-from ledger.readside import ReadSide
-from ledger.service import TaskNotFound
+from ledger.contract.events import ElicitationRequested, TaskCreated
+from ledger.service.queries import ReadSide
+from ledger.service.tasks import TaskNotFound
 from ledger.settings import Settings
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore

@@ -16,11 +16,11 @@ import httpx2 as httpx
 import mcp_types as types
 import pytest
 
-from ledger.broker import free_port
-from ledger.events import TaskCompleted, TaskCreated, TaskStarted
-from ledger.log import EventLog
+from ledger.kafka.broker import free_port
+from ledger.contract.events import TaskCompleted, TaskCreated, TaskStarted
+from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.engine import history
 from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
 from tests.raw_http import ModernClient

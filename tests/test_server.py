@@ -16,7 +16,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from ledger.events import RequestRejected, ResponseSubmitted
+from ledger.contract.events import RequestRejected, ResponseSubmitted
 from ledger.settings import Settings
 from tests.engine import history
 from tests.mcp_client import (
@@ -339,7 +339,7 @@ async def test_wire_errors_are_json_rpc_errors(stack: tuple[str, Settings]) -> N
 
 
 def test_task_json_matches_the_sdk_task_model() -> None:
-    from ledger.server import task_json
+    from ledger.http.app import task_json
     from projections.status import TaskRow
     row = TaskRow("t1", None, "count_slowly", "completed", 1_700_000_000_000, 1_700_000_000_500, None, 500,
                   result_json=json.dumps({"content": []}), is_error=True)

@@ -7,7 +7,7 @@ import uuid
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ledger.events import (
+from ledger.contract.events import (
     CancelRequested,
     ElicitationRequested,
     ResponseSubmitted,
@@ -18,8 +18,8 @@ from ledger.events import (
     TaskExpired,
     TaskStarted,
 )
-from ledger.log import EventLog
-from ledger.reader import LogReader
+from ledger.kafka.appender import EventLog
+from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
 from projections.status import TERMINAL, StatusProjection, transition
 from tests.factories import histories, sample

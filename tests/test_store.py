@@ -14,13 +14,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 
-from ledger.events import (EVENT_TYPES, ElicitationRequested, PartitionClaimed, RequestRejected, ResponseSubmitted,
+from ledger.contract.events import (EVENT_TYPES, ElicitationRequested, PartitionClaimed, RequestRejected, ResponseSubmitted,
                            TaskCreated, TaskEvent)
-from ledger.log import EventLog
-from ledger.replay import replay
+from ledger.kafka.appender import EventLog
+from ledger.service.replay import replay
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
-from ledger.view import LiveView
+from ledger.kafka.topics import ensure_topics
+from ledger.service.live_view import LiveView
 from projections.history import describe
 from projections.projector import Projector, flush
 from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore

@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from ledger.settings import Settings
-from ledger.profiles import broker_profile
-from ledger.topics import TopicError, ensure_topics
+from ledger.kafka.profiles import broker_profile
+from ledger.kafka.topics import TopicError, ensure_topics
 
 
 async def test_creates_topics_with_the_configured_partitions(settings: Settings) -> None:

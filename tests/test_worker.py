@@ -12,10 +12,10 @@ import pytest
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ledger.app import InvalidArguments
-from ledger.events import (TERMINAL_EVENTS, ElicitationRequested, PartitionClaimed, ProgressReported, StepRecorded,
+from ledger.engine.app import InvalidArguments
+from ledger.contract.events import (TERMINAL_EVENTS, ElicitationRequested, PartitionClaimed, ProgressReported, StepRecorded,
                            TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskStarted)
-from ledger.reader import LogReader
+from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
 from tests.apps.engine_app import app
 from tests.engine import history, running_engine

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from ledger.broker import free_port
+from ledger.kafka.broker import free_port
 from tests.raw_http import ModernClient
 from tests.spawn import LEDGER, drain, wait_for_line
 from tests.stack import until

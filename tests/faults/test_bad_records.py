@@ -12,10 +12,10 @@ import httpx2 as httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ledger.broker import free_port
-from ledger.codec import MARKER
+from ledger.kafka.broker import free_port
+from ledger.contract.codec import MARKER
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.raw_http import ModernClient
 from tests.spawn import spawned
 from tests.stack import approve_through_tasks, until

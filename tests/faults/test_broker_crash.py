@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.cluster import LocalCluster
+from ledger.kafka.cluster import LocalCluster
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.flows import asked, done
 from tests.outcomes import checked_log
 from tests.raw_http import ModernClient

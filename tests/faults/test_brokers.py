@@ -14,10 +14,10 @@ import httpx2 as httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ledger.cluster import LocalCluster
-from ledger.events import TaskCreated
+from ledger.kafka.cluster import LocalCluster
+from ledger.contract.events import TaskCreated
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.flows import FlowStats, approve_many, asked, asked_or_done, call, done
 from tests.outcomes import checked_log
 from tests.raw_http import ModernClient

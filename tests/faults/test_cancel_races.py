@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from ledger.broker import free_port
-from ledger.events import TERMINAL_EVENTS, TaskCancelled, TaskCompleted
+from ledger.kafka.broker import free_port
+from ledger.contract.events import TERMINAL_EVENTS, TaskCancelled, TaskCompleted
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.engine import all_events
 from tests.raw_http import ModernClient, RawSession
 from tests.spawn import DEMO, spawned

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from ledger.broker import free_port
+from ledger.kafka.broker import free_port
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from projections.store import ProjectionStore
 from tests.raw_http import ModernClient
 from tests.spawn import spawned

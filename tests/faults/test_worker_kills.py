@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import pytest
 
-from ledger.broker import free_port
-from ledger.events import StepRecorded, TaskCompleted, TaskStarted
+from ledger.kafka.broker import free_port
+from ledger.contract.events import StepRecorded, TaskCompleted, TaskStarted
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from tests.engine import all_events
 from tests.flows import FlowStats, approve_many
 from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line

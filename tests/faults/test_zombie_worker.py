@@ -14,11 +14,11 @@ from dataclasses import replace
 
 import pytest
 
-from ledger.events import TERMINAL_EVENTS, PartitionClaimed, StepRecorded, TaskEvent, TaskStarted
-from ledger.records import LogRecord
-from ledger.reader import LogReader
+from ledger.contract.events import TERMINAL_EVENTS, PartitionClaimed, StepRecorded, TaskEvent, TaskStarted
+from ledger.kafka.records import LogRecord
+from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from projections.status import StatusProjection
 from tests.apps.engine_app import app
 from tests.engine import Engine, running_engine

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 
-from ledger.group import GroupConsumer
+from ledger.kafka.group import GroupConsumer
 from ledger.settings import Settings
 
 

@@ -1,0 +1,138 @@
+"""A task's journal as a worker keeps it: what was asked, answered and recorded, folded from the log.
+
+The worker decides what a task needs from its journal alone (level-triggered), so it does the
+same thing whether it saw each event live, read them back after a restart, or took the partition
+over from a worker that died.
+
+A worker holds the journal of every open task of its partitions, most of them parked on a
+question for hours, so a journal keeps little: the tool's arguments, each question as the three
+fields a replay checks, and answers and step results Avro-encoded (about a third of the memory of
+the decoded event), decoded when a run asks for one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ledger.contract.codec import Codec
+from ledger.contract.events import (
+    CancelRequested,
+    ElicitationRequested,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskCreated,
+    TaskEvent,
+    TaskStarted,
+    TERMINAL_EVENTS,
+)
+from ledger.settings import MIN_TTL_MS
+
+CODEC = Codec()
+CANCELLED_BY_REQUEST = "The task was cancelled by request."
+
+
+class Asked(NamedTuple):
+    """A question the task asked, as a replay compares it with the one it asks again."""
+
+    elicitation_id: str
+    message: str
+    requested_schema_json: str
+    asked_at: int  # Unix ms
+
+
+class Journal:
+    """One task's replay journal.
+
+    ``apply`` says whether an event changed the journal: a repeat (a producer retry's copy, or a
+    worker's own write read back) changes nothing, and neither does an event the fold ignores.
+    """
+
+    __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "ttl_ms", "expires_at", "expired",
+                 "attempts", "ended", "end_read", "ending", "cancel_reason", "_asked", "_answers", "_steps")
+
+    def __init__(self, created: TaskCreated, partition: int, offset: int) -> None:
+        self.task_id = created.task_id
+        self.principal = created.principal
+        self.tool = created.tool
+        self.arguments_json = created.arguments_json
+        self.partition = partition
+        self.offset = offset  # of the created event: the partition cannot be committed past it
+        # Unix ms when the task's ttl runs out (None: never); ``expired`` once the worker saw it run out.
+        self.ttl_ms = created.ttl_ms
+        # A task from before ttls were enforced may carry a shorter one than ledger now gives (even 0).
+        self.expires_at = None if created.ttl_ms is None else created.occurred_at + max(created.ttl_ms, MIN_TTL_MS)
+        self.expired = False
+        self.attempts = 0
+        self.ended = False
+        # The worker applies its own writes at once; an end counts for commits only once read back
+        # from the log, where the fence may have ignored it (projections.fence).
+        self.end_read = False
+        # The task's terminal event is being appended: nothing else may end it meanwhile (one writer,
+        # one terminal event; see Worker.end).
+        self.ending = False
+        self.cancel_reason: str | None = None  # set once a cancel was requested
+        self._asked: list[Asked] = []  # by sequence
+        # None until the first: most parked tasks have neither, and an empty dict costs 64 bytes.
+        self._answers: dict[str, bytes] | None = None
+        self._steps: dict[int, bytes] | None = None
+
+    def apply(self, event: TaskEvent) -> bool:
+        """Fold ``event`` in; False when it changed nothing."""
+        match event:
+            case TaskStarted():
+                if event.attempt <= self.attempts:
+                    return False
+                self.attempts = event.attempt
+            case ElicitationRequested():
+                if event.sequence != len(self._asked):
+                    return False
+                self._asked.append(Asked(event.elicitation_id, event.message, event.requested_schema_json,
+                                         event.occurred_at))
+            case ResponseSubmitted():
+                # The first answer in log order wins, as in the status projection.
+                answers = self._answers or {}
+                asked = any(question.elicitation_id == event.elicitation_id for question in self._asked)
+                if not asked or event.elicitation_id in answers:
+                    return False
+                answers[event.elicitation_id] = CODEC.encode(event)
+                self._answers = answers
+            case StepRecorded():
+                steps = self._steps or {}
+                if event.sequence in steps:
+                    return False
+                steps[event.sequence] = CODEC.encode(event)
+                self._steps = steps
+            case CancelRequested():
+                if self.cancel_reason is not None:
+                    return False
+                self.cancel_reason = event.reason or CANCELLED_BY_REQUEST
+            case _ if isinstance(event, TERMINAL_EVENTS) and not self.ended:
+                self.ended = True
+            case _:
+                return False
+        return True
+
+    def elicitation(self, sequence: int) -> Asked | None:
+        return self._asked[sequence] if sequence < len(self._asked) else None
+
+    def asked_at(self, elicitation_id: str) -> int | None:
+        """When the question was asked (Unix ms), if this task asked it."""
+        return next((q.asked_at for q in self._asked if q.elicitation_id == elicitation_id), None)
+
+    def response(self, elicitation_id: str) -> ResponseSubmitted | None:
+        encoded = self._answers.get(elicitation_id) if self._answers else None
+        return CODEC.decode(encoded) if encoded is not None else None  # type: ignore[return-value]
+
+    def step(self, sequence: int) -> StepRecorded | None:
+        encoded = self._steps.get(sequence) if self._steps else None
+        return CODEC.decode(encoded) if encoded is not None else None  # type: ignore[return-value]
+
+    def ahead_of(self, elicitations: int, steps: int) -> bool:
+        """Whether the journal holds a question or step beyond a run that has asked ``elicitations``
+        and run ``steps`` so far: the run is re-running what an earlier run already did."""
+        return elicitations < len(self._asked) or (self._steps is not None and steps <= max(self._steps))
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the task is parked: it asked a question that is not answered yet."""
+        return bool(self._asked) and not (self._answers and self._asked[-1].elicitation_id in self._answers)

@@ -1,0 +1,685 @@
+"""The worker: a consumer-group member that runs tools, parks them on elicitations and resumes them.
+
+For each partition it owns, the worker folds every task's events into a ``Journal`` and decides
+from the journal alone what the task needs: a run (created, or its last question was answered),
+nothing (waiting for a person), or to stop (ended). A waiting tool's coroutine is kept for the
+hot window so an answer resumes it in place; after that it is dropped and the answer re-runs the
+tool with the journal answering what was already asked (``ledger.engine.context``).
+
+The committed offset of a partition never passes the created event of a task that has not ended,
+so whoever owns the partition next reads every event of every unfinished task.
+
+A worker claims each partition it is given (``PartitionClaimed``) and starts nothing there before it
+has read up to its claim; from that claim on, only its writes count (``projections.fence``). A worker
+that reads another worker's claim on a partition it holds has lost it without being told (it was
+paused, or cut off from its group): it stops its runs there at once. Committed offsets always sit on
+a claim, so whoever reads a partition from its committed offset first learns whose writes count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter, OrderedDict, deque
+
+from ledger.engine.app import App, InvalidArguments, UnknownTool, tool_result
+from ledger.engine.context import Context, NonDeterminismError
+from ledger.contract.events import (TERMINAL_EVENTS, PartitionClaimed, ProgressReported, ResponseSubmitted, TaskCancelled,
+                           TaskCompleted, TaskCreated, TaskEvent, TaskExpired, TaskFailed, TaskStarted)
+from ledger.kafka.group import GroupConsumer
+from ledger.engine.journal import Journal
+from ledger.kafka.appender import EventLog
+from ledger.engine.progress import CoalescedProgress
+from ledger.kafka.records import LogRecord
+from ledger.settings import Settings
+from ledger.engine.metrics import WorkerMetrics
+from projections.fence import Fence
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.5
+COMMIT_TIMEOUT_S = 5.0
+RETRY_AFTER_S = 1.0
+SWEEP_INTERVAL_S = 5.0
+SLOW_CATCH_UP_S = 10.0
+STATUS_INTERVAL_S = 30.0
+REMEMBERED_ENDINGS = 50_000
+# Expiry entries held before those of ended tasks are dropped (when they outnumber open tasks two to one).
+EXPIRIES_KEPT = 10_000
+# A worker claims its partitions again after this many events, so that its committed offsets, which
+# stay on claims (see _safe_offsets), keep up with what it has read.
+RECLAIM_AFTER_EVENTS = 10_000
+
+
+class Parked(BaseException):
+    """Unwinds a tool whose hot window passed; a BaseException so tools' ``except Exception`` let it by."""
+
+
+class AppendFailed(BaseException):
+    """The log did not take a run's event; the run stops and the task is retried, not failed.
+
+    A BaseException, like ``Parked``, so that a tool's ``except Exception`` cannot swallow it.
+    """
+
+
+class PartitionLost(RuntimeError):
+    """A run tried to write on a partition its worker no longer holds."""
+
+
+class Slots:
+    """Execution slots; a resumed run waiting for one goes before new runs."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.used < self.limit and not self._waiters:
+            self.used += 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()
+            elif waiter in self._waiters:  # give() may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.used -= 1
+
+
+class Run:
+    """One execution of a tool for a task, from a start (or replay) until it ends or parks."""
+
+    def __init__(self, worker: Worker, journal: Journal) -> None:
+        self.worker = worker
+        self.journal = journal
+        self.waiting: tuple[str, asyncio.Future[ResponseSubmitted]] | None = None
+        self.stopped = False
+        self.holding_slot = True
+        self.unrecorded = False  # an append failed: the task is retried after a pause
+        self.task: asyncio.Task[None] | None = None
+        self.progress = CoalescedProgress(lambda event: self.worker.append(self.journal, event), journal.task_id)
+
+    def stop(self) -> None:
+        """Stop without recording anything: the task ended elsewhere or moved to another worker."""
+        self.stopped = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def append(self, event: TaskEvent) -> None:
+        try:
+            if isinstance(event, ProgressReported):
+                await self.progress.report(event)
+                return
+            await self.progress.flush()
+            await self.worker.append(self.journal, event)
+        except Exception as exc:
+            raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def end(self, event: TaskEvent) -> None:
+        try:
+            await self.progress.flush()
+            await self.worker.end(self.journal, event)
+        except Exception as exc:
+            raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def answer(self, elicitation_id: str) -> ResponseSubmitted:
+        worker = self.worker
+        if worker.settings.hot_window_ms == 0 or worker.hot >= worker.settings.max_hot_tasks:
+            raise Parked
+        answered: asyncio.Future[ResponseSubmitted] = asyncio.get_running_loop().create_future()
+        self.waiting = (elicitation_id, answered)
+        worker.hot += 1
+        self.holding_slot = False
+        worker.release_slot(self)
+        try:
+            response = await asyncio.wait_for(answered, worker.settings.hot_window_ms / 1000)
+        except TimeoutError:
+            raise Parked from None
+        finally:
+            self.waiting = None
+            worker.hot -= 1
+        await worker.slots.take()
+        worker.running_by_tool[self.journal.tool] += 1
+        self.holding_slot = True
+        return response
+
+    async def execute(self) -> None:
+        journal, worker = self.journal, self.worker
+        metrics, started = worker.metrics, time.perf_counter()
+        metrics.runs_started.inc()
+        if journal.attempts:
+            metrics.replays.inc()
+        finished = "stopped"
+        try:
+            await self.append(self._event(TaskStarted, attempt=journal.attempts + 1))
+            outcome = await self._call()
+            if outcome is None and not self.stopped:
+                finished = "parked"
+            if outcome is not None and not self.stopped:
+                await self.end(outcome)
+                finished = "completed" if isinstance(outcome, TaskCompleted) else "failed"
+        except (Parked, asyncio.CancelledError):
+            pass
+        except AppendFailed as exc:
+            if not self.stopped:
+                log.error("task %s: could not append to the log (%s); retrying in %.0fs",
+                          journal.task_id, exc, RETRY_AFTER_S)
+                self.unrecorded = True
+        finally:
+            metrics.runs_finished.labels(finished).inc()
+            metrics.run_seconds.observe(time.perf_counter() - started)
+            self.progress.close()
+            worker.run_ended(self)
+
+    async def _call(self) -> TaskEvent | None:
+        """The event that ends the task, or None when the run parked or was stopped."""
+        journal, worker = self.journal, self.worker
+        try:
+            tool = worker.app.get(journal.tool)
+            arguments = json.loads(journal.arguments_json)
+            value = await tool.call(arguments, Context(journal, self, worker.actor))
+        except Parked:
+            return None
+        except asyncio.CancelledError:
+            if self.stopped:
+                return None
+            raise
+        except (NonDeterminismError, InvalidArguments, UnknownTool) as exc:
+            if isinstance(exc, NonDeterminismError):
+                worker.metrics.nondeterminism_errors.inc()
+            log.error("task %s failed: %s", journal.task_id, exc)
+            return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc))
+        except Exception as exc:
+            if self.stopped:
+                return None
+            log.exception("task %s: tool %s raised", journal.task_id, journal.tool)
+            return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+        result = tool_result(value)
+        return self._event(TaskCompleted, result_json=json.dumps(result, separators=(",", ":")),
+                           is_error=bool(result.get("isError")))
+
+    def _event(self, cls: type[TaskEvent], **fields: object) -> TaskEvent:
+        journal = self.journal
+        return cls(task_id=journal.task_id, principal=journal.principal, actor=self.worker.actor, **fields)
+
+
+def _commit_outcome(commit: asyncio.Future[None]) -> None:
+    """Read a commit's outcome: a rebalance in progress, a slow coordinator or brokers away defer it,
+    and the next commit carries its offsets."""
+    if not commit.cancelled() and commit.exception() is not None:
+        log.warning("an offset commit was deferred: %s", commit.exception() or type(commit.exception()).__name__)
+
+
+class Worker:
+    """Runs the tools of ``app`` for the partitions the group gives it."""
+
+    def __init__(self, app: App, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.actor = f"worker:{self.worker_id}"
+        self.slots = Slots(settings.worker_concurrency)
+        self.hot = 0
+        self._log = EventLog(settings, client_id=f"{settings.client_id}-{self.worker_id}")
+        self._consumer = GroupConsumer(
+            settings,
+            group_id=f"{settings.topic_prefix}.workers",
+            on_assigned=self._assigned,
+            on_revoked=self._revoked,
+            client_id=f"{settings.client_id}-{self.worker_id}",
+            # Each partition has one owner in the group, so each undecodable record is copied once.
+            dead_letters=self._log.record_dead_letter,
+        )
+        self._journals: dict[int, dict[str, Journal]] = {}
+        self._fence = Fence()
+        self._claims: dict[int, list[int]] = {}  # offsets of the claims read on each partition held
+        self._claiming: dict[int, asyncio.Task[None]] = {}
+        self._cancelling: dict[str, asyncio.Task[None]] = {}  # by task id
+        # Partitions held, with the event id of the claim this worker made when it got each.
+        self._claim_ids: dict[int, str] = {}
+        # Partitions being read up to this worker's claim. Their tasks start no run before then: a run
+        # must see the task's whole history, or it would ask again a question the task already asked.
+        self._catching_up: dict[int, float] = {}  # partition -> when the catch-up began (loop time)
+        self._runs: dict[str, Run] = {}
+        self.running_by_tool: Counter[str] = Counter()  # runs holding a slot, by tool (max_concurrency)
+        self._ready: deque[Journal] = deque()
+        self._queued: set[Journal] = set()
+        self._retrying: set[str] = set()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._expiries: list[tuple[int, str, int]] = []  # a heap of (expires_at, task id, partition)
+        self._committing: asyncio.Future[None] | None = None
+        self._committed: dict[int, int] = {}
+        self._last_commit = 0.0
+        self._last_sweep = 0.0
+        self._last_status = 0.0
+        self._closing = False
+        self._ready_signal: asyncio.Event | None = None
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(self)
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Consume and run until cancelled; on the way out stop runs and commit what is safe.
+
+        ``ready`` is set once the group has given this worker its first partitions.
+        """
+        await self._log.start()
+        try:
+            self._ready_signal = ready
+            await self._consumer.start()
+            try:
+                while True:
+                    await self._handle(await self._consumer.fetch())
+            finally:
+                self._closing = True
+                for pending in (*self._claiming.values(), *self._cancelling.values()):
+                    pending.cancel()
+                for run in list(self._runs.values()):
+                    run.stop()
+                await self._commit(force=True)
+                await self._consumer.stop()
+        finally:
+            await self._log.stop()
+
+    def owned_partitions(self) -> set[int]:
+        return set(self._journals)
+
+    def parked(self) -> int:
+        """Tasks waiting for a person with no run in memory."""
+        return sum(journal.waiting and journal.task_id not in self._runs
+                   for journals in self._journals.values() for journal in journals.values())
+
+    def queued(self) -> int:
+        return len(self._ready)
+
+    def consumer_lag(self) -> dict[int, int]:
+        return self._consumer.lag_by_partition()
+
+    def holes_waited(self) -> int:
+        return self._consumer.holes_waited
+
+    def describe(self, task_id: str) -> dict[str, object]:
+        """What this worker knows of a task and of its partitions: for a stuck task's report."""
+        journal = next((j[task_id] for j in self._journals.values() if task_id in j), None)
+        return {
+            "worker": self.worker_id, "partitions": sorted(self._journals), "catching_up": sorted(self._catching_up),
+            "claims_pending": sorted(self._claiming), "positions": {p: self._consumer.position(p) for p in self._journals},
+            "journal": None if journal is None else {"partition": journal.partition, "ended": journal.ended,
+                                                     "waiting": journal.waiting, "attempts": journal.attempts},
+            "run": task_id in self._runs, "queued": sum(j.task_id == task_id for j in self._ready),
+            "slots": f"{self.slots.used}/{self.slots.limit}", "last_commit_s_ago":
+                round(asyncio.get_running_loop().time() - self._last_commit, 1),
+        }
+
+    async def append(self, journal: Journal, event: TaskEvent) -> None:
+        if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
+            raise PartitionLost(f"partition {journal.partition} is no longer this worker's")
+        await self._log.append(event)
+        journal.apply(event)
+
+    async def end(self, journal: Journal, event: TaskEvent) -> None:
+        """Append the task's terminal event, unless it ended or another terminal event is on its way:
+        this worker, the partition's one writer, gives each task exactly one."""
+        if journal.ended or journal.ending:
+            return
+        journal.ending = True
+        try:
+            await self.append(journal, event)
+        finally:
+            journal.ending = False
+
+    async def _end_early(self, journal: Journal) -> None:
+        """End a task that was cancelled, or whose ttl ran out, with its one terminal event."""
+        if journal.cancel_reason is not None:
+            ending: TaskEvent = TaskCancelled(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+                                              reason=journal.cancel_reason)
+        else:
+            ending = TaskExpired(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+                                 ttl_ms=journal.ttl_ms)
+        try:
+            await self.end(journal, ending)
+        except PartitionLost:
+            return
+        except Exception as exc:  # the log is not taking writes; the request stays in the journal
+            log.error("task %s: could not record its end (%s); retrying in %.0fs", journal.task_id, exc,
+                      RETRY_AFTER_S)
+            self._retrying.add(journal.task_id)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry, journal)
+        finally:
+            del self._cancelling[journal.task_id]
+
+    async def _handle(self, records: list[LogRecord]) -> None:
+        touched: dict[str, Journal] = {}
+        for record in records:
+            journal = self._fold(record)
+            if journal is not None:
+                touched[journal.task_id] = journal
+        for journal in touched.values():
+            self.reconcile(journal)
+        self._expire_due()
+        self._sweep()
+        await self._commit()
+
+    def _expire_due(self) -> None:
+        """Mark the open tasks whose ttl ran out; ``reconcile`` ends each with ``TaskExpired``."""
+        if not self._expiries:
+            return
+        now = int(time.time() * 1000)
+        while self._expiries and self._expiries[0][0] <= now:
+            _, task_id, partition = heapq.heappop(self._expiries)
+            journal = self._journals.get(partition, {}).get(task_id)
+            if journal is not None and not journal.ended:
+                journal.expired = True
+                self.reconcile(journal)
+        if len(self._expiries) > EXPIRIES_KEPT and len(self._expiries) > 2 * sum(map(len, self._journals.values())):
+            # Entries of tasks that ended or moved away stay until their time: drop them in one pass.
+            self._expiries = [(journal.expires_at, journal.task_id, journal.partition)
+                              for journals in self._journals.values() for journal in journals.values()
+                              if journal.expires_at is not None and not journal.ended]
+            heapq.heapify(self._expiries)
+
+    def _fold(self, record: LogRecord) -> Journal | None:
+        journals = self._journals.get(record.partition)
+        if journals is None:
+            return None
+        event = record.event
+        if isinstance(event, PartitionClaimed):
+            self._read_claim(record)
+            return None
+        if not self._fence.admits(record):
+            return None
+        journal = journals.get(event.task_id)
+        if journal is None:
+            if not isinstance(event, TaskCreated) or event.task_id in self._ended:
+                return None
+            journal = journals[event.task_id] = Journal(event, record.partition, record.offset)
+            if journal.expires_at is not None:
+                heapq.heappush(self._expiries, (journal.expires_at, journal.task_id, journal.partition))
+            return journal
+        changed = journal.apply(event)
+        if changed and isinstance(event, ResponseSubmitted) and record.partition not in self._catching_up:
+            asked_at = journal.asked_at(event.elicitation_id)
+            if asked_at is not None:
+                self.metrics.elicitation_wait.observe(max(0, event.occurred_at - asked_at) / 1000)
+        if isinstance(event, TERMINAL_EVENTS):
+            journal.end_read = True
+            return journal
+        return journal if changed else None
+
+    def _read_claim(self, record: LogRecord) -> None:
+        partition, claimant = record.partition, record.event.actor
+        self._fence.admits(record)
+        self._claims[partition].append(record.offset)
+        if record.event.event_id == self._claim_ids.get(partition):
+            self._read_to_own_claim(partition, record.offset)
+        elif partition not in self._catching_up and claimant != self.actor:
+            log.warning("worker %s: %s claimed partition %d at offset %d; this worker lost it without being told "
+                        "(paused or cut off from its group) and stops its runs there", self.worker_id, claimant,
+                        partition, record.offset)
+            self._let_go({partition})
+
+    def _read_to_own_claim(self, partition: int, offset: int) -> None:
+        if partition not in self._catching_up:
+            return
+        began = self._catching_up.pop(partition)
+        journals = self._journals.get(partition, {})
+        log.debug("worker %s: partition %d read to its claim at offset %d, %d tasks open in it", self.worker_id,
+                  partition, offset, len(journals))
+        if not self._catching_up:  # one line for an assignment, not one per partition
+            log.info("worker %s: all %d partitions read to its claims (%.1f s), %d tasks open", self.worker_id,
+                     len(self._journals), asyncio.get_running_loop().time() - began,
+                     sum(map(len, self._journals.values())))
+        for journal in list(journals.values()):
+            self.reconcile(journal)
+
+    def reconcile(self, journal: Journal) -> None:
+        """Do what the journal says the task needs."""
+        if self._closing or journal.partition in self._catching_up or \
+                self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
+            return
+        run = self._runs.get(journal.task_id)
+        if (journal.cancel_reason is not None or journal.expired) and not journal.ended:
+            # A run whose terminal event is being appended is let finish: that event ends the task.
+            if not journal.ending and journal.task_id not in self._cancelling:
+                if run is not None:
+                    run.stop()
+                self._cancelling[journal.task_id] = asyncio.create_task(self._end_early(journal),
+                                                                        name=f"end {journal.task_id}")
+            return
+        if journal.ended:
+            if run is not None:
+                run.stop()
+            if journal.end_read:
+                del self._journals[journal.partition][journal.task_id]
+                self._remember_ended(journal.task_id)
+            return
+        if journal.waiting:
+            return
+        if run is None:
+            if journal not in self._queued:
+                self._queued.add(journal)
+                self._ready.append(journal)
+            self._start_ready()
+        elif run.waiting is not None:
+            elicitation_id, answered = run.waiting
+            response = journal.response(elicitation_id)
+            if response is not None and not answered.done():
+                answered.set_result(response)
+
+    def _start_ready(self) -> None:
+        held_back: list[Journal] = []  # tools at their max_concurrency; they keep their place in the queue
+        while self._ready and self.slots.try_take():
+            journal = self._ready.popleft()
+            tracked = self._journals.get(journal.partition, {}).get(journal.task_id) is journal
+            if not tracked or journal.ended or journal.waiting or journal.cancel_reason is not None or \
+                    journal.expired or journal.task_id in self._runs:
+                self._queued.discard(journal)
+                self.slots.give()
+                continue
+            if self._at_limit(journal.tool):
+                held_back.append(journal)
+                self.slots.give()
+                continue
+            self._queued.discard(journal)
+            run = Run(self, journal)
+            self._runs[journal.task_id] = run
+            self.running_by_tool[journal.tool] += 1
+            run.task = asyncio.create_task(run.execute(), name=f"task {journal.task_id}")
+        self._ready.extendleft(reversed(held_back))
+
+    def _at_limit(self, tool_name: str) -> bool:
+        tool = self.app.tools.get(tool_name)
+        return tool is not None and tool.max_concurrency is not None and \
+            self.running_by_tool[tool_name] >= tool.max_concurrency
+
+    def release_slot(self, run: Run) -> None:
+        self.running_by_tool[run.journal.tool] -= 1
+        self.slots.give()
+        self._start_ready()
+
+    def run_ended(self, run: Run) -> None:
+        task_id = run.journal.task_id
+        if self._runs.get(task_id) is run:
+            del self._runs[task_id]
+        if run.holding_slot:
+            self.release_slot(run)
+        # An answer may have arrived between the hot window closing and the run unwinding, or the
+        # partition may have come back (a new journal) while this run was being stopped.
+        if run.unrecorded:
+            self._retrying.add(task_id)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry, run.journal)
+        else:
+            self._retry(run.journal)
+
+    def _retry(self, journal: Journal) -> None:
+        self._retrying.discard(journal.task_id)
+        current = self._journals.get(journal.partition, {}).get(journal.task_id)
+        if current is not None:
+            self.reconcile(current)
+
+    def _sweep(self) -> None:
+        """Every few seconds, check that each task that needs a run has one, and say so if not.
+
+        Reconciling on every event should leave nothing behind; this is the safety net that turns
+        a missed wake-up into a logged warning and a late run instead of a task stuck forever.
+        """
+        now = asyncio.get_running_loop().time()
+        if now - self._last_sweep < SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        self._report_slow_catch_up(now)
+        for partition, journals in self._journals.items():
+            if partition in self._catching_up:
+                continue
+            for journal in journals.values():
+                if journal.ended or journal.waiting:
+                    continue
+                if journal.task_id in self._runs or journal.task_id in self._retrying:
+                    continue
+                if journal not in self._queued:
+                    log.warning("task %s needed a run and had none; starting it", journal.task_id)
+                    self.reconcile(journal)
+        if now - self._last_status < STATUS_INTERVAL_S:
+            return
+        self._last_status = now
+        log.info("worker %s: partitions %s, %d tasks open, %d running, %d hot, %d queued, %d/%d slots, "
+                 "%d holes waited for, %d undecodable records skipped", self.worker_id, sorted(self._journals),
+                 sum(map(len, self._journals.values())), len(self._runs), self.hot, len(self._ready), self.slots.used,
+                 self.slots.limit, self._consumer.holes_waited, self._consumer.dead_letter_count)
+
+    def _report_slow_catch_up(self, now: float) -> None:
+        for partition, since in self._catching_up.items():
+            if now - since > SLOW_CATCH_UP_S:
+                log.warning("worker %s: partition %d still reading up to its claim after %.0f s (claim %s, "
+                            "append %s, read position %s); its tasks wait", self.worker_id, partition, now - since,
+                            self._claim_ids.get(partition), "pending" if partition in self._claiming else "done",
+                            self._consumer.position(partition))
+
+    def _remember_ended(self, task_id: str) -> None:
+        # A producer retry can land a duplicate created event after the task ended.
+        self._ended[task_id] = None
+        if len(self._ended) > REMEMBERED_ENDINGS:
+            self._ended.popitem(last=False)
+
+    def _safe_offsets(self, partitions: set[int]) -> dict[int, int]:
+        """Per partition, the last claim read at or before both the oldest unfinished task and the read
+        position: whoever reads on from there reads every unfinished task, and first the claim that
+        says whose writes count."""
+        offsets = {}
+        for partition in partitions:
+            position = self._consumer.position(partition)
+            if position is None:
+                continue
+            journals = self._journals.get(partition)
+            # Journals are kept in created-offset order, so the first is the oldest unfinished task.
+            bound = min(next(iter(journals.values())).offset if journals else position, position)
+            claims = [offset for offset in self._claims.get(partition, ()) if offset <= bound]
+            if claims:
+                offsets[partition] = claims[-1]
+        return offsets
+
+    async def _commit(self, force: bool = False, partitions: set[int] | None = None) -> None:
+        now = asyncio.get_running_loop().time()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        self._last_commit = now
+        if partitions is None and not self._closing:
+            self._claim_again(set(self._journals))
+        offsets = self._safe_offsets(partitions if partitions is not None else set(self._journals))
+        changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
+        if not changed or (self._committing is not None and not self._committing.done()):
+            return  # nothing new, or the last commit still waits on the coordinator: the next carries it
+        # Bounded: the loop that reads the log (and so every run's wake-up) waits for this commit. It is
+        # not cancelled after the bound (aiokafka finishes a commit it began on its own, and its error
+        # would then be nobody's): it is left to end, and its outcome read when it does.
+        self._committing = committing = asyncio.ensure_future(self._consumer.commit(changed))
+        committing.add_done_callback(_commit_outcome)
+        await asyncio.wait({committing}, timeout=COMMIT_TIMEOUT_S)
+        if committing.done() and not committing.cancelled() and committing.exception() is None:
+            self._committed.update(changed)
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._journals.setdefault(partition, {})
+            self._catching_up[partition] = asyncio.get_running_loop().time()
+            self._claims[partition] = []
+            self._claim_ids.pop(partition, None)
+            self._fence.forget(partition)
+        for partition in partitions:
+            self._claim(partition)
+        log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
+        if self._ready_signal is not None:
+            self._ready_signal.set()
+
+    def _claim(self, partition: int) -> None:
+        """Append a claim of ``partition`` in the background (the first of an assignment was named in
+        ``_assigned``: reading back ends there)."""
+        if partition in self._claiming:
+            return
+        claim = PartitionClaimed.of(partition, self.actor)
+        self._claim_ids.setdefault(partition, claim.event_id)
+        self._claiming[partition] = asyncio.create_task(self._append_claim(claim), name=f"claim partition {partition}")
+
+    async def _append_claim(self, claim: PartitionClaimed) -> None:
+        try:
+            while claim.partition in self._journals:
+                try:
+                    await self._log.append(claim, claim.partition)
+                    return
+                except Exception as exc:  # the log is not taking writes; nothing runs here until it does
+                    log.error("worker %s: could not claim partition %d (%s); retrying in %.0fs", self.worker_id,
+                              claim.partition, exc, RETRY_AFTER_S)
+                    await asyncio.sleep(RETRY_AFTER_S)
+        finally:
+            # A claim cancelled by a revocation may unwind after the next assignment's claim started.
+            if self._claiming.get(claim.partition) is asyncio.current_task():
+                del self._claiming[claim.partition]
+
+    def _claim_again(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            claims, position = self._claims.get(partition), self._consumer.position(partition)
+            if claims and position is not None and partition not in self._catching_up and \
+                    position - claims[-1] > RECLAIM_AFTER_EVENTS:
+                self._claim(partition)
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        await self._commit(force=True, partitions=partitions)
+        self._let_go(partitions)
+
+    def _let_go(self, partitions: set[int]) -> None:
+        """Stop everything this worker does on ``partitions`` (revoked, or claimed by another worker)."""
+        for partition in partitions:
+            for journal in self._journals.pop(partition, {}).values():
+                run = self._runs.get(journal.task_id)
+                if run is not None:
+                    run.stop()
+            self._committed.pop(partition, None)
+            self._catching_up.pop(partition, None)
+            self._claims.pop(partition, None)
+            self._claim_ids.pop(partition, None)
+            self._fence.forget(partition)
+            claiming = self._claiming.pop(partition, None)
+            if claiming is not None:
+                claiming.cancel()
+        self._consumer.forget(partitions)

@@ -1,0 +1,181 @@
+"""The web timeline at ``/ui``: the task list with status filters and each task's elicitation
+timeline, updated live as events arrive.
+
+The page (``ui.html``) reads the same read side as the MCP tools, as the requesting principal:
+
+* ``GET /ui/api/tasks?status=&tool=&cursor=``: a page of tasks (``list_tasks``);
+* ``GET /ui/api/tasks/{task_id}``: the task and its timeline (``task_history``), 404 if not visible;
+* ``GET /ui/api/events``: server-sent events, one ``task`` event with the task's row each time a
+  visible task changes;
+* ``GET /ui/api/inbox``: the questions the principal's own tasks wait on; ``POST
+  /ui/api/tasks/{task_id}/answer`` (``{"elicitationId", "action", "content"}``) answers one, through
+  the same service path as MCP answers, recorded with protocol ``web``; 400 with ``fields`` (field ->
+  why) for content the schema refuses;
+* ``GET /ui/api/me``, ``POST /ui/login`` (``{"token": ...}``) and ``POST /ui/logout``: signing in
+  with a bearer token where the server takes tokens (``ledger.http.login``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from mcp.server.auth.provider import TokenVerifier
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ledger.service.queries import ReadSide, row_json
+from ledger.contract.elicitation import field_errors
+from ledger.service.tasks import InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.http.login import COOKIE, COOKIE_PATH, SESSION_S, SessionSigner
+from ledger.service.live_view import LiveView
+from ledger.mcp.wire import principal_of_request
+from projections.status import TaskRow
+
+STATUSES = ("working", "input_required", "completed", "failed", "cancelled", "terminal")
+EVENTS_PER_CLIENT = 1_000
+KEEPALIVE_S = 15.0
+MAX_TOKEN_CHARS = 8_192
+WEB = "web"  # the protocol path answers from the page are recorded with
+
+
+def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, verifier: TokenVerifier | None = None,
+              signer: SessionSigner | None = None) -> list[Route]:
+    """With a ``verifier``, the API answers only signed-in requests: a valid bearer token, or the
+    session cookie ``POST /ui/login`` sets for one (``ledger.http.login``)."""
+    page = resources.files("ledger.http").joinpath("ui.html").read_text(encoding="utf-8")
+    authenticated = verifier is not None
+
+    def guarded(endpoint: Any) -> Any:
+        async def checked(request: Request) -> Response:
+            if authenticated and not request.user.is_authenticated:
+                return JSONResponse({"error": "a bearer token is required"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            return await endpoint(request)
+        return checked
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def tasks(request: Request) -> Response:
+        status = request.query_params.get("status") or None
+        if status is not None and status not in STATUSES:
+            return JSONResponse({"error": f"status must be one of {', '.join(STATUSES)}"}, status_code=400)
+        try:
+            found = await read_side.tasks(principal_of_request(request), status=status,
+                                          tool=request.query_params.get("tool") or None,
+                                          cursor=request.query_params.get("cursor") or None)
+        except InvalidCursor as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(found)
+
+    async def task(request: Request) -> Response:
+        try:
+            return JSONResponse(await read_side.history(principal_of_request(request), request.path_params["task_id"]))
+        except TaskNotFound as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+
+    async def events(request: Request) -> Response:
+        principal = principal_of_request(request)
+        changed: asyncio.Queue[TaskRow] = asyncio.Queue(EVENTS_PER_CLIENT)
+
+        def on_change(before: TaskRow | None, after: TaskRow | None) -> None:
+            if after is not None and read_side.visible(after, principal) and not changed.full():
+                changed.put_nowait(after)  # a client too slow for the stream misses updates, not memory
+
+        async def stream() -> AsyncIterator[str]:
+            view.listen(on_change)
+            try:
+                yield ": connected\n\n"
+                while True:
+                    try:
+                        row = await asyncio.wait_for(changed.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    yield f"event: task\ndata: {json.dumps(row_json(row))}\n\n"
+            finally:
+                view.unlisten(on_change)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def slash(request: Request) -> Response:
+        return RedirectResponse("/ui")
+
+    async def inbox(request: Request) -> Response:
+        return JSONResponse(await read_side.inbox(principal_of_request(request)))
+
+    async def answer(request: Request) -> Response:
+        """A person's answer from the page: the same service path as an MCP answer (validated, applied
+        once, recorded with protocol ``web`` and who answered)."""
+        task_id, principal = request.path_params["task_id"], principal_of_request(request)
+        try:
+            body = await request.json()
+            elicitation_id, action = body["elicitationId"], body["action"]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'send {"elicitationId": ..., "action": ..., "content": {...}}'},
+                                status_code=400)
+        content = body.get("content") if action == "accept" else None
+        try:
+            row = await service.answer(task_id, principal, elicitation_id, action, content, protocol=WEB)
+        except TaskNotFound as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except Refused as exc:
+            row = view.get(task_id)
+            pending = row.pending_elicitation(elicitation_id) if row is not None else None
+            fields = field_errors(pending.requested_schema_json, content) if pending and action == "accept" else {}
+            return JSONResponse({"error": str(exc), "fields": fields}, status_code=400)
+        return JSONResponse({"task": row_json(await service.settle(row))})
+
+    async def me(request: Request) -> Response:
+        signed_in = request.user.is_authenticated if authenticated else False
+        return JSONResponse({"signInRequired": authenticated, "signedIn": signed_in,
+                             "principal": principal_of_request(request) if signed_in else None})
+
+    async def login(request: Request) -> Response:
+        if verifier is None or signer is None:
+            return JSONResponse({"error": "this server takes no tokens: there is nothing to sign in to"},
+                                status_code=404)
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"error": "sign in from this server's own page"}, status_code=403)
+        try:
+            token = (await request.json())["token"]
+        except (ValueError, KeyError, TypeError):
+            token = None
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            return JSONResponse({"error": 'send {"token": "..."}'}, status_code=400)
+        access = await verifier.verify_token(token)
+        if access is None or (access.expires_at is not None and access.expires_at < time.time()):
+            return JSONResponse({"error": "that token is not valid here"}, status_code=401)
+        principal = access.subject or access.client_id
+        response = JSONResponse({"principal": principal})
+        response.set_cookie(COOKIE, signer.issue(principal), max_age=SESSION_S, path=COOKIE_PATH, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = JSONResponse({"signedIn": False})
+        response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+        return response
+
+    return [
+        Route("/ui", index),
+        Route("/ui/", slash),
+        Route("/ui/api/tasks", guarded(tasks)),
+        Route("/ui/api/tasks/{task_id}", guarded(task)),
+        Route("/ui/api/events", guarded(events)),
+        Route("/ui/api/me", me),
+        Route("/ui/api/inbox", guarded(inbox)),
+        Route("/ui/api/tasks/{task_id}/answer", guarded(answer), methods=["POST"]),
+        Route("/ui/login", login, methods=["POST"]),
+        Route("/ui/logout", logout, methods=["POST"]),
+    ]

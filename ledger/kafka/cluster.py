@@ -1,0 +1,417 @@
+"""A local Apache Kafka cluster of JVM processes, as compose runs it, for anyone with Java but no Docker.
+
+``compose/local-cluster`` runs it from the command line; tests and benchmarks drive the same
+``LocalCluster`` from Python (start, kill and restart one broker, stop). Each broker is a combined
+broker + KRaft controller started from Apache Kafka's own jars, which Maven fetches once (the
+version of the apache/kafka image in ``compose/compose.yaml``) into a cache. The settings every
+broker shares come from ``compose/kafka/cluster.env``, the file compose gives its brokers.
+
+A cluster lives in a folder: its layout (cluster id, ports, Kafka version) in ``cluster.json`` and
+one ``node-N`` folder per broker with its properties, data and ``broker.log``. Started again on the
+same folder, it comes back with its data on the same ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ledger.kafka.broker import answers_metadata, die_with_parent, free_port, port_is_free
+
+HOST = "127.0.0.1"
+COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
+INSTALLED_COMPOSE_DIR = Path(__file__).resolve().parents[1] / "_compose"
+# Sized for a small machine (2 cores): a broker idles in well under 512 MB of heap.
+JVM_OPTIONS = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
+               "-Djava.awt.headless=true"]
+# Per-broker sizing beside the shared settings: fewer threads than Kafka's defaults, for 2 cores.
+LOCAL_PROPERTIES = {
+    "num.network.threads": "2",
+    "num.io.threads": "4",
+    "num.recovery.threads.per.data.dir": "1",
+    "log.cleaner.threads": "1",
+}
+# The replication settings a cluster of fewer brokers than they name cannot honour (see shared_properties).
+REPLICA_COUNTS = ("default.replication.factor", "offsets.topic.replication.factor",
+                  "transaction.state.log.replication.factor")
+REPLICA_MINIMUMS = ("min.insync.replicas", "transaction.state.log.min.isr")
+STOP_TIMEOUT_S = 30.0
+
+
+class ClusterError(RuntimeError):
+    """The local cluster cannot be set up or started; the message says why and what to do."""
+
+
+def compose_dir() -> Path:
+    for candidate in (COMPOSE_DIR, INSTALLED_COMPOSE_DIR):
+        if (candidate / "kafka" / "cluster.env").is_file():
+            return candidate
+    raise ClusterError(f"compose/kafka/cluster.env not found in {COMPOSE_DIR} or {INSTALLED_COMPOSE_DIR}")
+
+
+def kafka_version(compose: Path | None = None) -> str:
+    """The Kafka version compose runs: the tag of the apache/kafka image, the same on every broker."""
+    text = ((compose or compose_dir()) / "compose.yaml").read_text()
+    versions = set(re.findall(r"image:\s*apache/kafka:(\d+\.\d+\.\d+)\s*$", text, re.MULTILINE))
+    if len(versions) != 1:
+        raise ClusterError(f"compose.yaml must run one apache/kafka version on every broker, found {sorted(versions)}")
+    return versions.pop()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as compose reads an env_file (blank lines and # comments skipped)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def property_name(variable: str) -> str | None:
+    """The broker property an apache/kafka image environment variable sets (None: not a property)."""
+    if not variable.startswith("KAFKA_"):
+        return None
+    name = variable.removeprefix("KAFKA_").lower()
+    return name.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
+
+
+def shared_properties(brokers: int, compose: Path | None = None) -> dict[str, str]:
+    """The properties of cluster.env for a cluster of ``brokers`` brokers.
+
+    A cluster of fewer than three brokers cannot keep three replicas: its replica counts become the
+    number of brokers and its minimums one less (at least one), so that it can still be written.
+    """
+    environment = read_env_file((compose or compose_dir()) / "kafka" / "cluster.env")
+    properties = {name: value for variable, value in environment.items() if (name := property_name(variable))}
+    for name in REPLICA_COUNTS:
+        if name in properties:
+            properties[name] = str(min(int(properties[name]), brokers))
+    for name in REPLICA_MINIMUMS:
+        if name in properties:
+            properties[name] = str(min(int(properties[name]), max(1, brokers - 1)))
+    return properties
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ledger" / "kafka"
+
+
+def fetch_jars(version: str, *, quiet: bool = False) -> Path:
+    """The folder of the broker's jars for ``version``, fetched with Maven on first use (cached)."""
+    libs = cache_dir() / version / "libs"
+    if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    maven = shutil.which("mvn")
+    if maven is None:
+        raise ClusterError("Maven (mvn) is needed once to fetch Apache Kafka's jars and is not on PATH")
+    if not quiet:
+        print(f"local-cluster: fetching Apache Kafka {version} with Maven into {libs.parent} (once)", flush=True)
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    pom = compose_dir() / "kafka" / "pom.xml"
+    command = [maven, "-B", "-q", "-f", str(pom), f"-Dkafka.version={version}", "dependency:copy-dependencies",
+               f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ClusterError(f"Maven could not fetch Apache Kafka {version}:\n{(done.stdout + done.stderr)[-2000:]}")
+    try:
+        staging.rename(libs)
+    except OSError:  # another process finished first; its copy is as good
+        shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+def java_command() -> str:
+    """A java of version 17 or newer (Kafka 4's broker needs 17): JAVA_HOME's, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if java is None or not Path(java).exists():
+        raise ClusterError("Java 17 or newer is needed to run Apache Kafka; none found (set JAVA_HOME or PATH)")
+    version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    found = re.search(r'version "(\d+)', version)
+    if found is None or int(found.group(1)) < 17:
+        raise ClusterError(f"Apache Kafka 4 needs Java 17 or newer; {java} is: {version.strip().splitlines()[0]}")
+    return java
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    node_id: int
+    port: int
+    controller_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What a cluster folder holds across restarts: ports must not change, the quorum names them."""
+
+    cluster_id: str
+    version: str
+    nodes: tuple[Node, ...]
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"cluster_id": self.cluster_id, "version": self.version,
+                                    "nodes": [asdict(node) for node in self.nodes]}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Layout:
+        data = json.loads(path.read_text())
+        return cls(data["cluster_id"], data["version"], tuple(Node(**node) for node in data["nodes"]))
+
+
+class LocalCluster:
+    """N combined broker + controller JVMs on loopback, their data in ``directory``.
+
+    ``start()`` formats storage on first use and returns once every broker answers and sees all
+    the others. Processes are started from the calling thread and die with it (Linux), so a killed
+    supervisor leaves no broker behind: call start and restart from a thread that outlives them.
+    """
+
+    def __init__(self, directory: Path | str, brokers: int = 3, *, quiet: bool = True) -> None:
+        if brokers < 1:
+            raise ClusterError(f"a cluster needs at least one broker, not {brokers}")
+        self.directory = Path(directory).resolve()
+        self.brokers = brokers
+        self.quiet = quiet
+        self.version = kafka_version()
+        self.layout = self._layout()
+        self._java = java_command()
+        self._libs: Path | None = None
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{node.port}" for node in self.layout.nodes)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return self.layout.nodes
+
+    def node(self, node_id: int) -> Node:
+        return next(node for node in self.layout.nodes if node.node_id == node_id)
+
+    def pid(self, node_id: int) -> int | None:
+        process = self._processes.get(node_id)
+        return process.pid if process is not None and process.poll() is None else None
+
+    def running(self) -> list[int]:
+        return [node.node_id for node in self.layout.nodes if self.pid(node.node_id) is not None]
+
+    def _layout(self) -> Layout:
+        path = self.directory / "cluster.json"
+        if path.exists():
+            layout = Layout.load(path)
+            if len(layout.nodes) != self.brokers:
+                raise ClusterError(f"{self.directory} holds a {len(layout.nodes)}-broker cluster; use --brokers "
+                                   f"{len(layout.nodes)} or another --dir")
+            if layout.version != self.version:
+                raise ClusterError(f"{self.directory} holds data of Apache Kafka {layout.version}, but compose runs "
+                                   f"{self.version}; remove the folder or use another --dir")
+            return layout
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ports = set()
+        while len(ports) < 2 * self.brokers:
+            ports.add(free_port(HOST))
+        ports_in_order = sorted(ports)
+        nodes = tuple(Node(i + 1, ports_in_order[2 * i], ports_in_order[2 * i + 1]) for i in range(self.brokers))
+        layout = Layout(read_env_file(compose_dir() / "kafka" / "cluster.env")["CLUSTER_ID"], self.version, nodes)
+        layout.save(path)
+        return layout
+
+    def properties(self, node: Node) -> dict[str, str]:
+        voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.layout.nodes)
+        return {
+            **shared_properties(self.brokers),
+            **LOCAL_PROPERTIES,
+            "node.id": str(node.node_id),
+            "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+            "controller.quorum.voters": voters,
+            "log.dirs": str(self._node_dir(node) / "data"),
+        }
+
+    def _node_dir(self, node: Node) -> Path:
+        return self.directory / f"node-{node.node_id}"
+
+    def _prepare(self, node: Node) -> Path:
+        """Write the node's properties; format its storage unless it holds data already."""
+        folder = self._node_dir(node)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "server.properties"
+        config.write_text("".join(f"{key}={value}\n" for key, value in sorted(self.properties(node).items())))
+        if not (folder / "data" / "meta.properties").exists():
+            formatted = subprocess.run(
+                self._jvm("kafka.tools.StorageTool") + ["format", "--ignore-formatted", "-t",
+                                                        self.layout.cluster_id, "-c", str(config)],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if formatted.returncode != 0:
+                raise ClusterError(f"formatting broker {node.node_id}'s storage failed:\n"
+                                   f"{(formatted.stdout + formatted.stderr)[-2000:]}")
+        return config
+
+    def _jvm(self, main_class: str) -> list[str]:
+        if self._libs is None:
+            self._libs = fetch_jars(self.version, quiet=self.quiet)
+        logging = compose_dir() / "kafka" / "log4j2.properties"
+        return [self._java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={logging}", "-cp",
+                f"{self._libs}/*", main_class]
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start every broker that is not running and wait until the cluster answers."""
+        for node in self.layout.nodes:
+            if self.pid(node.node_id) is None:
+                self.launch(node.node_id)
+        self.wait_ready(timeout)
+
+    def launch(self, node_id: int) -> None:
+        """Start one broker on its data (formatting it first if new); does not wait for it."""
+        node = self.node(node_id)
+        if not port_is_free(HOST, node.port) or not port_is_free(HOST, node.controller_port):
+            raise ClusterError(f"broker {node_id}'s ports {node.port}/{node.controller_port} are in use: is this "
+                               f"cluster ({self.directory}) already running?")
+        config = self._prepare(node)
+        output = open(self._node_dir(node) / "broker.log", "ab")
+        try:
+            self._processes[node_id] = subprocess.Popen(
+                self._jvm("kafka.Kafka") + [str(config)], stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        finally:
+            output.close()
+
+    def wait_ready(self, timeout: float = 120.0, nodes: list[int] | None = None) -> None:
+        """Return once each running broker (or each of ``nodes``) answers and sees all of them registered."""
+        deadline = time.monotonic() + timeout
+        waiting = list(nodes or self.running())
+        while waiting:
+            for node_id in list(waiting):
+                process = self._processes.get(node_id)
+                if process is None or process.poll() is not None:
+                    raise ClusterError(f"broker {node_id} exited while starting; see "
+                                       f"{self._node_dir(self.node(node_id)) / 'broker.log'}")
+                if answers_metadata(HOST, self.node(node_id).port, expect_brokers=len(self.running())):
+                    waiting.remove(node_id)
+            if waiting and time.monotonic() > deadline:
+                raise ClusterError(f"brokers {waiting} did not answer within {timeout:.0f} s")
+            if waiting:
+                time.sleep(0.2)
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one broker, as a crash would."""
+        process = self._processes.pop(node_id, None)
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def stop_node(self, node_id: int, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop one broker cleanly (SIGTERM), killing it if it has not stopped within ``timeout``."""
+        process = self._processes.pop(node_id, None)
+        if process is not None:
+            _terminate([process], timeout)
+
+    def restart(self, node_id: int, timeout: float = 120.0) -> None:
+        self.launch(node_id)
+        self.wait_ready(timeout, [node_id])
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop every broker (SIGTERM together, SIGKILL for any still running after ``timeout``)."""
+        processes, self._processes = list(self._processes.values()), {}
+        _terminate(processes, timeout)
+
+    def describe(self) -> list[str]:
+        """One line per broker: node id, port, process id."""
+        return [f"broker {node.node_id}  port {node.port}  pid {self.pid(node.node_id)}" for node in self.layout.nodes]
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="compose/local-cluster",
+        description="Run ledger's Apache Kafka cluster as local JVM processes (no Docker): N combined "
+        "broker+controller nodes on free loopback ports, with the settings compose gives its brokers "
+        "(compose/kafka/cluster.env) and the Kafka version of compose.yaml, whose jars Maven fetches "
+        f"once into {cache_dir()}. Prints the LEDGER_BOOTSTRAP to use, then runs until Ctrl-C or SIGTERM, "
+        "which stop every broker. Data stays in DIR: run it again on the same DIR to continue.",
+    )
+    parser.add_argument("--brokers", type=int, default=3, help="number of brokers (default: %(default)s)")
+    parser.add_argument("--dir", default=".local-cluster", type=Path,
+                        help="folder for the cluster's data, kept across restarts (default: %(default)s)")
+    parser.add_argument("--fetch-only", action="store_true",
+                        help="only fetch the broker's jars into the cache (what CI installs), then exit")
+    options = parser.parse_args(argv)
+    if options.fetch_only:
+        try:
+            print(f"local-cluster: Apache Kafka {kafka_version()} jars in {fetch_jars(kafka_version())}")
+        except ClusterError as exc:
+            print(f"local-cluster: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    def interrupt(signum: int, frame: object) -> None:
+        for ignored in (signal.SIGINT, signal.SIGTERM):  # one stop at a time; stopping takes seconds
+            signal.signal(ignored, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
+    cluster: LocalCluster | None = None
+    try:
+        cluster = LocalCluster(options.dir, options.brokers, quiet=False)
+        print(f"local-cluster: starting {options.brokers} Apache Kafka {cluster.version} brokers in "
+              f"{cluster.directory}", flush=True)
+        cluster.start()
+        print(f"export LEDGER_BOOTSTRAP={cluster.bootstrap}", flush=True)
+        for line in cluster.describe():
+            print(line, flush=True)
+        while len(cluster.running()) == options.brokers:
+            time.sleep(0.5)
+        exited = sorted({node.node_id for node in cluster.nodes} - set(cluster.running()))
+        print(f"local-cluster: broker {exited} exited; see {cluster.directory}/node-N/broker.log", file=sys.stderr)
+        return 1
+    except ClusterError as exc:
+        print(f"local-cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("local-cluster: stopping", flush=True)
+        return 0
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            print("local-cluster: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""What both MCP wires (2025-11-25 and 2026-07-28) share: who is asking, times, results, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+
+from ledger.engine.app import InvalidArguments, UnknownTool, error_result
+from ledger.service.budget import OverBudget
+from ledger.contract.events import iso
+from ledger.kafka.appender import AppendTimeout
+from ledger.service.tasks import CancelPending, InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.service.live_view import ReadTimeout
+from projections.status import TaskRow
+
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RATE_LIMITED = -32000  # in JSON-RPC's range for server-defined errors
+
+
+def task_fields(row: TaskRow, *, status: str, ttl: str, poll_interval: str) -> dict[str, Any]:
+    """A task as both wires show it; they differ in the status of a failed tool and two names."""
+    task: dict[str, Any] = {
+        "taskId": row.task_id,
+        "status": status,
+        "createdAt": iso(row.created_at),
+        "lastUpdatedAt": iso(row.last_updated_at),
+        ttl: row.ttl_ms,
+    }
+    if row.status_message is not None:
+        task["statusMessage"] = row.status_message
+    if row.poll_interval_ms is not None:
+        task[poll_interval] = row.poll_interval_ms
+    return task
+
+
+def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The authenticated user the request comes from; None when the server runs without auth."""
+    return principal_of_request(ctx.request) if isinstance(ctx.request, Request) else None
+
+
+def principal_of_request(request: Request) -> str | None:
+    """The token's subject, else its client id (the SDK's bearer authentication sets the user)."""
+    if "user" in request.scope:
+        user = request.scope["user"]
+        if getattr(user, "is_authenticated", False):
+            token = getattr(user, "access_token", None)
+            return str(getattr(token, "subject", None) or user.display_name)
+    return None
+
+
+def tool_call_result(row: TaskRow) -> dict[str, Any]:
+    """What the original ``tools/call`` would have returned, for a task that has ended."""
+    if row.status == "completed" and row.result_json is not None:
+        return json.loads(row.result_json)
+    if row.status == "cancelled":
+        return error_result(f"The task was cancelled: {row.status_message or 'by request'}")
+    return error_result(row.error or row.status_message or "The task failed.")
+
+
+async def create_task(service: TaskService, params: types.CallToolRequestParams, ctx: ServerRequestContext[Any, Any],
+                      ttl: int | None, protocol: str) -> TaskRow:
+    """The task for a tools/call, once every server can read it."""
+    with service_errors():
+        try:
+            return await service.create(params.name, params.arguments, principal=principal_of(ctx),
+                                        ttl_ms=ttl, protocol=protocol)
+        except InvalidArguments as exc:
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+        except UnknownTool as exc:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.name}") from None
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """Service errors as the JSON-RPC errors both tasks specs give them."""
+    try:
+        yield
+    except (TaskNotFound, Refused, InvalidCursor) as exc:
+        raise MCPError(INVALID_PARAMS, str(exc)) from None
+    except ReadTimeout as exc:
+        raise MCPError(INTERNAL_ERROR, f"The change was recorded but is not visible yet: {exc}") from None
+    except OverBudget as exc:
+        raise MCPError(RATE_LIMITED, str(exc), {"retryAfterMs": exc.retry_after_ms}) from None
+    except CancelPending as exc:
+        raise MCPError(INTERNAL_ERROR, f"Not cancelled yet: {exc}", {"taskId": exc.task_id}) from None
+    except AppendTimeout as exc:
+        raise MCPError(INTERNAL_ERROR, f"The change is not confirmed: {exc}; read the task before trying again",
+                       {"taskId": exc.task_id}) from None

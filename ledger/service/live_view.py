@@ -1,0 +1,352 @@
+"""The status projection a server keeps current by following every partition of the log.
+
+It answers reads from memory and offers the two waits a server needs: until an event it just
+appended has been applied (read-your-writes), and until a task's row changes (blocking reads
+such as ``tasks/result``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from bisect import bisect_right, insort
+from collections.abc import Callable
+
+from ledger.contract.events import ResponseSubmitted, TaskEvent
+from ledger.metrics import Metrics
+from ledger.kafka.reader import LogReader
+from ledger.kafka.records import LogRecord, Position
+from ledger.settings import Settings
+from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
+from projections.status import StatusProjection, TaskRow
+from projections.store import ProjectionStore
+
+log = logging.getLogger(__name__)
+
+ListKey = tuple[int, str]  # (created_at, task_id): the order tasks/list pages in
+
+FLUSH_INTERVAL_S = 0.2
+MAX_UNFLUSHED = 10_000  # history entries held in memory before the follower waits for the store
+CATCH_UP_REPORT_S = 2.0
+
+
+class ReadTimeout(TimeoutError):
+    """The projection did not show an appended event in time (the broker or this reader is behind)."""
+
+
+class LiveView:
+    """With a ``store``, the rows and history are also written to it (in the background, in batches,
+    with the offsets they reach) and a restart resumes from its checkpoint."""
+
+    def __init__(self, settings: Settings, store: ProjectionStore | None = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        if store is None:
+            self._projector = Projector(StatusProjection(), history=False)
+        else:
+            self._projector = Projector(store=store, capacity=settings.cached_rows,
+                                        remembered_ids=REMEMBERED_EVENT_IDS)
+        self.projection = self._projector.projection
+        self._reader: LogReader | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._unflushed = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._applied: dict[int, int] = {}  # the offsets the projector's batch reaches
+        self._flushed: dict[int, int] = {}  # the checkpoint last written to the store
+        self._follower: asyncio.Task[None] | None = None
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self._offset_waiters: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self._tiebreak = itertools.count()
+        self._listing: dict[str | None, list[ListKey]] = {}
+        self._listeners: list[Callable[[TaskRow | None, TaskRow | None], None]] = []
+        self._event_listeners: list[Callable[[TaskEvent], None]] = []
+        self.caught_up = asyncio.Event()
+        self._catch_up_read = 0
+        self._catch_up_started: float | None = None
+        self._catch_up_reported = 0.0
+        self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
+        self._round_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def listen(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
+        """Call ``listener(before, after)`` for every row an event changes (live events only)."""
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
+        self._listeners.remove(listener)
+
+    def listen_events(self, listener: Callable[[TaskEvent], None]) -> None:
+        """Call ``listener(event)`` for every event that changed a row (live events only), after the row
+        listeners."""
+        self._event_listeners.append(listener)
+
+    async def start(self) -> None:
+        """Resume from the store's checkpoint (when it was built from this topic), then follow the log."""
+        if self.store is not None:
+            if not await store_matches_topic(self.store, self.settings):
+                log.warning("projection store %s was built from another %s; rebuilding it from the log",
+                            self.store.path, self.settings.events_topic)
+                self.store.clear()
+            self._applied = self._flushed = self.store.checkpoint()
+            self._projector.fence.owners.update(self.store.owners())
+            for principal, created_at, task_id in sorted(self.store.keys(), key=lambda k: (k[1], k[2])):
+                self._listing.setdefault(principal, []).append((created_at, task_id))
+        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
+                                 checkpoint=self._applied)
+        await self._reader.start()
+        self._follower = asyncio.create_task(self._follow(), name="live view")
+        if self.store is not None:
+            self._flushing = asyncio.create_task(self._flush_forever(), name="projection store")
+
+    async def stop(self) -> None:
+        for task in (self._follower, self._flushing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.store is not None:
+            await self.flush()
+        if self._reader is not None:
+            await self._reader.stop()
+
+    def get(self, task_id: str) -> TaskRow | None:
+        return self.projection.get(task_id)
+
+    def not_ready(self) -> str | None:
+        """Why this view cannot answer reads yet (None when it can): not caught up, or not following."""
+        if self._follower is None or self._follower.done():
+            return "not following the log"
+        if not self.caught_up.is_set():
+            return "catching up with the log"
+        return None
+
+    def dead_letters(self) -> int:
+        """Undecodable records this view skipped."""
+        return self._reader.dead_letter_count if self._reader is not None else 0
+
+    def lag(self) -> int:
+        """Events on the topic this view has not applied yet, as of its last fetch."""
+        return self._reader.lag() if self._reader is not None else 0
+
+    def describe(self) -> dict[str, object]:
+        """How far this view has read, for a stuck task's report."""
+        reader = self._reader
+        return {"caught_up": self.caught_up.is_set(), "following": self.not_ready() is None,
+                "positions": reader.positions() if reader is not None else None,
+                "lag": self.lag(), "fetch_rounds": self._rounds}
+
+    def task_count(self) -> int:
+        return sum(map(len, self._listing.values()))
+
+    async def reached(self, position: Position, timeout: float) -> None:
+        """Return once the event at ``position`` is applied; ``ReadTimeout`` after ``timeout`` seconds."""
+        if self._reader.positions().get(position.partition, 0) > position.offset:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._offset_waiters.setdefault(position.partition, []),
+                       (position.offset, next(self._tiebreak), waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise ReadTimeout(f"event at {position.partition}@{position.offset} not visible after {timeout:.0f}s") from None
+
+    async def wait(self, task_id: str, done: Callable[[TaskRow | None], bool], timeout: float | None) -> TaskRow | None:
+        """The task's row once ``done(row)`` holds, or its row as it is when ``timeout`` runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            row = self.get(task_id)
+            if done(row):
+                return row
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return row
+            changed = loop.create_future()
+            watchers = self._watchers.setdefault(task_id, [])
+            watchers.append(changed)
+            try:
+                await asyncio.wait_for(changed, remaining)
+            except TimeoutError:
+                return self.get(task_id)
+            finally:
+                if not changed.done():
+                    watchers.remove(changed)
+                    if not watchers:
+                        del self._watchers[task_id]
+
+    def page(self, principal: str | None, after: ListKey | None, limit: int) -> list[TaskRow]:
+        """Up to ``limit`` of the principal's tasks in creation order, starting after ``after``."""
+        keys = self._listing.get(principal, [])
+        start = 0 if after is None else bisect_right(keys, after)
+        rows = []
+        for _, task_id in keys[start:start + limit]:
+            row = self.get(task_id)
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                records = await self._reader.fetch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("live view: fetch failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if records:
+                self._apply(records)
+            positions = self._reader.positions()
+            if positions != self._applied:
+                self._applied = positions
+                if self.store is not None:
+                    self._unflushed.set()
+                    if len(self._projector.batch) > MAX_UNFLUSHED:
+                        await self.flush()
+            self._release_offset_waiters()
+            self._rounds += 1
+            self._release_round_waiters()
+            if not self.caught_up.is_set():
+                self._catching_up(len(records))
+
+    def _catching_up(self, read: int) -> None:
+        """Count what catch-up read, say every few seconds how far it is, and mark its end."""
+        now = asyncio.get_running_loop().time()
+        self._catch_up_read += read
+        if self._catch_up_started is None:
+            self._catch_up_started = self._catch_up_reported = now
+        if self._reader.caught_up():
+            self.caught_up.set()
+            if self._catch_up_read:
+                log.info("live view: caught up with the log: %d events read in %.1f s", self._catch_up_read,
+                         now - self._catch_up_started)
+        elif now - self._catch_up_reported >= CATCH_UP_REPORT_S:
+            self._catch_up_reported = now
+            log.info("live view: catching up with the log: %d events read, %d to go", self._catch_up_read,
+                     self._reader.lag())
+
+    def _apply(self, records: list[LogRecord]) -> None:
+        touched: set[str] = set()
+        for record in records:
+            self._apply_record(record)
+            touched.add(record.event.task_id)
+        if self.metrics is not None:
+            self.metrics.events_consumed.inc(len(records))
+
+        for task_id in touched & self._watchers.keys():
+            for changed in self._watchers.pop(task_id):
+                if not changed.done():
+                    changed.set_result(None)
+
+    def _apply_record(self, record: LogRecord) -> None:
+        event = record.event
+        before, after = self._projector.apply(record)
+        if self.metrics is not None and isinstance(event, ResponseSubmitted) and before is not None \
+                and self.caught_up.is_set():
+            pending = before.pending_elicitation(event.elicitation_id)
+            if pending is not None:
+                self.metrics.elicitation_wait.observe(max(0, event.occurred_at - pending.requested_at) / 1000)
+        if before is None and after is not None:
+            insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
+        if before is after or not self.caught_up.is_set():
+            return  # a repeat, an event the fence ignored, or catch-up
+        for listener in self._listeners:
+            try:
+                listener(before, after)
+            except Exception:  # a listener's failure must never stop the view following the log
+                log.exception("live view: listener %r failed on task %s", listener, event.task_id)
+        for event_listener in self._event_listeners:
+            try:
+                event_listener(event)
+            except Exception:
+                log.exception("live view: listener %r failed on task %s", event_listener, event.task_id)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._unflushed.wait()
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what changed, with the offsets it reaches, to the store (off the event loop, in order)."""
+        async with self._flush_lock:
+            self._unflushed.clear()
+            batch, checkpoint = self._projector.take(), self._applied
+            try:
+                if self.store is not None and (len(batch) or batch.rows or checkpoint != self._flushed):
+                    writing = asyncio.ensure_future(asyncio.to_thread(flush, self.store, batch, checkpoint))
+                    try:
+                        await asyncio.shield(writing)
+                    except asyncio.CancelledError:
+                        # The thread writes on regardless: hold the lock until it is done, or the next
+                        # flush could land first and this older batch overwrite it.
+                        await writing
+                        raise
+                    self._flushed = checkpoint
+            finally:
+                self._projector.written(batch)
+
+    async def settle(self, timeout: float) -> None:
+        """Return once this view has applied what was on the log when it was called.
+
+        Where the broker reports exact end offsets (Kafka), until the view reaches them. Elsewhere,
+        two fetches: the first may have been sent before the caller's event was written; the second
+        is sent after. A task another server just created is then visible here.
+        """
+        if self._follower is None or self._follower.done():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                if self._reader.profile.exact_end_offsets:
+                    ends = await self._reader.end_offsets()
+                    await asyncio.gather(*(self.reached(Position(partition, end - 1), timeout)
+                                           for partition, end in ends.items() if end > 0))
+                    return
+                waiter = asyncio.get_running_loop().create_future()
+                self._round_waiters.append((self._rounds + 2, waiter))
+                await waiter
+        except TimeoutError:
+            pass
+
+    def _release_round_waiters(self) -> None:
+        waiting = []
+        for target, waiter in self._round_waiters:
+            if target <= self._rounds:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._round_waiters = waiting
+
+    def _release_offset_waiters(self) -> None:
+        positions = self._reader.positions()
+        for partition, waiters in self._offset_waiters.items():
+            applied = positions.get(partition, 0)
+            while waiters and waiters[0][0] < applied:
+                _, _, waiter = heapq.heappop(waiters)
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+async def store_matches_topic(store: ProjectionStore, settings: Settings) -> bool:
+    """Whether ``store`` was built from this topic: its first event of each partition is the topic's.
+
+    A store left from another topic of the same name (a recreated topic, an embedded broker that
+    restarted empty) must be rebuilt, not read on from its checkpoint.
+    """
+    checkpoint = store.checkpoint()
+    expected = {p: store.first_event(p) for p, offset in checkpoint.items() if offset > 0}
+    if not expected:
+        return True
+    found: dict[int, str] = {}
+    async with LogReader(settings, client_id=f"{settings.client_id}-store-check") as reader:
+        deadline = asyncio.get_running_loop().time() + settings.read_timeout_ms / 1000
+        while len(found) < len(expected) and asyncio.get_running_loop().time() < deadline:
+            for record in await reader.fetch():
+                if record.partition in expected and record.offset == 0:
+                    found[record.partition] = record.event.event_id
+            if reader.caught_up():
+                break
+    return all(found.get(p) == event_id for p, event_id in expected.items())

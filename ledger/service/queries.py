@@ -1,0 +1,195 @@
+"""Reading the projections: task lists, timelines and waiting questions, scoped to who asks.
+
+One set of queries behind the MCP read tools and resources, the web timeline and the CLI. A
+principal sees its own tasks; a principal named in ``LEDGER_AUDITORS`` (and the CLI, which reads
+the store directly) sees everyone's. Store queries run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ledger.engine.app import error_result
+from ledger.contract.events import iso, now_ms
+from ledger.service.tasks import InvalidCursor, TaskNotFound, decode_cursor, encode_cursor
+from ledger.contract.values import problem_in
+from projections.status import PendingElicitation, TaskRow
+from projections.store import EVERYONE, ProjectionStore
+
+PAGE_SIZE = 50
+
+
+def row_json(row: TaskRow) -> dict[str, Any]:
+    """A task as the read side shows it: status, what it waits for, how it ended."""
+    shown: dict[str, Any] = {
+        "taskId": row.task_id, "tool": row.tool, "principal": row.principal, "status": row.status,
+        "statusMessage": row.status_message, "createdAt": iso(row.created_at),
+        "lastUpdatedAt": iso(row.last_updated_at),
+        "pendingElicitations": [pending_json(p) for p in row.pending],
+    }
+    if row.result_json is not None:
+        shown["result"] = json.loads(row.result_json)
+    if row.error is not None:
+        shown["error"] = row.error
+    return shown
+
+
+def pending_json(pending: PendingElicitation) -> dict[str, Any]:
+    return {"elicitationId": pending.elicitation_id, "message": pending.message,
+            "requestedSchema": json.loads(pending.requested_schema_json), "requestedAt": iso(pending.requested_at)}
+
+
+class ReadSide:
+    """``current`` gives a task's row as the server sees it now; the store (written in batches a
+    moment later) answers the rest, after ``written`` wrote what the server has seen so far."""
+
+    def __init__(self, store: ProjectionStore, auditors: Iterable[str] = (),
+                 current: Callable[[str], TaskRow | None] | None = None,
+                 written: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self.auditors = frozenset(auditors)
+        self._current = current
+        self._written = written
+
+    def scope(self, principal: str | None) -> Any:
+        return EVERYONE if principal in self.auditors else principal
+
+    def visible(self, row: TaskRow | None, principal: str | None) -> bool:
+        return row is not None and (principal in self.auditors or row.principal == principal)
+
+    async def tasks(self, principal: str | None, *, status: str | None = None, tool: str | None = None,
+                    cursor: str | None = None, limit: int = PAGE_SIZE) -> dict[str, Any]:
+        after = decode_cursor(cursor) if cursor else None
+        rows = await asyncio.to_thread(self.store.tasks, principal=self.scope(principal), status=status,
+                                       tool=tool, after=after, limit=limit + 1)
+        page: dict[str, Any] = {"tasks": [row_json(self._newest(row)) for row in rows[:limit]]}
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            page["nextCursor"] = encode_cursor((last.created_at, last.task_id))
+        return page
+
+    def _newest(self, row: TaskRow) -> TaskRow:
+        current = self._current(row.task_id) if self._current is not None else None
+        return current or row
+
+    async def task(self, principal: str | None, task_id: str) -> dict[str, Any]:
+        row = self._current(task_id) if self._current is not None else None
+        if row is None:
+            row = await asyncio.to_thread(self.store.row, task_id)
+        if not self.visible(row, principal):
+            raise TaskNotFound(task_id)
+        return row_json(row)
+
+    async def history(self, principal: str | None, task_id: str) -> dict[str, Any]:
+        task = await self.task(principal, task_id)
+        if self._written is not None:  # the timeline then holds at least what the task row shows
+            await self._written()
+        entries = await asyncio.to_thread(self.store.history, task_id)
+        return {"task": task, "history": [entry.as_json() for entry in entries]}
+
+    async def pending(self, principal: str | None, older_than_seconds: float = 0,
+                      limit: int = PAGE_SIZE) -> dict[str, Any]:
+        found = await asyncio.to_thread(self.store.pending_older_than, int(older_than_seconds * 1000), now_ms(),
+                                        self.scope(principal), limit)
+        return {"pendingElicitations": [
+            {"taskId": row.task_id, "tool": row.tool, "principal": row.principal, **pending_json(pending)}
+            for row, pending in found
+        ]}
+
+
+    async def inbox(self, principal: str | None, limit: int = PAGE_SIZE) -> dict[str, Any]:
+        """The questions the principal's own tasks wait on (the ones it may answer), as the server
+        sees them now: an answer the store has not caught up with yet is left out."""
+        if self._written is not None:  # a question asked a moment ago is in the store too
+            await self._written()
+        found = await asyncio.to_thread(self.store.pending_older_than, 0, now_ms(), principal, limit)
+        questions = []
+        for stored, pending in found:
+            row = self._newest(stored)
+            if row.principal == principal and row.pending_elicitation(pending.elicitation_id) is not None:
+                questions.append({"taskId": row.task_id, "tool": row.tool, "createdAt": iso(row.created_at),
+                                  **pending_json(pending)})
+        return {"questions": questions}
+
+
+class ListTasksArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["working", "input_required", "completed", "failed", "cancelled", "terminal"] | None = Field(
+        None, description="Only tasks in this status ('terminal': completed, failed or cancelled).")
+    tool: str | None = Field(None, description="Only tasks of this tool.")
+    cursor: str | None = Field(None, description="nextCursor of the previous page.")
+
+
+class TaskHistoryArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str = Field(min_length=1, description="The task whose timeline to show.")
+
+
+MAX_AGE_S = 10 * 365 * 24 * 3600
+
+
+class PendingArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    older_than_seconds: float = Field(0, ge=0, le=MAX_AGE_S, allow_inf_nan=False,
+                                      description="Only questions asked at least this long ago (up to ten years).")
+
+
+READ_TOOLS: dict[str, tuple[type[BaseModel], str]] = {
+    "list_tasks": (ListTasksArguments, "Your tasks, newest last, with their status and what they wait for "
+                                       "(paginated: pass nextCursor as cursor)."),
+    "task_history": (TaskHistoryArguments, "A task's timeline from the log: created, each question asked, each "
+                                           "answer (who, when, through which protocol path), refused and "
+                                           "duplicate answers, progress, steps, cancellation, outcome."),
+    "pending_elicitations": (PendingArguments, "Questions your tasks asked that nobody has answered yet."),
+}
+
+
+def read_tool_definitions() -> list[dict[str, Any]]:
+    return [{"name": name, "description": description, "inputSchema": model.model_json_schema(),
+             "execution": {"taskSupport": "forbidden"}}
+            for name, (model, description) in READ_TOOLS.items()]
+
+
+async def call_read_tool(read_side: ReadSide, name: str, arguments: dict[str, Any] | None,
+                         principal: str | None) -> dict[str, Any]:
+    """A read tool's CallToolResult: structured content, and the same JSON as text."""
+    model, _ = READ_TOOLS[name]
+    if (problem := problem_in(arguments or {}, "arguments")) is not None:
+        return error_result(f"Invalid arguments for {name}: {problem}")
+    try:
+        parsed = model.model_validate(arguments or {})
+    except ValidationError as exc:
+        return error_result(f"Invalid arguments for {name}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()))
+    try:
+        if isinstance(parsed, ListTasksArguments):
+            value = await read_side.tasks(principal, status=parsed.status, tool=parsed.tool, cursor=parsed.cursor)
+        elif isinstance(parsed, TaskHistoryArguments):
+            value = await read_side.history(principal, parsed.task_id)
+        else:
+            value = await read_side.pending(principal, parsed.older_than_seconds)
+    except (TaskNotFound, InvalidCursor) as exc:
+        return error_result(str(exc))
+    return {"content": [{"type": "text", "text": json.dumps(value)}], "structuredContent": value}
+
+
+TASK_URI = "ledger://tasks/{task_id}"
+HISTORY_URI = "ledger://tasks/{task_id}/history"
+
+
+async def read_resource(read_side: ReadSide, uri: str, principal: str | None) -> str:
+    """The JSON text of a ``ledger://tasks/...`` resource; TaskNotFound for anything else."""
+    prefix = "ledger://tasks/"
+    if not uri.startswith(prefix):
+        raise TaskNotFound(uri)
+    task_id, _, rest = uri[len(prefix):].partition("/")
+    if rest == "history":
+        return json.dumps(await read_side.history(principal, task_id))
+    if rest == "" and task_id:
+        return json.dumps(await read_side.task(principal, task_id))
+    raise TaskNotFound(uri)

@@ -1,0 +1,383 @@
+"""What a server does with tasks, whatever the wire: create, read, answer, cancel, list.
+
+Every change is an event appended (acks=all) before the caller hears back, and the caller then
+reads its own write from the live view. Refused answers and cancels are appended too, as
+``RequestRejected``, so the history holds every attempt (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ledger.engine.app import App, InvalidArguments
+from ledger.service.budget import WriteBudget
+from ledger.contract.elicitation import canonical_json, content_errors
+from ledger.contract.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCreated, TaskEvent
+from ledger.kafka.appender import EventLog
+from ledger.metrics import Metrics
+from ledger.settings import MIN_TTL_MS, Settings
+from ledger.contract.values import printable, problem_in
+from ledger.service.live_view import ListKey, LiveView
+from projections.status import TaskRow
+
+ACTIONS = ("accept", "decline", "cancel")
+PAGE_SIZE = 50
+MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000
+MAX_CURSOR_CHARS = 256
+
+log = logging.getLogger(__name__)
+
+
+class TaskNotFound(LookupError):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"Failed to retrieve task: Task not found ({task_id!r})")
+
+
+class Refused(ValueError):
+    """A request that addresses a task but cannot be applied; it was recorded as rejected."""
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+class CancelPending(RuntimeError):
+    """A cancel request is on the log, but no worker has ended the task in time."""
+
+    def __init__(self, task_id: str, waited_ms: int) -> None:
+        super().__init__(f"the cancellation of task {task_id} is recorded, but no worker has ended the task within "
+                         f"{waited_ms / 1000:g} s; it ends cancelled when a worker takes its partition")
+        self.task_id = task_id
+
+
+class TaskService:
+    def __init__(self, app: App, settings: Settings, log: EventLog, view: LiveView, actor: str,
+                 metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.settings = settings
+        self.log = log
+        self.view = view
+        self.actor = actor
+        self._locks = _TaskLocks()
+        self._budget = WriteBudget(settings.principal_events_per_s)
+        self._recording: set[asyncio.Task[Any]] = set()
+
+    async def create(
+        self, tool_name: str, arguments: dict[str, Any] | None, *, principal: str | None,
+        ttl_ms: int | None, protocol: str,
+    ) -> TaskRow:
+        """Append the created event and return the task as every server will now show it."""
+        tool = self.app.get(tool_name)
+        tool.parse_arguments(arguments, strict=True)
+        if ttl_ms is not None and not 0 <= ttl_ms <= MAX_TTL_MS:
+            raise InvalidArguments(f"task.ttl must be between 0 and {MAX_TTL_MS:,} ms (ten years), got {ttl_ms!r}")
+        ttl_ms = self.settings.task_ttl_ms if ttl_ms is None else max(ttl_ms, MIN_TTL_MS)
+        arguments_json = canonical_json(arguments or {})
+        if len(arguments_json) > self.settings.max_input_bytes:
+            raise InvalidArguments(f"arguments are {len(arguments_json):,} bytes of JSON; the limit is "
+                                   f"{self.settings.max_input_bytes:,} (LEDGER_MAX_INPUT_BYTES)")
+        created = TaskCreated(
+            task_id=str(uuid.uuid4()), principal=principal, actor=self.actor, tool=tool.name,
+            arguments_json=arguments_json, ttl_ms=ttl_ms,
+            poll_interval_ms=self.settings.poll_interval_ms, protocol=protocol,
+        )
+        self._budget.charge(principal, 1)
+        return await self._append(created)
+
+    def get(self, task_id: str, principal: str | None) -> TaskRow:
+        """The principal's task; another principal's task is "not found", and the attempt is recorded."""
+        row = self.view.get(task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        if row.principal != principal:
+            for probe in self._audited(principal, [self._rejection(
+                    row, "access", f"not the owner: {principal or 'an unauthenticated client'} asked for it", None)]):
+                self._record_in_background(probe)
+            raise TaskNotFound(task_id)
+        return row
+
+    async def find(self, task_id: str, principal: str | None,
+                   knows: Callable[[TaskRow], bool] = lambda row: True) -> TaskRow:
+        """``get``, except that a task this server has not seen yet, or whose row does not yet show
+        what ``knows`` asks for, is looked for once more after the view has read the log as it is
+        now (another server may have written it a moment ago)."""
+        row = self.view.get(task_id)
+        if row is None or not knows(row):
+            await self.view.settle(self.settings.read_timeout_ms / 1000)
+        return self.get(task_id, principal)
+
+    def _record_in_background(self, event: TaskEvent) -> None:
+        # The caller is answered "not found" at once; the audit record follows it onto the log.
+        recording = asyncio.get_running_loop().create_task(self.log.append(event))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recorded)
+
+    def _recorded(self, recording: asyncio.Task[Any]) -> None:
+        self._recording.discard(recording)
+        if not recording.cancelled() and recording.exception() is not None:
+            log.error("could not record a refused access: %s", recording.exception())
+
+    async def wait(self, task_id: str, principal: str | None, done: Callable[[TaskRow], bool],
+                   timeout: float | None) -> TaskRow:
+        """The task once ``done`` holds for it (or as it is at ``timeout``)."""
+        await self.find(task_id, principal)
+        row = await self.view.wait(task_id, lambda r: r is None or done(r), timeout)
+        if row is None:
+            raise TaskNotFound(task_id)
+        return row
+
+    async def settle(self, row: TaskRow) -> TaskRow:
+        """The task once it needs its client again (it asks, or it ended), or as it is after
+        ``LEDGER_SETTLE_MS``: the client's next poll then finds the next step instead of ``working``."""
+        if awaits_client(row) or self.settings.settle_ms == 0:
+            return row
+        settled = await self.view.wait(row.task_id, lambda r: r is None or awaits_client(r),
+                                       self.settings.settle_ms / 1000)
+        return settled or row
+
+    async def answer(
+        self, task_id: str, principal: str | None, elicitation_id: str, action: str,
+        content: Any, *, protocol: str,
+    ) -> TaskRow:
+        """Apply a person's answer; a repeat of an applied answer is acknowledged, not re-applied."""
+        return await self.answer_all(task_id, principal, {elicitation_id: (action, content)}, protocol=protocol)
+
+    async def answer_all(
+        self, task_id: str, principal: str | None, answers: Mapping[str, tuple[str, Any]], *, protocol: str,
+        ignore_stale: bool = False,
+    ) -> TaskRow:
+        """Apply answers to several of a task's elicitations (by id): all of them, or none.
+
+        Each refused answer is recorded as a rejection and the call raises ``Refused`` naming them;
+        an answer that repeats the applied one is recorded as a duplicate and acknowledged. With
+        ``ignore_stale`` (the 2026-07-28 ``tasks/update``), answers to elicitations that are not
+        outstanding (never asked, answered already, superseded, or the task ended) are ignored, and
+        recorded together as one compact event, and the outstanding ones are applied.
+        """
+        async with self._locks.hold(task_id):
+            # The client may have a question from another server that read the log further.
+            row = await self.find(task_id, principal, lambda row: row.terminal or all(
+                row.pending_elicitation(e) is not None or row.answer(e) is not None for e in answers))
+            refusals: list[RequestRejected] = []
+            recorded: list[TaskEvent] = []
+            fresh: list[ResponseSubmitted] = []
+            stale: list[str] = []
+            for elicitation_id, (action, content) in answers.items():
+                if ignore_stale and row.pending_elicitation(elicitation_id) is None:
+                    stale.append(elicitation_id)
+                    continue
+                reason = _why_not(row, elicitation_id, action, content, self.settings.max_input_bytes)
+                if reason is None:
+                    fresh.append(ResponseSubmitted(
+                        task_id=task_id, principal=principal, actor=self.actor, elicitation_id=elicitation_id,
+                        action=action, content_json=canonical_json(content) if action == "accept" else None,
+                        protocol=protocol,
+                    ))
+                    continue
+                payload = sent_json({"action": action, "content": content})
+                rejection = self._rejection(row, "elicitation-response", reason, protocol, elicitation_id, payload)
+                (recorded if reason == DUPLICATE else refusals).append(rejection)
+            if refusals:
+                if audited := self._audited(principal, refusals):
+                    await self.log.append_many(audited)
+                if len(refusals) == 1:
+                    raise Refused(refusals[0].reason)
+                raise Refused("; ".join(f"elicitation {r.elicitation_id}: {r.reason}" for r in refusals))
+            if stale:
+                recorded.append(self._ignored(row, stale, answers, protocol))
+            self._budget.charge(principal, len(fresh))
+            events: list[TaskEvent] = [*self._audited(principal, recorded), *fresh]
+            if not events:
+                return row
+            positions = await self.log.append_many(events)
+            await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
+            return self.get(task_id, principal)
+
+    def _ignored(self, row: TaskRow, keys: list[str], answers: Mapping[str, tuple[str, Any]],
+                 protocol: str) -> RequestRejected:
+        """One record of the answers a request sent for elicitations that were not outstanding: how
+        many, the first few keys, and a digest of what was sent (never the content itself)."""
+        named = ", ".join(repr(key[:64]) for key in keys[:IGNORED_KEYS_NAMED])
+        more = f" and {len(keys) - IGNORED_KEYS_NAMED} more" if len(keys) > IGNORED_KEYS_NAMED else ""
+        sent = sent_json({key: answers[key] for key in keys})
+        return self._rejection(row, "elicitation-response", f"ignored: {len(keys)} answer(s) to elicitations not "
+                               f"outstanding ({named}{more})", protocol, None, sent)
+
+    async def cancel(self, task_id: str, principal: str | None, *, protocol: str, reason: str | None = None,
+                     confirm: bool = True) -> TaskRow:
+        """Ask the owner of the task's partition to cancel it, and answer from what it did.
+
+        The worker that owns the partition writes the task's one terminal event, in log order: it
+        cancels a task that has not ended and ignores the request otherwise. With ``confirm`` (the
+        2025-11-25 wire, which must show the task cancelled before answering) this waits for that
+        outcome and raises ``Refused`` when the task ended otherwise first; without it (2026-07-28,
+        where cancellation is eventually consistent) it answers once the request is on the log.
+        """
+        async with self._locks.hold(task_id):
+            row = await self.find(task_id, principal)
+            if row.terminal:
+                for refusal in self._audited(principal, [self._rejection(row, "cancel", f"already {row.status}",
+                                                                         protocol)]):
+                    await self.log.append(refusal)
+                if confirm:
+                    raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
+                return row
+            if not row.cancel_requested:
+                self._budget.charge(principal, 1)
+                row = await self._append(CancelRequested(task_id=task_id, principal=principal, actor=self.actor,
+                                                         reason=reason, protocol=protocol))
+        if not confirm:
+            return await self.view.wait(task_id, lambda r: r is None or r.terminal, self.settings.settle_ms / 1000) or row
+        row = await self.view.wait(task_id, lambda r: r is None or r.terminal, self.settings.read_timeout_ms / 1000)
+        if row is None:
+            raise TaskNotFound(task_id)
+        if not row.terminal:
+            raise CancelPending(task_id, self.settings.read_timeout_ms)
+        if row.status != "cancelled":
+            raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
+        return row
+
+    def page(self, principal: str | None, cursor: str | None, limit: int = PAGE_SIZE) -> tuple[list[TaskRow], str | None]:
+        """One page of the principal's tasks, and the cursor of the next page (None at the end)."""
+        after = None if cursor is None else decode_cursor(cursor)
+        rows = self.view.page(principal, after, limit + 1)
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, encode_cursor((rows[-1].created_at, rows[-1].task_id))
+
+    async def _append(self, event: TaskEvent) -> TaskRow:
+        position = await self.log.append(event)
+        await self.view.reached(position, self.settings.read_timeout_ms / 1000)
+        row = self.view.get(event.task_id)
+        assert row is not None, "an applied event of an existing task leaves its row"
+        return row
+
+    def _audited(self, principal: str | None, records: list[TaskEvent]) -> list[TaskEvent]:
+        """``records`` if the principal's write budget has room for them; none (counted) otherwise."""
+        if not records or self._budget.allows(principal, len(records)):
+            return records
+        if self.metrics is not None:
+            self.metrics.dropped_audit_records.inc(len(records))
+        log.warning("%s is over its write budget (LEDGER_PRINCIPAL_EVENTS_PER_S): %d audit record(s) of refused "
+                    "requests not written", principal or "the anonymous principal", len(records))
+        return []
+
+    def _rejection(self, row: TaskRow, operation: str, reason: str, protocol: str | None,
+                   elicitation_id: str | None = None, payload_json: str | None = None) -> RequestRejected:
+        if self.metrics is not None:
+            self.metrics.rejected_inputs.labels(operation, reason_kind(reason)).inc()
+        return RequestRejected(
+            task_id=row.task_id, principal=row.principal, actor=self.actor, operation=operation,
+            elicitation_id=None if elicitation_id is None else printable(elicitation_id), reason=reason,
+            payload_json=digest(payload_json), protocol=protocol,
+        )
+
+
+DUPLICATE = "duplicate: this answer was already applied"
+IGNORED_KEYS_NAMED = 5
+
+
+def sent_json(value: Any) -> str:
+    """What a client sent, as text to digest: NaN included, where the log itself holds standard JSON only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(payload_json: str | None) -> str | None:
+    """What the audit keeps of a refused or ignored payload: its size and SHA-256, so a flood of bad
+    answers cannot fill the log with copies of itself, and a known payload can still be matched."""
+    if payload_json is None:
+        return None
+    data = payload_json.encode("utf-8", "surrogatepass")
+    return canonical_json({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+
+
+REASON_KINDS = (
+    ("duplicate", "duplicate"), ("ignored", "not outstanding"), ("action must be", "bad action"),
+    ("content is", "oversize"),
+    ("content does not match", "schema"), ("task has no pending", "unknown elicitation"),
+    ("elicitation", "conflicting"), ("task is already", "task ended"), ("already", "task ended"),
+    ("not the owner", "not owner"),
+)
+
+
+def awaits_client(row: TaskRow) -> bool:
+    """Nothing more happens to the task until its client answers, or ever."""
+    return row.terminal or bool(row.pending)
+
+
+def reason_kind(reason: str) -> str:
+    """A refusal's reason as one of a few labels (the full text is in the event)."""
+    return next((kind for prefix, kind in REASON_KINDS if reason.startswith(prefix)), "other")
+
+
+def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_bytes: int) -> str | None:
+    """Why an answer cannot be applied to ``row``: a reason, ``DUPLICATE``, or None when it can."""
+    if action not in ACTIONS:
+        return f"action must be one of {', '.join(ACTIONS)}, got {action!r}"
+    if (problem := problem_in(elicitation_id, "elicitation id") or problem_in(content, "content")) is not None:
+        return problem
+    size = len(canonical_json(content)) if content is not None else 0
+    if size > max_bytes:
+        return f"content is {size:,} bytes of JSON; the limit is {max_bytes:,} (LEDGER_MAX_INPUT_BYTES)"
+    previous = row.answer(elicitation_id)
+    if previous is not None:
+        content_json = canonical_json(content) if action == "accept" else None
+        if previous.action == action and previous.content_json == content_json:
+            return DUPLICATE
+        return f"elicitation {elicitation_id} was already answered differently"
+    if row.terminal:
+        return f"task is already {row.status}"
+    pending = row.pending_elicitation(elicitation_id)
+    if pending is None:
+        return f"task has no pending elicitation {elicitation_id!r}"
+    if action == "accept":
+        problem = content_errors(pending.requested_schema_json, content)
+        if problem is not None:
+            return f"content does not match the requested schema: {problem}"
+    return None
+
+
+class _TaskLocks:
+    """One lock per task, kept only while somebody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, task_id: str) -> AsyncIterator[None]:
+        lock, users = self._entries.setdefault(task_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._entries[task_id]
+
+
+def encode_cursor(key: ListKey) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> ListKey:
+    if len(cursor) <= MAX_CURSOR_CHARS:
+        try:
+            created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+            if isinstance(created_at, int) and 0 <= created_at < 2**63 and isinstance(task_id, str) and \
+                    len(task_id) <= MAX_CURSOR_CHARS and problem_in(task_id) is None:
+                return created_at, task_id
+        except (ValueError, TypeError, binascii.Error, RecursionError):
+            pass
+    raise InvalidCursor(f"Invalid cursor: {cursor[:80]!r}{'...' if len(cursor) > 80 else ''}")
