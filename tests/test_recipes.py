@@ -1,5 +1,5 @@
-"""README's client recipes, run as written against ``ledger dev``: each one prints the question and
-the result, and the log shows the path its answers took.
+"""The client recipes of docs/clients.md, run as written against ``ledger dev``: each one prints the
+question and the result, and the log shows the path its answers took.
 
 The JavaScript ones need Node and ``npm install --prefix tests/interop/js`` (``.ci/run`` runs the latter);
 without them they skip and say so.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import ResponseSubmitted
+from ledger.contract.events import ResponseSubmitted
 from ledger.settings import Settings
 from tests.engine import all_events
 from tests.spawn import LEDGER
@@ -24,6 +24,7 @@ from tests.spawn import LEDGER
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "docs" / "clients.md"
 PACKAGES = ROOT / "tests" / "interop" / "js"
 README_URL = "http://127.0.0.1:8000/mcp"
 TRAIN = "Approve expense of 20.0 for 'train'?"
@@ -31,9 +32,8 @@ HOTEL = "Approve expense of 35.0 for 'hotel'?"
 
 
 def recipes(language: str) -> list[str]:
-    """The ``language`` code blocks of README's "Client recipes", in order."""
-    section = (ROOT / "README.md").read_text().split("## Client recipes", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+    """The ``language`` code blocks of docs/clients.md, in order."""
+    return re.findall(rf"```{language}\n(.*?)```", RECIPES.read_text(), re.S)
 
 
 async def answered_paths(settings: Settings, before: set[str]) -> set[str]:
@@ -88,9 +88,15 @@ async def test_the_typescript_recipe_runs_as_written(dev: tuple[str, Settings], 
 
 def test_the_recipes_name_the_versions_the_suite_installs() -> None:
     pinned = json.loads((PACKAGES / "package.json").read_text())["dependencies"]
-    readme = (ROOT / "README.md").read_text()
+    recipes_text = RECIPES.read_text()
     for package, version in pinned.items():
-        assert f"{package}@{version}" in readme, package
+        assert f"{package}@{version}" in recipes_text, package
+
+
+def test_every_recipe_is_run() -> None:
+    """A recipe added to docs/clients.md needs a test here: the tests above run these, by position."""
+    assert (len(recipes("python")), len(recipes("javascript"))) == (3, 1)
+    assert sum("inspector" in block for block in recipes("bash")) == 1
 
 
 async def test_the_inspector_recipe_calls_and_ledger_answer_answers(dev: tuple[str, Settings]) -> None:
