@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
 
 FETCHES = 100
 TOPIC = "bench-broker-fetch"

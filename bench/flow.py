@@ -8,7 +8,7 @@ side by side on this machine, in one run, driven by the peer's own load generato
 
 Implementations/paths, interleaved run by run so that machine load hits them alike:
 
-* ``peer``: ../shared/bench/peer_fastmcp/server.py (one uvicorn process with its in-process Docket
+* ``peer``: bench/peer/server.py (one uvicorn process with its in-process Docket
   worker) on a redis-server this script starts, FLUSHALLed before every run; FastMCP defaults
   (pollIntervalMs 5000, Docket worker concurrency 10). Its venv is made with the peer's setup.sh
   when missing (``$PEER_FASTMCP_VENV``, default /tmp/peer_fastmcp_venv).
@@ -17,7 +17,7 @@ Implementations/paths, interleaved run by run so that machine load hits them ali
   extension; ledger advertises ``--poll-ms`` (default 5000, the peer's value, so both are polled
   on exactly the same schedule).
 * ``ledger-tasks@kafka``: the same (fresh topics, server and worker per run) on a 3-broker Apache
-  Kafka cluster of local JVMs (ledger/cluster.py; replication 3, ``min.insync.replicas`` 2), started
+  Kafka cluster of local JVMs (ledger/kafka/cluster.py; replication 3, ``min.insync.replicas`` 2), started
   once, warmed with ``--kafka-warmup`` flows and paused (SIGSTOP) whenever another run goes.
 * ``ledger-meta@…``: the same stacks on the 2025-11-25 ``_meta`` pattern.
 * ``ledger-push@…`` and ``ledger-relay@…`` (``--push``): the same stacks, nothing polled: the 2026-07-28
@@ -55,13 +55,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
-from ledger.cluster import LocalCluster  # noqa: E402
+from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.kafka.cluster import LocalCluster  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.topics import ensure_topics  # noqa: E402
+from ledger.kafka.topics import ensure_topics  # noqa: E402
 from tests.spawn import spawned  # noqa: E402
 
-PEER_DIR = Path(os.environ.get("PEER_DIR", ROOT.parent / "shared" / "bench" / "peer_fastmcp"))
+PEER_DIR = Path(os.environ.get("PEER_DIR", Path(__file__).resolve().parent / "peer"))  # bench/peer/README.md
 PEER_VENV = Path(os.environ.get("PEER_FASTMCP_VENV", "/tmp/peer_fastmcp_venv"))
 LOADER = ROOT / "bench" / "flow_load.py"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -204,7 +204,7 @@ def peer_stack(python: Path, redis: tuple[int, int]) -> Iterator[tuple[str, dict
 
 
 class KafkaForRuns:
-    """One 3-broker Apache Kafka cluster (Apache Kafka's own jars, ledger/cluster.py) for every Kafka run:
+    """One 3-broker Apache Kafka cluster (Apache Kafka's own jars, ledger/kafka/cluster.py) for every Kafka run:
     started once and warmed (a long-running broker's JIT has compiled its hot paths; a fresh JVM's
     has not), then paused with SIGSTOP between its runs, so that its idle burn (about a tenth of a
     core for three brokers) does not load the other runs. A resumed cluster elects its controller

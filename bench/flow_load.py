@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-PEER_DIR = os.environ.get("PEER_DIR", "/work/shared/bench/peer_fastmcp")
+PEER_DIR = os.environ.get("PEER_DIR", os.path.join(os.path.dirname(os.path.realpath(__file__)), "peer"))  # bench/peer
 sys.path.insert(0, PEER_DIR)
 import loadgen  # noqa: E402  (the peer's load generator, from PEER_DIR)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.broker import EmbeddedBroker, free_port  # noqa: E402
-from ledger.codec import Codec  # noqa: E402
-from ledger.events import (  # noqa: E402
+from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from ledger.contract.codec import Codec  # noqa: E402
+from ledger.contract.events import (  # noqa: E402
     ElicitationRequested,
     ResponseSubmitted,
     TaskCompleted,
@@ -31,10 +31,10 @@ from ledger.events import (  # noqa: E402
     TaskEvent,
     TaskStarted,
 )
-from ledger.log import EventLog  # noqa: E402
-from ledger.reader import LogReader  # noqa: E402
+from ledger.kafka.appender import EventLog  # noqa: E402
+from ledger.kafka.reader import LogReader  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.topics import ensure_topics  # noqa: E402
+from ledger.kafka.topics import ensure_topics  # noqa: E402
 
 SCHEMA = json.dumps(
     {"type": "object", "properties": {"approved": {"type": "boolean"}, "note": {"type": "string"}}, "required": ["approved"]}

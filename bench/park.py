@@ -1,6 +1,6 @@
 """Park many approve_expense tasks in input_required, restart server and worker, answer them all.
 
-    source /work/venv/bin/activate
+    source .venv/bin/activate                 # the venv ledger is installed in
     python bench/park.py --tasks 2000         # quick check: ~2 min
     python bench/park.py                      # 15,000 tasks: ~25 min, the embedded broker slows as its partitions fill
     python bench/park.py --seeded 100000      # 100,000 parked tasks written to the log: ~10 min
@@ -48,13 +48,13 @@ from pathlib import Path
 
 from flow import LOADER, PEER_DIR, ROOT, SetupFailed, cpu_seconds, fresh_broker, peak_rss_mb, peer_python, say
 
-from ledger.broker import free_port
-from ledger.codec import Codec
-from ledger.events import ElicitationRequested, TaskCreated, TaskEvent, TaskStarted
-from ledger.log import EventLog
-from ledger.reader import LogReader
+from ledger.kafka.broker import free_port
+from ledger.contract.codec import Codec
+from ledger.contract.events import ElicitationRequested, TaskCreated, TaskEvent, TaskStarted
+from ledger.kafka.appender import EventLog
+from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
-from ledger.topics import ensure_topics
+from ledger.kafka.topics import ensure_topics
 from projections.history import describe
 from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
 

@@ -33,13 +33,13 @@ from bench.log import approve_expense_flow  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.flow import fresh_broker  # noqa: E402
-from ledger.codec import Codec  # noqa: E402
-from ledger.log import EventLog  # noqa: E402
+from ledger.contract.codec import Codec  # noqa: E402
+from ledger.kafka.appender import EventLog  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.topics import ensure_topics  # noqa: E402
-from ledger.records import decode_records  # noqa: E402
-from ledger.replay import no_collections  # noqa: E402
-from ledger.view import LiveView  # noqa: E402
+from ledger.kafka.topics import ensure_topics  # noqa: E402
+from ledger.kafka.records import decode_records  # noqa: E402
+from ledger.service.replay import no_collections  # noqa: E402
+from ledger.service.live_view import LiveView  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 from projections.store import ProjectionStore  # noqa: E402
 
@@ -100,7 +100,7 @@ def replay(settings: Settings, store: Path, processes: int) -> tuple[float, str]
     """Run ``ledger replay``; returns wall seconds and its summary line."""
     environment = {**os.environ, "LEDGER_BOOTSTRAP": settings.bootstrap, "LEDGER_TOPIC_PREFIX": settings.topic_prefix}
     started = time.perf_counter()
-    finished = subprocess.run([sys.executable, "-m", "ledger.cli", "replay", "--store", str(store),
+    finished = subprocess.run([sys.executable, "-m", "ledger.cli.main", "replay", "--store", str(store),
                                "--processes", str(processes)],
                               capture_output=True, text=True, env=environment, check=True)
     return time.perf_counter() - started, finished.stdout.splitlines()[0]

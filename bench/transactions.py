@@ -33,9 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.structs import OffsetAndMetadata  # noqa: E402
 
 from bench.flow import cpu_seconds  # noqa: E402
-from ledger.cluster import LocalCluster  # noqa: E402
+from ledger.kafka.cluster import LocalCluster  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.topics import ensure_topics  # noqa: E402
+from ledger.kafka.topics import ensure_topics  # noqa: E402
 
 PAYLOAD = b"x" * 300
 
