@@ -59,7 +59,7 @@ from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
 from ledger.kafka.cluster import LocalCluster  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
 from ledger.kafka.topics import ensure_topics  # noqa: E402
-from tests.spawn import spawned  # noqa: E402
+from tests.support.spawn import spawned  # noqa: E402
 
 PEER_DIR = Path(os.environ.get("PEER_DIR", Path(__file__).resolve().parent / "peer"))  # bench/peer/README.md
 PEER_VENV = Path(os.environ.get("PEER_FASTMCP_VENV", "/tmp/peer_fastmcp_venv"))

@@ -56,7 +56,7 @@ from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
 from projections.history import describe
-from tests.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
+from tests.support.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
 
 SEED_CHUNK = 6_000  # events per append_many while seeding
 BROKERS = {"embedded": "the embedded broker", "kafka": "Apache Kafka, 3 brokers (broker figures summed)"}

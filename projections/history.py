@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 from ledger.contract.codec import Codec
 from ledger.contract.events import (
     CancelRequested,
-    PartitionClaimed,
     ElicitationRequested,
+    PartitionClaimed,
     ProgressReported,
     RequestRejected,
     ResponseSubmitted,

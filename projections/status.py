@@ -14,8 +14,8 @@ from typing import Any, Literal, NamedTuple
 
 from ledger.contract.events import (
     CancelRequested,
-    PartitionClaimed,
     ElicitationRequested,
+    PartitionClaimed,
     ProgressReported,
     RequestRejected,
     ResponseSubmitted,

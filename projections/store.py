@@ -12,8 +12,8 @@ import json
 import logging
 import sqlite3
 import threading
-from functools import wraps
 from collections.abc import Iterable, Mapping
+from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 

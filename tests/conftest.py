@@ -5,6 +5,9 @@ kafka`` starts a 3-broker Apache Kafka cluster of local JVMs (``ledger.kafka.clu
 ``compose/local-cluster`` runs it). ``LEDGER_TEST_BROKER`` sets the default of ``--broker``;
 ``LEDGER_BOOTSTRAP`` points the suite at a broker that is already running instead (the tests that
 stop and restart brokers then skip).
+
+Plain ``pytest`` is the fast run: tests marked ``slow`` (many processes, injected faults, Kafka
+clusters of their own, builds) skip unless ``pytest --all`` (which CI runs).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -22,7 +26,8 @@ from ledger.kafka.cluster import LocalCluster
 from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.spawn import LEDGER, drain, wait_for_line
+from tests.support.spawn import LEDGER, drain, wait_for_line
+from tests.support.stack import demo_stack, tokened_stack
 
 BROKERS = ("embedded", "kafka")
 
@@ -31,6 +36,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--broker", choices=BROKERS, default=os.environ.get("LEDGER_TEST_BROKER", "embedded"),
                      help="the broker the suite runs on: the embedded broker (Tansu) or a local 3-broker "
                           "Apache Kafka cluster (default: LEDGER_TEST_BROKER, else embedded)")
+    parser.addoption("--all", action="store_true", default=False,
+                     help="run the slow tests too (many processes, injected faults, builds); CI does")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--all"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --all (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -101,6 +117,34 @@ def dev() -> Iterator[tuple[str, Settings]]:
     finally:
         process.kill()
         process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def stack_settings() -> dict[str, Any]:
+    """Settings of the module's ``stack`` beyond the defaults; a module that needs others overrides
+    this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack_tokens() -> dict[str, str]:
+    """The bearer tokens (token -> principal) the module's ``stack`` takes; none (no sign-in) unless a
+    module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+async def stack(bootstrap: str, stack_settings: dict[str, Any], stack_tokens: dict[str, str],
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Settings]]:
+    """The demo tools served over real HTTP with a worker, in the test process, on topics of the
+    module's own (one per module): its MCP URL and settings."""
+    if stack_tokens:
+        async with tokened_stack(bootstrap, tmp_path_factory.mktemp("tokens"), stack_tokens,
+                                 **stack_settings) as stack:
+            yield stack
+    else:
+        async with demo_stack(bootstrap, **stack_settings) as stack:
+            yield stack
 
 
 @pytest.fixture

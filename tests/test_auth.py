@@ -4,7 +4,6 @@ the attempt on the log), no unauthenticated serving beyond loopback, and Host ch
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -13,19 +12,17 @@ import pytest
 from ledger.kafka.broker import free_port
 from ledger.contract.events import RequestRejected
 from ledger.settings import Settings
-from tests.engine import history
-from tests.raw_http import ModernClient, RawSession, bearer
-from tests.spawn import LEDGER, role_environment
-from tests.stack import in_status, tokened_stack, until
+from tests.support.engine import history
+from tests.support.raw_http import ModernClient, RawSession, bearer
+from tests.support.spawn import LEDGER, role_environment
+from tests.support.stack import in_status, until
 
 APPROVE = {"name": "approve_expense", "arguments": {"amount": 5, "description": "ink"}}
 
 
 @pytest.fixture(scope="module")
-async def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Settings]]:
-    async with tokened_stack(bootstrap, tmp_path_factory.mktemp("auth"),
-                             {"alice-secret": "alice", "bob-secret": "bob"}) as stack:
-        yield stack
+def stack_tokens() -> dict[str, str]:
+    return {"alice-secret": "alice", "bob-secret": "bob"}
 
 
 async def waiting_task(alice: ModernClient) -> tuple[str, str]:

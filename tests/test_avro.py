@@ -14,7 +14,7 @@ from ledger.contract import schemas
 from ledger.contract.avro import Unsupported, compile_reader
 from ledger.contract.codec import HEADER_SIZE, MARKER, SHARED_TEXT_FIELDS, fastavro_reader, reader_of
 from ledger.contract.events import TaskEvent
-from tests.factories import any_event
+from tests.support.factories import any_event
 
 CURRENT = schemas.current()
 VERSIONS = schemas.versions()

@@ -16,9 +16,9 @@ import pytest
 
 from ledger.contract.events import RequestRejected, TaskCreated
 from ledger.settings import Settings
-from tests.engine import all_events, history
-from tests.raw_http import ACCEPT, ModernClient, RawSession, _messages
-from tests.stack import demo_stack, until
+from tests.support.engine import all_events, history
+from tests.support.raw_http import ACCEPT, ModernClient, RawSession, _messages
+from tests.support.stack import until
 
 STATE_KEY = "s" * 40
 LIMIT = 4_096
@@ -296,10 +296,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    async with demo_stack(bootstrap, request_state_key=STATE_KEY, round_wait_ms=3_000,
-                          max_input_bytes=LIMIT) as stack:
-        yield stack
+def stack_settings() -> dict[str, Any]:
+    return {"request_state_key": STATE_KEY, "round_wait_ms": 3_000, "max_input_bytes": LIMIT}
 
 
 @pytest.fixture
@@ -354,5 +352,5 @@ async def test_a_request_without_a_usable_id_starts_no_work(stack: tuple[str, Se
         message = without_id(clients) if request_id is None else {**without_id(clients), "id": request_id}
         response = await clients.raw(json.dumps(message).encode(), clients.legacy_headers())
         assert response["error"]["code"] == -32600, (request_id, response)
-    await asyncio.sleep(1)  # a task the server started anyway would be on the log by now
+    await asyncio.sleep(1)  # a negative check: a task the server started anyway would be on the log by now
     assert sum(isinstance(e, TaskCreated) for e in await all_events(settings)) == created

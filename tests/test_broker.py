@@ -11,7 +11,7 @@ import pytest
 
 from ledger.kafka.broker import EmbeddedBroker, answers_metadata, free_port, port_is_free
 from ledger.kafka.profiles import TANSU
-from tests.spawn import LEDGER, wait_for_line
+from tests.support.spawn import LEDGER, wait_for_line
 
 
 

@@ -4,10 +4,12 @@ runs, as a user starts it from the command line, and keeps its data across resta
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 import signal
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,9 @@ from ledger.contract.events import TaskCreated
 from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from ledger.kafka.topics import TopicError, ensure_topics
-from tests.engine import all_events
-from tests.factories import sample
+from tests.support.engine import all_events
+from tests.support.factories import sample
+from tests.support.stack import until
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 LOCAL_CLUSTER = str(COMPOSE / "local-cluster")
@@ -111,13 +114,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(alive(pid) for pid in pids):
-        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
-        time.sleep(0.2)
+async def wait_gone(pids: list[int], timeout: float) -> None:
+    await until(lambda: not any(alive(pid) for pid in pids), timeout,
+                lambda: f"still running: {[p for p in pids if alive(p)]}")
 
 
+@pytest.mark.slow
 async def test_local_cluster_as_a_user_runs_it_keeps_its_data_and_stops_every_broker(
     broker_kind: str, tmp_path: Path
 ) -> None:
@@ -132,7 +134,7 @@ async def test_local_cluster_as_a_user_runs_it_keeps_its_data_and_stops_every_br
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 60) == 0
     assert "local-cluster: stopped" in process.stdout.read()
-    wait_gone(list(pids.values()), 10)
+    await wait_gone(list(pids.values()), 10)
 
     process = start_command(tmp_path, 1)  # again, on the same folder
     try:
@@ -141,9 +143,10 @@ async def test_local_cluster_as_a_user_runs_it_keeps_its_data_and_stops_every_br
     finally:
         process.send_signal(signal.SIGKILL)  # a killed supervisor leaves no broker behind
         process.wait(30)
-    wait_gone(list(pids.values()), 30)
+    await wait_gone(list(pids.values()), 30)
 
 
+@pytest.mark.slow
 def test_a_folder_of_another_size_is_a_clear_error(tmp_path: Path, broker_kind: str) -> None:
     if broker_kind != "kafka":
         pytest.skip("needs Java and the Kafka jars: runs with --broker kafka")
@@ -153,3 +156,59 @@ def test_a_folder_of_another_size_is_a_clear_error(tmp_path: Path, broker_kind: 
     assert done.returncode == 1
     assert "holds a 1-broker cluster; use --brokers 1 or another --dir" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# The command itself, fast (no JVM): `ledger cluster` and compose/local-cluster are one tool, and the script
+# finds the project's Python from a shell where no virtual environment is active.
+
+def test_ledger_cluster_says_what_it_runs_where_the_jars_come_from_and_how_to_stop_it() -> None:
+    done = subprocess.run([sys.executable, "-m", "ledger.cli.main", "cluster", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ledger cluster [-h] [--brokers N] [--dir DIR] [--fetch-only]")
+    for said in ("Apache Kafka", "Maven", "once", "Ctrl-C", "export LEDGER_BOOTSTRAP="):
+        assert said in done.stdout
+    listed = subprocess.run([sys.executable, "-m", "ledger.cli.main", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert re.search(r"^\s+cluster\s+run a local Apache Kafka cluster", listed.stdout, re.MULTILINE)
+
+
+def shell_tools(folder: Path) -> Path:
+    """A bin folder with bash and the few tools compose/local-cluster uses, and no Python."""
+    folder.mkdir()
+    for tool in ("bash", "dirname", "basename", "head", "tail"):
+        found = shutil.which(tool)
+        assert found, tool
+        (folder / tool).symlink_to(found)
+    return folder
+
+
+def bare_environment(path: str) -> dict[str, str]:
+    """A new user's shell: no virtual environment active, nothing but PATH and HOME."""
+    return {"PATH": path, "HOME": os.environ.get("HOME", "/tmp")}
+
+
+def test_local_cluster_runs_under_the_python_of_the_ledger_command_on_path(tmp_path: Path) -> None:
+    venv_bin = Path(sys.executable).parent  # the `ledger` command's folder, as `pip install` made it
+    assert (venv_bin / "ledger").exists()
+    tools = shell_tools(tmp_path / "bin")
+    done = subprocess.run(["bash", LOCAL_CLUSTER, "--help"], capture_output=True, text=True, timeout=60,
+                          env=bare_environment(f"{venv_bin}:{tools}"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: compose/local-cluster [-h] [--brokers N] [--dir DIR] [--fetch-only]")
+    assert "export LEDGER_BOOTSTRAP=" in done.stdout
+
+
+def test_local_cluster_without_a_python_for_ledger_says_what_to_install(tmp_path: Path) -> None:
+    root = COMPOSE.parent
+    if any((root / venv / "bin" / "python").exists() for venv in (".venv", "venv")):
+        pytest.skip("a virtual environment at the repository's root is found from any PATH")
+    tools = shell_tools(tmp_path / "bin")
+    done = subprocess.run([str(tools / "bash"), LOCAL_CLUSTER, "--help"], capture_output=True, text=True,
+                          timeout=60, env=bare_environment(str(tools)), cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    message = done.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith("local-cluster: found no Python with ledger's dependencies installed")
+    assert "pip install -e ." in message and "activate" in message

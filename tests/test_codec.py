@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ledger.contract import schemas
 from ledger.contract.codec import MARKER, Codec, CorruptRecord, DecodeError, UnknownSchema
 from ledger.contract.events import ResponseSubmitted, TaskCreated
-from tests.factories import sample
+from tests.support.factories import sample
 
 codec = Codec()
 

@@ -19,12 +19,10 @@ from compose_spec import PyCompose
 
 from ledger.kafka.broker import free_port
 from ledger.kafka.cluster import read_env_file
-from tests.proxy import round_robin
-from tests.raw_http import ModernClient
-from tests.spawn import LEDGER, drain, wait_for_line
-from tests.stack import approve_through_tasks
-
-pytestmark = pytest.mark.slow
+from tests.support.proxy import round_robin
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import LEDGER, drain, wait_for_line
+from tests.support.stack import approve_through_tasks
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 
@@ -108,6 +106,7 @@ def cluster(bootstrap: str, tmp_path: Path) -> Iterator[list[str]]:
         yield urls
 
 
+@pytest.mark.slow
 async def test_approve_expense_through_the_entry_point(cluster: list[str]) -> None:
     token = next(line.split()[0] for line in (COMPOSE / "tokens.example").read_text().splitlines()
                  if line and not line.startswith("#"))

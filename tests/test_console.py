@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ from ledger.contract.events import ElicitationRequested, RequestRejected, Respon
 from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from projections.store import ProjectionStore
-from tests.factories import sample
-from tests.spawn import LEDGER, role_environment
+from tests.support.factories import sample
+from tests.support.spawn import LEDGER, role_environment
+from tests.support.stack import until
 
 
 def plan_trip(task_id: str) -> list:
@@ -114,10 +114,10 @@ async def test_ctrl_c_stops_a_parallel_replay_in_one_line_and_leaves_no_store(se
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=role_environment(settings), start_new_session=True,
                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 60
-    while not path.with_name("store.sqlite.building").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(replaying.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    try:
+        await until(path.with_name("store.sqlite.building").exists, 60)
+    finally:
+        os.killpg(replaying.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     _, err = replaying.communicate(timeout=60)
     assert (replaying.returncode, err.strip()) == (130, "ledger: interrupted")
     assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ from hypothesis import given
 from ledger.contract import schemas
 from ledger.contract.codec import Codec
 from ledger.contract.events import EVENT_TYPES, TaskEvent
-from tests.factories import any_event
+from tests.support.factories import any_event
 
 ENVELOPE = [f["name"] for f in schemas.current().source["fields"] if f["name"] != "payload"]
 PAYLOAD_RECORDS = {

@@ -12,7 +12,7 @@ from projections.fence import Fence
 from projections.history import render
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
-from tests.factories import histories, sample, written
+from tests.support.factories import histories, sample, written
 
 OLD, NEW = "worker:old", "worker:new"
 

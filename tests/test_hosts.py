@@ -1,23 +1,15 @@
 """DNS-rebinding protection covers every route: a request under another site's name, or from another
-site's page, reads nothing (the web timeline, the task API, the event stream, metrics, MCP)."""
+site's page, reads nothing (the web timeline, the task API, the event stream, metrics, MCP). The
+module's ``stack`` is on loopback without tokens: the set-up a rebinding attack aims at."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import httpx2 as httpx
 import pytest
 
 from ledger.settings import Settings
-from tests.stack import demo_stack
 
 GUARDED = ["/ui", "/ui/api/tasks", "/ui/api/tasks/some-task", "/ui/api/events", "/metrics", "/mcp"]
-
-
-@pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    async with demo_stack(bootstrap) as stack:  # loopback, no tokens: the set-up a rebinding attack aims at
-        yield stack
 
 
 async def status(url: str, path: str, headers: dict[str, str]) -> int:

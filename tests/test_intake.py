@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-
-import pytest
 
 from ledger.http.intake import BODY_READ_TIMEOUT_S, jsonrpc_problem
 from ledger.settings import Settings
-from tests.stack import demo_stack
-
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    async with demo_stack(bootstrap) as stack:
-        yield stack
 
 
 async def test_a_body_that_stops_arriving_gets_408_in_time(stack: tuple[str, Settings]) -> None:

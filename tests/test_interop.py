@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -13,11 +12,10 @@ import pytest
 
 from ledger.contract.events import ResponseSubmitted, TaskCancelled, TaskCreated
 from ledger.settings import Settings
-from tests.engine import all_events
-from tests.modern_client import modern_client
-from tests.raw_http import ModernClient
-
-pytestmark = pytest.mark.slow
+from tests.support.engine import all_events
+from tests.support.modern_client import modern_client
+from tests.support.raw_http import ModernClient
+from tests.support.stack import until
 
 FLOWS = "tests/interop/fastmcp_flows.py"
 
@@ -66,11 +64,18 @@ async def test_a_raw_http_client_completes_the_demo_tools(dev: tuple[str, Settin
             ("plan_trip", {"destination": "Braga"}, "booked Braga for 5 nights from 2027-01-10"),
         ]:
             task_id = (await client.result("tools/call", {"name": name, "arguments": arguments}))["taskId"]
-            while (task := await client.result("tasks/get", {"taskId": task_id}))["status"] != "completed":
+
+            async def completed(task_id: str = task_id) -> dict | None:
+                """The task once completed; until then, each question it asks answered."""
+                task = await client.result("tasks/get", {"taskId": task_id})
+                if task["status"] == "completed":
+                    return task
                 assert task["status"] in ("working", "input_required"), task
                 for key, request in task.get("inputRequests", {}).items():
                     field = next(f for f in replies if f in request["params"]["requestedSchema"]["properties"])
                     await client.result("tasks/update", {"taskId": task_id, "inputResponses": {
                         key: {"action": "accept", "content": replies[field]}}})
-                await asyncio.sleep(0.05)
+                return None
+
+            task = await until(completed, 60)
             assert task["result"]["content"][0]["text"] == expected

@@ -14,8 +14,8 @@ import pytest
 from examples.demo import app as demo
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.raw_http import ModernClient
-from tests.stack import serving, tokened_stack, working
+from tests.support.raw_http import ModernClient
+from tests.support.stack import in_status, serving, tokened_stack, working
 
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 
@@ -81,8 +81,7 @@ async def test_a_task_that_already_ended_is_pushed_once_and_the_stream_ends(two_
     first, second = two_servers
     async with ModernClient(first) as client:
         created = await client.result("tools/call", {"name": "count_slowly", "arguments": {"n": 1}})
-        while created.get("status") != "completed":
-            created = await client.result("tasks/get", {"taskId": created["taskId"]})
+        created = await in_status(client, created["taskId"], "completed")
     async with ModernClient(second) as listener:
         messages = await listened(listener, [created["taskId"]], lambda m: "result" in m and "method" not in m)
     assert [m.get("method") for m in messages] == ["notifications/subscriptions/acknowledged", "notifications/tasks",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.spawn import LEDGER
+from tests.support.spawn import LEDGER
 
 HEADER = "from ledger import App\napp = App('broken')\n"
 BROKEN = {

@@ -25,7 +25,8 @@ from ledger.kafka.reader import LogReader
 from ledger.kafka.records import DeadLetter, LogRecord
 from ledger.settings import Settings
 from ledger.kafka.topics import TopicError, ensure_topics
-from tests.factories import sample
+from tests.support.factories import sample
+from tests.support.stack import until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,8 +120,7 @@ async def test_a_follower_fetches_with_the_short_wait_while_events_flow(settings
         assert await reader.fetch() == []
         assert fetcher._fetch_max_wait_ms == settings.idle_fetch_wait_ms
         await event_log.append(sample(TaskCreated, "paced"))
-        while not await reader.fetch():
-            pass
+        await until(reader.fetch, 10)
         await reader.fetch()
         assert fetcher._fetch_max_wait_ms == settings.fetch_max_wait_ms
 
@@ -133,7 +133,13 @@ async def test_a_long_poll_returns_when_an_event_arrives(settings: Settings, eve
             pytest.skip("the embedded broker holds an empty fetch for its whole wait: fetches are paced instead")
         assert await reader.fetch(timeout_ms=0) == []
         fetching = asyncio.create_task(reader.fetch())
-        await asyncio.sleep(0.2)
+        consumer = reader._consumer  # aiokafka's: its fetcher keeps a fetch out at each partition's leader
+
+        def held_by_every_leader() -> bool:
+            leaders = {consumer._client.cluster.leader_for_partition(tp) for tp in consumer.assignment()}
+            return not fetching.done() and leaders <= consumer._fetcher._in_flight
+
+        await until(held_by_every_leader, 10)  # the event is appended while the brokers hold the fetches
         await event_log.append(sample(TaskCreated, "early"))
         records = await asyncio.wait_for(fetching, 20)
         assert [r.event.task_id for r in records] == ["early"]
@@ -141,7 +147,7 @@ async def test_a_long_poll_returns_when_an_event_arrives(settings: Settings, eve
 
 async def test_catch_up_reads_everything_across_many_batches(settings: Settings, event_log: EventLog) -> None:
     # Many produce batches per partition: the case where the embedded broker's ListOffsets
-    # under-reports the end (TANSU.md); catch-up must still read every event.
+    # under-reports the end (docs/operations.md); catch-up must still read every event.
     total = 0
     for round_ in range(10):
         await event_log.append_many([sample(ProgressReported, f"t{i}", progress=float(round_)) for i in range(150)])
@@ -217,7 +223,7 @@ async def test_group_member_killed_hands_over_from_committed_offsets(settings: S
     positions = await event_log.append_many(written)
     group = f"workers-{uuid.uuid4().hex[:8]}"
     member = subprocess.Popen(
-        [sys.executable, "-m", "tests.processes.group_member", settings.bootstrap, settings.topic_prefix,
+        [sys.executable, "-m", "tests.support.processes.group_member", settings.bootstrap, settings.topic_prefix,
          str(settings.partitions), group, "120"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

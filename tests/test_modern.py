@@ -6,9 +6,7 @@ its modern mode. Tasks created through either wire are read through the other.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -16,31 +14,31 @@ import pytest
 
 from ledger.contract.events import RequestRejected, ResponseSubmitted, TaskCreated
 from ledger.settings import Settings
-from tests.engine import all_events, history
-from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
-from tests.modern_client import modern_client
-from tests.raw_http import TASKS, ModernClient
-from tests.stack import demo_stack, in_status, serving
+from tests.support.engine import all_events, history
+from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
+from tests.support.modern_client import modern_client
+from tests.support.raw_http import TASKS, ModernClient
+from tests.support.stack import demo_stack, in_status, serving, until
 
 STATE_KEY = "k" * 40
 
 
 @pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    async with demo_stack(bootstrap, request_state_key=STATE_KEY, round_wait_ms=3_000) as stack:
-        yield stack
+def stack_settings() -> dict[str, Any]:
+    return {"request_state_key": STATE_KEY, "round_wait_ms": 3_000}
 
 
 async def settle(client: ModernClient, task_id: str, done: Any = None, timeout: float = 30) -> dict[str, Any]:
     """Poll tasks/get until ``done(task)`` (default: not working)."""
     done = done or (lambda t: t["status"] != "working")
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    task: dict[str, Any] = {}
+
+    async def settled() -> dict[str, Any] | None:
+        nonlocal task
         task = await client.result("tasks/get", {"taskId": task_id})
-        if done(task):
-            return task
-        assert asyncio.get_running_loop().time() < deadline, f"task {task_id} still {task['status']}"
-        await asyncio.sleep(0.05)
+        return task if done(task) else None
+
+    return await until(settled, timeout, lambda: f"task {task_id} still {task.get('status')}")
 
 
 def only_request(task_or_result: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 
 from ledger.kafka.broker import free_port
 from ledger.kafka.profiles import KAFKA, TANSU, profile_for
-from tests.spawn import LEDGER
+from tests.support.spawn import LEDGER
 
 SENTENCE_WITHIN_S = 10
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ledger.cli.loading import load_app
 from ledger.settings import Settings
-from tests.engine import running_engine
+from tests.support.engine import running_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 

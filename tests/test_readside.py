@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from ledger.contract.events import ElicitationRequested, TaskCreated
 from ledger.service.queries import ReadSide
-from ledger.service.tasks import TaskNotFound
+from ledger.service.errors import TaskNotFound
 from ledger.settings import Settings
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore
-from tests.factories import sample, written
-from tests.mcp_client import answer_first_pending, call_as_task, connect, poll_until
-from tests.raw_http import ModernClient
-from tests.stack import demo_stack, until
-
-
-
-@pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    async with demo_stack(bootstrap) as stack:
-        yield stack
+from tests.support.factories import sample, written
+from tests.support.mcp_client import answer_first_pending, call_as_task, connect, poll_until
+from tests.support.raw_http import ModernClient
+from tests.support.stack import until
 
 
 async def tool(client: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import pytest
 
 from ledger.contract.events import ResponseSubmitted
 from ledger.settings import Settings
-from tests.engine import all_events
-from tests.spawn import LEDGER
+from tests.support.engine import all_events
+from tests.support.spawn import LEDGER
 
 pytestmark = pytest.mark.slow
 

@@ -21,13 +21,11 @@ from ledger.contract.events import TaskCompleted, TaskCreated, TaskStarted
 from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.engine import history
-from tests.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
-from tests.raw_http import ModernClient
-from tests.spawn import LEDGER, role_environment, spawned, wait_for_line
-from tests.stack import in_status
-
-pytestmark = pytest.mark.slow
+from tests.support.engine import history
+from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import LEDGER, role_environment, spawned, wait_for_line
+from tests.support.stack import in_status
 
 DEMO = "examples/demo.py"
 
@@ -110,6 +108,7 @@ async def test_create_on_one_server_answer_on_a_second_and_read_on_a_third(share
             assert (await task_result(three, task_id))["content"][0]["text"] == "approved 8"
 
 
+@pytest.mark.slow
 async def test_a_sigkilled_worker_hands_waiting_and_running_tasks_to_another(shared: Settings) -> None:
     shared = replace(shared, hot_window_ms=60_000)  # the waiting task is hot in the worker that dies
     await ensure_topics(shared)
@@ -137,6 +136,7 @@ async def test_a_sigkilled_worker_hands_waiting_and_running_tasks_to_another(sha
         assert len(actors) == 2, f"task {task_id} was not resumed by a second worker: {actors}"
 
 
+@pytest.mark.slow
 async def test_a_thousand_concurrent_approvals_all_complete(shared: Settings) -> None:
     await ensure_topics(shared)
     port = free_port()

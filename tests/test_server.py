@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
@@ -18,21 +18,15 @@ from mcp.shared.exceptions import MCPError
 
 from ledger.contract.events import RequestRejected, ResponseSubmitted
 from ledger.settings import Settings
-from tests.engine import history
-from tests.mcp_client import (
+from tests.support.engine import history
+from tests.support.mcp_client import (
     PENDING, RESPONSE, answers, call_as_task, cancel_task, connect, first_question, get_task, list_tasks, poll_until,
     task_result,
 )
-from tests.raw_http import RawSession
-from tests.stack import demo_stack, until
+from tests.support.raw_http import RawSession
+from tests.support.stack import until
 
 RELATED = "io.modelcontextprotocol/related-task"
-
-
-@pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[tuple[str, Settings]]:
-    async with demo_stack(bootstrap) as stack:
-        yield stack
 
 
 def text(result: dict[str, Any]) -> str:
@@ -208,6 +202,8 @@ async def test_cancel_of_running_and_waiting_tasks_and_errors_after(stack: tuple
             assert again.value.code == -32602
             assert again.value.message == "Cannot cancel task: already in terminal status 'cancelled'"
         result = await task_result(client, running)
+        # A negative check, nothing to wait for: a run that went on after its cancel (a step every 0.1 s)
+        # would have reported by now.
         await asyncio.sleep(0.3)
         assert (await get_task(client, running))["status"] == "cancelled"
     assert result["isError"] is True and "cancelled" in text(result)
@@ -267,16 +263,21 @@ async def on_get_stream(session: RawSession, method: str,
     """Collect the params of each ``method`` notification on the session's GET stream, up to the one
     ``last`` accepts: the list they arrive in, and the task collecting them (the stream is open)."""
     heard: list[dict[str, Any]] = []
+    opened = asyncio.Event()
 
     async def listen() -> None:
-        async for message in session.stream():
+        async for message in session.stream(opened):
             if message.get("method") == method:
                 heard.append(message["params"])
                 if last(message["params"]):
                     return
 
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.2)  # let the GET stream open before anything happens
+    # Nothing happens before the server has answered the GET: a notification sent earlier would have
+    # no stream to go on.
+    await until(lambda: opened.is_set() or listener.done(), 30)
+    if listener.done():
+        listener.result()  # the GET failed: its error
     return heard, listener
 
 
@@ -339,7 +340,7 @@ async def test_wire_errors_are_json_rpc_errors(stack: tuple[str, Settings]) -> N
 
 
 def test_task_json_matches_the_sdk_task_model() -> None:
-    from ledger.http.app import task_json
+    from ledger.mcp.session_tasks import task_json
     from projections.status import TaskRow
     row = TaskRow("t1", None, "count_slowly", "completed", 1_700_000_000_000, 1_700_000_000_500, None, 500,
                   result_json=json.dumps({"content": []}), is_error=True)

@@ -22,7 +22,7 @@ from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
 from projections.status import TERMINAL, StatusProjection, transition
-from tests.factories import histories, sample
+from tests.support.factories import histories, sample
 
 
 def fold(events: list[TaskEvent]) -> StatusProjection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import subprocess
@@ -24,8 +23,9 @@ from ledger.service.live_view import LiveView
 from projections.history import describe
 from projections.projector import Projector, flush
 from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore
-from tests.factories import histories, sample, written
-from tests.spawn import LEDGER
+from tests.support.factories import histories, sample, written
+from tests.support.spawn import LEDGER
+from tests.support.stack import until
 
 
 def projected(events: list[TaskEvent]) -> tuple[Projector, ProjectionStore]:
@@ -93,10 +93,8 @@ async def test_replay_into_a_fresh_store_equals_the_live_view(settings: Settings
         await view.caught_up.wait()
         duplicated = events + events[: len(events) // 3]  # producer retries land events twice
         await append_with_garbage(settings, duplicated)
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(live_store.checkpoint().values()) < len(duplicated) + 1:  # every record, garbage too
-            assert asyncio.get_running_loop().time() < deadline, "the live view did not see every event"
-            await asyncio.sleep(0.05)
+        await until(lambda: sum(live_store.checkpoint().values()) >= len(duplicated) + 1,  # every record, garbage too
+                    30, lambda: "the live view did not see every event")
     finally:
         await view.stop()
     replayed = ProjectionStore()

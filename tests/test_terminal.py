@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
 
 import pytest
 
 from ledger.settings import Settings
-from tests.raw_http import ModernClient
-from tests.spawn import LEDGER
-from tests.stack import in_status, tokened_stack
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import LEDGER
+from tests.support.stack import in_status
 
 
 @pytest.fixture(scope="module")
-async def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Settings]]:
-    async with tokened_stack(bootstrap, tmp_path_factory.mktemp("terminal"), {"ada-secret": "ada"}) as stack:
-        yield stack
+def stack_tokens() -> dict[str, str]:
+    return {"ada-secret": "ada"}
 
 
 async def ledger(*args: str, typed: str = "", token: str | None = "ada-secret") -> subprocess.CompletedProcess[str]:

@@ -16,15 +16,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.raw_http import ModernClient
-from tests.stack import answer_through_tasks, demo_stack, in_status, tokened_stack, until
-
-
-@pytest.fixture(scope="module")
-async def stack(bootstrap: str) -> AsyncIterator[str]:
-    """The MCP endpoint URL of a server and a worker on topics of their own."""
-    async with demo_stack(bootstrap) as stack:
-        yield stack[0]
+from ledger.settings import Settings
+from tests.support.raw_http import ModernClient
+from tests.support.stack import answer_through_tasks, in_status, tokened_stack, until
 
 
 async def start(client: ModernClient, tool: str, arguments: dict[str, Any]) -> str:
@@ -107,11 +101,13 @@ class Chromium:
         return reply["result"].get("value")
 
 
-async def test_the_page_shows_tasks_and_the_selected_timeline_and_follows_them_live(stack: str, tmp_path: Path) -> None:
+async def test_the_page_shows_tasks_and_the_selected_timeline_and_follows_them_live(stack: tuple[str, Settings],
+                                                                                   tmp_path: Path) -> None:
     if shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-    base = stack.removesuffix("/mcp")
-    async with ModernClient(stack) as client, httpx.AsyncClient(base_url=base, timeout=30) as http, \
+    url, _ = stack
+    base = url.removesuffix("/mcp")
+    async with ModernClient(url) as client, httpx.AsyncClient(base_url=base, timeout=30) as http, \
             Chromium(tmp_path / "profile") as browser:
         trip = await start(client, "plan_trip", {"destination": "Rome"})
         await answer_through_tasks(client, trip, {"start_date": "2027-03-01", "nights": 4})
@@ -146,8 +142,9 @@ async def test_the_page_shows_tasks_and_the_selected_timeline_and_follows_them_l
         await until(shows("!!document.querySelector('tr.entry[data-kind=completed]')"), 5)
 
 
-async def test_the_api_refuses_unknown_statuses_and_tasks(stack: str) -> None:
-    async with httpx.AsyncClient(base_url=stack.removesuffix("/mcp"), timeout=30) as http:
+async def test_the_api_refuses_unknown_statuses_and_tasks(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with httpx.AsyncClient(base_url=url.removesuffix("/mcp"), timeout=30) as http:
         bad = await http.get("/ui/api/tasks", params={"status": "sleeping"})
         assert bad.status_code == 400 and "status" in bad.json()["error"]
         assert (await http.get("/ui/api/tasks/no-such")).status_code == 404
@@ -155,9 +152,10 @@ async def test_the_api_refuses_unknown_statuses_and_tasks(stack: str) -> None:
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
-async def test_the_event_stream_announces_a_new_task(stack: str) -> None:
-    async with httpx.AsyncClient(base_url=stack.removesuffix("/mcp"), timeout=30) as http, \
-            http.stream("GET", "/ui/api/events") as response, ModernClient(stack) as client:
+async def test_the_event_stream_announces_a_new_task(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with httpx.AsyncClient(base_url=url.removesuffix("/mcp"), timeout=30) as http, \
+            http.stream("GET", "/ui/api/events") as response, ModernClient(url) as client:
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.aiter_lines()
         assert await anext(lines) == ": connected"  # the stream listens from here on
@@ -248,11 +246,13 @@ async def test_the_session_cookie_signs_in_the_page_only(tokened: str) -> None:
         assert (await http.get("/ui/api/tasks")).status_code == 401
 
 
-async def test_a_person_answers_from_the_inbox_and_the_tool_completes(stack: str, tmp_path: Path) -> None:
+async def test_a_person_answers_from_the_inbox_and_the_tool_completes(stack: tuple[str, Settings],
+                                                                      tmp_path: Path) -> None:
     if shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-    base = stack.removesuffix("/mcp")
-    async with ModernClient(stack) as client, Chromium(tmp_path / "profile") as browser:
+    url, _ = stack
+    base = url.removesuffix("/mcp")
+    async with ModernClient(url) as client, Chromium(tmp_path / "profile") as browser:
         trip = await start(client, "plan_trip", {"destination": "Oslo"})
         await in_status(client, trip, "input_required")
         page = await browser.open(f"{base}/ui")

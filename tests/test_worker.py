@@ -17,9 +17,9 @@ from ledger.contract.events import (TERMINAL_EVENTS, ElicitationRequested, Parti
                            TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskStarted)
 from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
-from tests.apps.engine_app import app
-from tests.engine import history, running_engine
-from tests.stack import until
+from tests.support.apps.engine_app import app
+from tests.support.engine import history, running_engine
+from tests.support.stack import until
 
 
 def result_text(row) -> str:
@@ -87,7 +87,7 @@ async def test_cancel_stops_a_task_and_nothing_follows(settings: Settings, topic
             await engine.settled(row.task_id, "input_required")
         row = await engine.service.cancel(row.task_id, None, protocol="test")
         assert row.status == "cancelled"
-        await asyncio.sleep(0.3)  # give a wrongly still-running tool the chance to record more
+        await asyncio.sleep(0.3)  # a negative check: a wrongly still-running tool would record more meanwhile
     events = await history(settings, row.task_id)
     assert isinstance(events[-1], TaskCancelled)
     assert not any(isinstance(e, (TaskCompleted, TaskFailed)) for e in events)
@@ -105,7 +105,7 @@ async def test_a_task_still_open_when_its_ttl_runs_out_is_failed_once_by_its_wor
         row = await engine.service.create(tool, arguments, principal=None, ttl_ms=requested_ttl, protocol="test")
         assert row.ttl_ms == (requested_ttl or default_ttl)  # what tasks/get reports is what ledger does
         row = await engine.settled(row.task_id, "failed")
-        await asyncio.sleep(0.3)  # give a wrongly still-running tool the chance to record more
+        await asyncio.sleep(0.3)  # a negative check: a wrongly still-running tool would record more meanwhile
     assert row.error.startswith("Expired: the task's ttl of")
     events = await history(settings, row.task_id)
     assert [type(e).__name__ for e in events if isinstance(e, TERMINAL_EVENTS)] == ["TaskExpired"]
@@ -118,7 +118,7 @@ async def test_a_task_without_a_ttl_reports_none_and_stays_open(settings: Settin
                                           protocol="test")
         assert row.ttl_ms is None
         row = await engine.settled(row.task_id, "input_required")
-        await asyncio.sleep(1.5)  # longer than the shortest ttl ledger gives
+        await asyncio.sleep(1.5)  # a negative check: longer than the shortest ttl ledger gives
         assert engine.service.view.get(row.task_id).status == "input_required"
         await engine.service.cancel(row.task_id, None, protocol="test")
 
@@ -214,7 +214,10 @@ async def test_a_restarted_worker_reads_its_partitions_to_the_end_before_it_runs
         first_worker.cancel()
         await asyncio.gather(first_worker, return_exceptions=True)
         await engine.start_worker("w-restarted")
-        await asyncio.sleep(2)  # the restarted worker reads the 4 MB history back meanwhile
+        restarted = engine.members[-1]
+        # The answer comes once the restarted worker has read its partitions (the 4 MB history) back to
+        # its claims.
+        await until(lambda: restarted.owned_partitions() and not restarted.describe(row.task_id)["catching_up"], 60)
         await engine.service.answer(row.task_id, None, row.pending[0].elicitation_id, "accept", {"ok": True},
                                     protocol="test")
         row = await engine.settled(row.task_id, "completed")

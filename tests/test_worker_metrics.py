@@ -14,11 +14,9 @@ import httpx2 as httpx
 import pytest
 
 from ledger.kafka.broker import free_port
-from tests.raw_http import ModernClient
-from tests.spawn import LEDGER, drain, wait_for_line
-from tests.stack import until
-
-pytestmark = pytest.mark.slow
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import LEDGER, drain, wait_for_line
+from tests.support.stack import in_status, until
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "compose" / "grafana" / "ledger-dashboard.json"
 WORKER_SERIES = ("ledger_worker_runs_started_total", "ledger_worker_runs_finished_total",
@@ -58,10 +56,7 @@ async def demo_run(url: str) -> None:
     async with ModernClient(url) as client:
         created = await client.result("tools/call", {"name": "approve_expense",
                                                      "arguments": {"amount": 4, "description": "ink"}})
-        task = await client.result("tasks/get", {"taskId": created["taskId"]})
-        while task["status"] != "input_required":
-            task = await client.result("tasks/get", {"taskId": created["taskId"]})
-        [key] = task["inputRequests"]
+        [key] = (await in_status(client, created["taskId"], "input_required"))["inputRequests"]
         refused = await client.call("tasks/update", {"taskId": created["taskId"], "inputResponses": {
             key: {"action": "accept", "content": {"approved": "yes"}}}})
         assert refused["error"]["code"] == -32602
@@ -69,8 +64,7 @@ async def demo_run(url: str) -> None:
             key: {"action": "accept", "content": {"approved": True}}}})
         counted = await client.result("tools/call", {"name": "count_slowly", "arguments": {"n": 2}})
         for task_id in (created["taskId"], counted["taskId"]):
-            while (await client.result("tasks/get", {"taskId": task_id}))["status"] != "completed":
-                pass
+            await in_status(client, task_id, "completed")
 
 
 async def test_the_worker_serves_every_series_after_a_demo_run(dev_with_metrics: tuple[str, str, str]) -> None:

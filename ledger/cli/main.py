@@ -9,23 +9,25 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import uvloop
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ledger.cli import logging_setup, mcp_client, reads
-from ledger.kafka.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker, PortTaken
 from ledger.cli.loading import AppNotFound, default_app_path, load_app
+from ledger.kafka import cluster as local_cluster  # for its options: ~3 ms, no third-party module
+from ledger.kafka.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker, PortTaken
 from ledger.kafka.profiles import KafkaUnreachable, NotKafka
+from ledger.kafka.topics import TopicError, ensure_topics
 from ledger.service.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
-from ledger.kafka.topics import TopicError, ensure_topics
 from projections.store import OutdatedStore
+
 # ledger.cli.roles (the MCP SDK, uvicorn) is imported by the commands that serve, in their run_*:
 # the others (replay, tasks, tail...) start in 0.3 s instead of 0.9 s.
 
@@ -71,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(durable; needs the AWS_* variables of your S3 API)",
     )
     broker.set_defaults(run=run_broker)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="run a local Apache Kafka cluster (JVMs, no Docker) with compose's settings",
+        description=local_cluster.description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    local_cluster.add_arguments(cluster)  # the options of compose/local-cluster too
+    cluster.set_defaults(run=run_cluster)
 
     server = _role_parser(
         commands, "server", "serve MCP over HTTP (streamable HTTP at /mcp)",
@@ -310,6 +321,10 @@ def run_broker(args: argparse.Namespace) -> int:
         broker.stop()
     print("broker stopped", flush=True)
     return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    return local_cluster.run(args, name="ledger cluster")  # its errors are one line on stderr, exit status 1
 
 
 def run_server(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ledger.kafka.consumer import topic_partitions
 from ledger.contract.events import TaskStarted
+from ledger.kafka.consumer import topic_partitions
 from ledger.kafka.profiles import broker_profile
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord
@@ -30,7 +30,6 @@ from projections.fence import Fence
 from projections.history import Entry, entry
 from projections.status import TaskRow, transition
 from projections.store import EVERYONE, ProjectionStore
-
 
 # Records ``ledger tail --from-beginning`` holds per partition while it merges the log in time order.
 BACKLOG_HELD = 2_000

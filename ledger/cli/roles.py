@@ -20,12 +20,12 @@ import uvicorn
 
 from ledger.cli import transitions
 from ledger.engine.app import App
-from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
-from ledger.http.app import create_app
-from ledger.settings import Settings
-from ledger.kafka.topics import ensure_topics
-from ledger.engine.worker import Worker
 from ledger.engine.metrics import metrics_app
+from ledger.engine.worker import Worker
+from ledger.http.app import create_app
+from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
+from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 
 
 class HttpServer(uvicorn.Server):
@@ -130,7 +130,7 @@ async def work(app: App, settings: Settings, metrics_at: tuple[str, int] | None 
 def _metrics_server(worker: Worker, host: str, port: int) -> HttpServer:
     if not port_is_free(host, port):
         raise PortTaken(f"port {port} on {host} is in use; choose another with --metrics-port")
-    return HttpServer(uvicorn.Config(metrics_app(worker, worker.metrics), host=host, port=port, log_level="warning",
+    return HttpServer(uvicorn.Config(metrics_app(worker.metrics, worker.health), host=host, port=port, log_level="warning",
                                      lifespan="off"))
 
 

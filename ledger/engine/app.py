@@ -25,8 +25,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from ledger.engine.context import Context
 from ledger.contract.values import problem_in
+from ledger.engine.context import Context
 
 TaskSupport = Literal["optional", "required", "forbidden"]
 TASK_SUPPORT: tuple[str, ...] = ("optional", "required", "forbidden")

@@ -18,7 +18,14 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from pydantic import BaseModel
 
 from ledger.contract.elicitation import canonical_json, requested_schema
-from ledger.contract.events import ElicitationRequested, ProgressReported, ResponseAction, ResponseSubmitted, StepRecorded, TaskEvent
+from ledger.contract.events import (
+    ElicitationRequested,
+    ProgressReported,
+    ResponseAction,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskEvent,
+)
 from ledger.engine.journal import Asked, Journal
 
 T = TypeVar("T", bound=BaseModel)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from ledger.contract.codec import Codec
 from ledger.contract.events import (
+    TERMINAL_EVENTS,
     CancelRequested,
     ElicitationRequested,
     ResponseSubmitted,
@@ -23,7 +24,6 @@ from ledger.contract.events import (
     TaskCreated,
     TaskEvent,
     TaskStarted,
-    TERMINAL_EVENTS,
 )
 from ledger.settings import MIN_TTL_MS
 

@@ -2,14 +2,14 @@
 (``ledger worker --metrics-port``), beside ``/healthz``.
 
 Counters and histograms are updated where runs start and end; the gauges (hot, parked, queued,
-free slots, lag per partition, holes waited for) are read from the worker when the endpoint is
-scraped.
+free slots, lag per partition, holes waited for) are read when the endpoint is scraped, through
+callables the worker hands over (so this module knows nothing of the worker).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,11 +21,19 @@ from starlette.routing import Route
 
 from ledger.metrics import WAIT_BUCKETS
 
-if TYPE_CHECKING:
-    from ledger.engine.worker import Worker
-
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 OUTCOMES = ("completed", "failed", "parked", "stopped")
+
+
+class WorkerGauges(NamedTuple):
+    """What a scrape reads of a worker, each a callable."""
+
+    hot: Callable[[], int]
+    parked: Callable[[], int]
+    queued: Callable[[], int]
+    free_slots: Callable[[], int]
+    lag: Callable[[], dict[int, int]]
+    holes_waited: Callable[[], int]
 
 
 class WorkerMetrics:
@@ -50,43 +58,44 @@ class WorkerMetrics:
                                           "asked to its answer, as this worker reads them.", buckets=WAIT_BUCKETS,
                                           registry=self.registry)
 
-    def watch(self, worker: Worker) -> None:
-        self.registry.register(_WorkerSnapshot(worker))
+    def watch(self, gauges: WorkerGauges) -> None:
+        self.registry.register(_WorkerSnapshot(gauges))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _WorkerSnapshot(Collector):
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+    def __init__(self, gauges: WorkerGauges) -> None:
+        self._gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        worker = self._worker
+        gauges = self._gauges
         yield GaugeMetricFamily("ledger_worker_hot_tasks", "Waiting tools kept in memory for an in-place resume.",
-                                value=worker.hot)
+                                value=gauges.hot())
         yield GaugeMetricFamily("ledger_worker_parked_tasks", "Tasks waiting for a person with nothing in memory "
-                                "but their journal.", value=worker.parked())
-        yield GaugeMetricFamily("ledger_worker_queued_runs", "Runs waiting for a free slot.", value=worker.queued())
+                                "but their journal.", value=gauges.parked())
+        yield GaugeMetricFamily("ledger_worker_queued_runs", "Runs waiting for a free slot.", value=gauges.queued())
         yield GaugeMetricFamily("ledger_worker_free_slots", "Runs this worker could start now "
                                 "(LEDGER_WORKER_CONCURRENCY minus the runs holding a slot).",
-                                value=worker.slots.limit - worker.slots.used)
+                                value=gauges.free_slots())
         lag = GaugeMetricFamily("ledger_worker_consumer_lag", "Events past what this worker has read, per "
                                 "partition it owns.", labels=["partition"])
-        for partition, behind in sorted(worker.consumer_lag().items()):
+        for partition, behind in sorted(gauges.lag().items()):
             lag.add_metric([str(partition)], behind)
         yield lag
         yield CounterMetricFamily("ledger_worker_holes_waited", "Fetches that stopped at a gap in a partition's "
-                                  "offsets and waited for it (embedded broker).", value=worker.holes_waited())
+                                  "offsets and waited for it (embedded broker).", value=gauges.holes_waited())
 
 
-def metrics_app(worker: Worker, metrics: WorkerMetrics) -> Starlette:
-    """``/metrics`` and ``/healthz`` (200 while the worker runs and owns partitions or waits for them)."""
+def metrics_app(metrics: WorkerMetrics, health: Callable[[], str]) -> Starlette:
+    """``/metrics`` and ``/healthz`` (200 while the worker runs and owns partitions or waits for them;
+    ``health`` says which)."""
     async def metrics_text(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
-        return PlainTextResponse(f"ok: {worker.worker_id}, partitions {sorted(worker.owned_partitions())}\n")
+        return PlainTextResponse(f"ok: {health()}\n")
 
     return Starlette(routes=[Route("/metrics", metrics_text), Route("/healthz", healthz)])
 

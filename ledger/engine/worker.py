@@ -9,11 +9,9 @@ tool with the journal answering what was already asked (``ledger.engine.context`
 The committed offset of a partition never passes the created event of a task that has not ended,
 so whoever owns the partition next reads every event of every unfinished task.
 
-A worker claims each partition it is given (``PartitionClaimed``) and starts nothing there before it
-has read up to its claim; from that claim on, only its writes count (``projections.fence``). A worker
-that reads another worker's claim on a partition it holds has lost it without being told (it was
-paused, or cut off from its group): it stops its runs there at once. Committed offsets always sit on
-a claim, so whoever reads a partition from its committed offset first learns whose writes count.
+Which partitions' writes count is decided on the log by claims (``ledger.engine.claims``): a worker
+starts nothing on a partition before it has read up to its own claim there, and stops at once when
+it reads another worker's.
 """
 
 from __future__ import annotations
@@ -27,17 +25,29 @@ import socket
 import time
 from collections import Counter, OrderedDict, deque
 
+from ledger.contract.events import (
+    TERMINAL_EVENTS,
+    PartitionClaimed,
+    ProgressReported,
+    ResponseSubmitted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskEvent,
+    TaskExpired,
+    TaskFailed,
+    TaskStarted,
+)
 from ledger.engine.app import App, InvalidArguments, UnknownTool, tool_result
+from ledger.engine.claims import Claims
 from ledger.engine.context import Context, NonDeterminismError
-from ledger.contract.events import (TERMINAL_EVENTS, PartitionClaimed, ProgressReported, ResponseSubmitted, TaskCancelled,
-                           TaskCompleted, TaskCreated, TaskEvent, TaskExpired, TaskFailed, TaskStarted)
-from ledger.kafka.group import GroupConsumer
 from ledger.engine.journal import Journal
-from ledger.kafka.appender import EventLog
+from ledger.engine.metrics import WorkerGauges, WorkerMetrics
 from ledger.engine.progress import CoalescedProgress
+from ledger.kafka.appender import EventLog
+from ledger.kafka.group import GroupConsumer
 from ledger.kafka.records import LogRecord
 from ledger.settings import Settings
-from ledger.engine.metrics import WorkerMetrics
 from projections.fence import Fence
 
 log = logging.getLogger(__name__)
@@ -46,14 +56,10 @@ COMMIT_INTERVAL_S = 0.5
 COMMIT_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 1.0
 SWEEP_INTERVAL_S = 5.0
-SLOW_CATCH_UP_S = 10.0
 STATUS_INTERVAL_S = 30.0
 REMEMBERED_ENDINGS = 50_000
 # Expiry entries held before those of ended tasks are dropped (when they outnumber open tasks two to one).
 EXPIRIES_KEPT = 10_000
-# A worker claims its partitions again after this many events, so that its committed offsets, which
-# stay on claims (see _safe_offsets), keep up with what it has read.
-RECLAIM_AFTER_EVENTS = 10_000
 
 
 class Parked(BaseException):
@@ -254,14 +260,10 @@ class Worker:
         )
         self._journals: dict[int, dict[str, Journal]] = {}
         self._fence = Fence()
-        self._claims: dict[int, list[int]] = {}  # offsets of the claims read on each partition held
-        self._claiming: dict[int, asyncio.Task[None]] = {}
+        self._claims = Claims(self.actor, self.worker_id, lambda claim: self._log.append(claim, claim.partition),
+                              self._consumer.position, RETRY_AFTER_S)
+        self._catching_up = self._claims.catching_up
         self._cancelling: dict[str, asyncio.Task[None]] = {}  # by task id
-        # Partitions held, with the event id of the claim this worker made when it got each.
-        self._claim_ids: dict[int, str] = {}
-        # Partitions being read up to this worker's claim. Their tasks start no run before then: a run
-        # must see the task's whole history, or it would ask again a question the task already asked.
-        self._catching_up: dict[int, float] = {}  # partition -> when the catch-up began (loop time)
         self._runs: dict[str, Run] = {}
         self.running_by_tool: Counter[str] = Counter()  # runs holding a slot, by tool (max_concurrency)
         self._ready: deque[Journal] = deque()
@@ -277,7 +279,9 @@ class Worker:
         self._closing = False
         self._ready_signal: asyncio.Event | None = None
         self.metrics = WorkerMetrics()
-        self.metrics.watch(self)
+        self.metrics.watch(WorkerGauges(
+            hot=lambda: self.hot, parked=self.parked, queued=self.queued,
+            free_slots=lambda: self.slots.limit - self.slots.used, lag=self.consumer_lag, holes_waited=self.holes_waited))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Consume and run until cancelled; on the way out stop runs and commit what is safe.
@@ -293,7 +297,8 @@ class Worker:
                     await self._handle(await self._consumer.fetch())
             finally:
                 self._closing = True
-                for pending in (*self._claiming.values(), *self._cancelling.values()):
+                self._claims.stop()
+                for pending in self._cancelling.values():
                     pending.cancel()
                 for run in list(self._runs.values()):
                     run.stop()
@@ -319,12 +324,15 @@ class Worker:
     def holes_waited(self) -> int:
         return self._consumer.holes_waited
 
+    def health(self) -> str:
+        return f"{self.worker_id}, partitions {sorted(self._journals)}"
+
     def describe(self, task_id: str) -> dict[str, object]:
         """What this worker knows of a task and of its partitions: for a stuck task's report."""
         journal = next((j[task_id] for j in self._journals.values() if task_id in j), None)
         return {
             "worker": self.worker_id, "partitions": sorted(self._journals), "catching_up": sorted(self._catching_up),
-            "claims_pending": sorted(self._claiming), "positions": {p: self._consumer.position(p) for p in self._journals},
+            "claims_pending": self._claims.pending(), "positions": {p: self._consumer.position(p) for p in self._journals},
             "journal": None if journal is None else {"partition": journal.partition, "ended": journal.ended,
                                                      "waiting": journal.waiting, "attempts": journal.attempts},
             "run": task_id in self._runs, "queued": sum(j.task_id == task_id for j in self._ready),
@@ -428,16 +436,15 @@ class Worker:
         return journal if changed else None
 
     def _read_claim(self, record: LogRecord) -> None:
-        partition, claimant = record.partition, record.event.actor
         self._fence.admits(record)
-        self._claims[partition].append(record.offset)
-        if record.event.event_id == self._claim_ids.get(partition):
-            self._read_to_own_claim(partition, record.offset)
-        elif partition not in self._catching_up and claimant != self.actor:
+        verdict = self._claims.read(record)
+        if verdict == "own":
+            self._read_to_own_claim(record.partition, record.offset)
+        elif verdict == "lost":
             log.warning("worker %s: %s claimed partition %d at offset %d; this worker lost it without being told "
-                        "(paused or cut off from its group) and stops its runs there", self.worker_id, claimant,
-                        partition, record.offset)
-            self._let_go({partition})
+                        "(paused or cut off from its group) and stops its runs there", self.worker_id,
+                        record.event.actor, record.partition, record.offset)
+            self._let_go({record.partition})
 
     def _read_to_own_claim(self, partition: int, offset: int) -> None:
         if partition not in self._catching_up:
@@ -548,7 +555,7 @@ class Worker:
         if now - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = now
-        self._report_slow_catch_up(now)
+        self._claims.report_slow(now)
         for partition, journals in self._journals.items():
             if partition in self._catching_up:
                 continue
@@ -568,14 +575,6 @@ class Worker:
                  sum(map(len, self._journals.values())), len(self._runs), self.hot, len(self._ready), self.slots.used,
                  self.slots.limit, self._consumer.holes_waited, self._consumer.dead_letter_count)
 
-    def _report_slow_catch_up(self, now: float) -> None:
-        for partition, since in self._catching_up.items():
-            if now - since > SLOW_CATCH_UP_S:
-                log.warning("worker %s: partition %d still reading up to its claim after %.0f s (claim %s, "
-                            "append %s, read position %s); its tasks wait", self.worker_id, partition, now - since,
-                            self._claim_ids.get(partition), "pending" if partition in self._claiming else "done",
-                            self._consumer.position(partition))
-
     def _remember_ended(self, task_id: str) -> None:
         # A producer retry can land a duplicate created event after the task ended.
         self._ended[task_id] = None
@@ -594,9 +593,9 @@ class Worker:
             journals = self._journals.get(partition)
             # Journals are kept in created-offset order, so the first is the oldest unfinished task.
             bound = min(next(iter(journals.values())).offset if journals else position, position)
-            claims = [offset for offset in self._claims.get(partition, ()) if offset <= bound]
-            if claims:
-                offsets[partition] = claims[-1]
+            claim = self._claims.last_at_or_before(partition, bound)
+            if claim is not None:
+                offsets[partition] = claim
         return offsets
 
     async def _commit(self, force: bool = False, partitions: set[int] | None = None) -> None:
@@ -605,7 +604,7 @@ class Worker:
             return
         self._last_commit = now
         if partitions is None and not self._closing:
-            self._claim_again(set(self._journals))
+            self._claims.again(set(self._journals))
         offsets = self._safe_offsets(partitions if partitions is not None else set(self._journals))
         changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
         if not changed or (self._committing is not None and not self._committing.done()):
@@ -622,46 +621,11 @@ class Worker:
     async def _assigned(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._journals.setdefault(partition, {})
-            self._catching_up[partition] = asyncio.get_running_loop().time()
-            self._claims[partition] = []
-            self._claim_ids.pop(partition, None)
             self._fence.forget(partition)
-        for partition in partitions:
-            self._claim(partition)
+        self._claims.take(partitions)
         log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
         if self._ready_signal is not None:
             self._ready_signal.set()
-
-    def _claim(self, partition: int) -> None:
-        """Append a claim of ``partition`` in the background (the first of an assignment was named in
-        ``_assigned``: reading back ends there)."""
-        if partition in self._claiming:
-            return
-        claim = PartitionClaimed.of(partition, self.actor)
-        self._claim_ids.setdefault(partition, claim.event_id)
-        self._claiming[partition] = asyncio.create_task(self._append_claim(claim), name=f"claim partition {partition}")
-
-    async def _append_claim(self, claim: PartitionClaimed) -> None:
-        try:
-            while claim.partition in self._journals:
-                try:
-                    await self._log.append(claim, claim.partition)
-                    return
-                except Exception as exc:  # the log is not taking writes; nothing runs here until it does
-                    log.error("worker %s: could not claim partition %d (%s); retrying in %.0fs", self.worker_id,
-                              claim.partition, exc, RETRY_AFTER_S)
-                    await asyncio.sleep(RETRY_AFTER_S)
-        finally:
-            # A claim cancelled by a revocation may unwind after the next assignment's claim started.
-            if self._claiming.get(claim.partition) is asyncio.current_task():
-                del self._claiming[claim.partition]
-
-    def _claim_again(self, partitions: set[int]) -> None:
-        for partition in partitions:
-            claims, position = self._claims.get(partition), self._consumer.position(partition)
-            if claims and position is not None and partition not in self._catching_up and \
-                    position - claims[-1] > RECLAIM_AFTER_EVENTS:
-                self._claim(partition)
 
     async def _revoked(self, partitions: set[int]) -> None:
         await self._commit(force=True, partitions=partitions)
@@ -675,11 +639,6 @@ class Worker:
                 if run is not None:
                     run.stop()
             self._committed.pop(partition, None)
-            self._catching_up.pop(partition, None)
-            self._claims.pop(partition, None)
-            self._claim_ids.pop(partition, None)
+            self._claims.let_go(partition)
             self._fence.forget(partition)
-            claiming = self._claiming.pop(partition, None)
-            if claiming is not None:
-                claiming.cancel()
         self._consumer.forget(partitions)

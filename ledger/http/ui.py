@@ -26,17 +26,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp.server.auth.provider import TokenVerifier
-
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ledger.service.queries import ReadSide, row_json
 from ledger.contract.elicitation import field_errors
-from ledger.service.tasks import InvalidCursor, Refused, TaskNotFound, TaskService
 from ledger.http.login import COOKIE, COOKIE_PATH, SESSION_S, SessionSigner
-from ledger.service.live_view import LiveView
 from ledger.mcp.wire import principal_of_request
+from ledger.service.errors import InvalidCursor, Refused, TaskNotFound
+from ledger.service.live_view import LiveView
+from ledger.service.queries import ReadSide, row_json
+from ledger.service.tasks import TaskService
 from projections.status import TaskRow
 
 STATUSES = ("working", "input_required", "completed", "failed", "cancelled", "terminal")

@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaProducer
 
 from ledger.contract.codec import Codec
 from ledger.contract.events import TaskEvent
-from ledger.metrics import Metrics
 from ledger.kafka.profiles import broker_profile
 from ledger.kafka.records import DeadLetter, Position
+from ledger.metrics import Metrics
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,10 @@
 """A local Apache Kafka cluster of JVM processes, as compose runs it, for anyone with Java but no Docker.
 
-``compose/local-cluster`` runs it from the command line; tests and benchmarks drive the same
-``LocalCluster`` from Python (start, kill and restart one broker, stop). Each broker is a combined
-broker + KRaft controller started from Apache Kafka's own jars, which Maven fetches once (the
-version of the apache/kafka image in ``compose/compose.yaml``) into a cache. The settings every
+``ledger cluster`` (``compose/local-cluster`` runs the same code) runs it from the command line;
+tests and benchmarks drive the same ``LocalCluster`` from Python (start, kill and restart one broker,
+stop). Each broker is a combined broker + KRaft controller started from Apache Kafka's own jars,
+which Maven fetches once (the version of the apache/kafka image in ``compose/compose.yaml``) into a
+cache. The settings every
 broker shares come from ``compose/kafka/cluster.env``, the file compose gives its brokers.
 
 A cluster lives in a folder: its layout (cluster id, ports, Kafka version) in ``cluster.json`` and
@@ -13,6 +14,7 @@ same folder, it comes back with its data on the same ports.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -117,16 +119,25 @@ def fetch_jars(version: str, *, quiet: bool = False) -> Path:
     if maven is None:
         raise ClusterError("Maven (mvn) is needed once to fetch Apache Kafka's jars and is not on PATH")
     if not quiet:
-        print(f"local-cluster: fetching Apache Kafka {version} with Maven into {libs.parent} (once)", flush=True)
+        print(f"fetching Apache Kafka {version}'s jars with Maven into {libs.parent} (once: later runs use them)",
+              flush=True)
     libs.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
     pom = compose_dir() / "kafka" / "pom.xml"
+    log = libs.parent / "maven.log"
     command = [maven, "-B", "-q", "-f", str(pom), f"-Dkafka.version={version}", "dependency:copy-dependencies",
                f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
-    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        with open(log, "w") as output:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+    except BaseException:  # Ctrl-C, or Maven cannot be started
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)
-        raise ClusterError(f"Maven could not fetch Apache Kafka {version}:\n{(done.stdout + done.stderr)[-2000:]}")
+        raise ClusterError(f"Maven could not fetch Apache Kafka {version}'s jars (exit status {done.returncode}; "
+                           f"its output is in {log}): check that this machine reaches Maven Central")
+    log.unlink(missing_ok=True)
     try:
         staging.rename(libs)
     except OSError:  # another process finished first; its copy is as good
@@ -140,7 +151,11 @@ def java_command() -> str:
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if java is None or not Path(java).exists():
         raise ClusterError("Java 17 or newer is needed to run Apache Kafka; none found (set JAVA_HOME or PATH)")
-    version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    try:
+        version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    except OSError as exc:
+        raise ClusterError(f"{java} cannot run ({exc.strerror}); Apache Kafka needs Java 17 or newer "
+                           "(set JAVA_HOME or PATH)") from None
     found = re.search(r'version "(\d+)', version)
     if found is None or int(found.group(1)) < 17:
         raise ClusterError(f"Apache Kafka 4 needs Java 17 or newer; {java} is: {version.strip().splitlines()[0]}")
@@ -258,8 +273,9 @@ class LocalCluster:
                                                         self.layout.cluster_id, "-c", str(config)],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if formatted.returncode != 0:
-                raise ClusterError(f"formatting broker {node.node_id}'s storage failed:\n"
-                                   f"{(formatted.stdout + formatted.stderr)[-2000:]}")
+                log = folder / "format.log"
+                log.write_text(formatted.stdout + formatted.stderr)
+                raise ClusterError(f"formatting broker {node.node_id}'s storage failed; see {log}")
         return config
 
     def _jvm(self, main_class: str) -> list[str]:
@@ -355,31 +371,38 @@ def _terminate(processes: list[subprocess.Popen[bytes]], timeout: float) -> None
             process.wait()
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def description() -> str:
+    """What ``ledger cluster`` and ``compose/local-cluster`` do, for their --help."""
+    return f"""\
+Run ledger's Apache Kafka cluster as local JVM processes, without Docker: N combined broker +
+KRaft controller nodes on free loopback ports, with the settings compose gives its brokers
+(compose/kafka/cluster.env) and the Kafka version of compose/compose.yaml. Needs Java 17+.
 
-    parser = argparse.ArgumentParser(
-        prog="compose/local-cluster",
-        description="Run ledger's Apache Kafka cluster as local JVM processes (no Docker): N combined "
-        "broker+controller nodes on free loopback ports, with the settings compose gives its brokers "
-        "(compose/kafka/cluster.env) and the Kafka version of compose.yaml, whose jars Maven fetches "
-        f"once into {cache_dir()}. Prints the LEDGER_BOOTSTRAP to use, then runs until Ctrl-C or SIGTERM, "
-        "which stop every broker. Data stays in DIR: run it again on the same DIR to continue.",
-    )
-    parser.add_argument("--brokers", type=int, default=3, help="number of brokers (default: %(default)s)")
-    parser.add_argument("--dir", default=".local-cluster", type=Path,
+The broker's jars come from Maven Central: the first run fetches them with Maven (mvn) into
+{cache_dir()}, once; later runs use that cache (--fetch-only only fetches them).
+
+Once every broker answers it prints the line to run in the shells of servers, workers and
+read commands:
+  export LEDGER_BOOTSTRAP=127.0.0.1:PORT,127.0.0.1:PORT,...
+and runs until Ctrl-C (or SIGTERM), which stops every broker. The data stays in DIR: run it
+again on the same DIR (with the same --brokers) to continue where it stopped."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ledger cluster`` and ``compose/local-cluster`` (one definition for both)."""
+    parser.add_argument("--brokers", type=int, default=3, metavar="N", help="number of brokers (default: %(default)s)")
+    parser.add_argument("--dir", default=Path(".local-cluster"), type=Path, metavar="DIR",
                         help="folder for the cluster's data, kept across restarts (default: %(default)s)")
     parser.add_argument("--fetch-only", action="store_true",
                         help="only fetch the broker's jars into the cache (what CI installs), then exit")
-    options = parser.parse_args(argv)
-    if options.fetch_only:
-        try:
-            print(f"local-cluster: Apache Kafka {kafka_version()} jars in {fetch_jars(kafka_version())}")
-        except ClusterError as exc:
-            print(f"local-cluster: {exc}", file=sys.stderr)
-            return 1
-        return 0
 
+
+def run(options: argparse.Namespace, name: str = "local-cluster") -> int:
+    """Run the cluster of ``options`` (from add_arguments) until a signal; ``name`` prefixes its messages.
+
+    Every expected failure (no Java, Maven failing, a port taken, a broker exiting) is one line on
+    stderr and exit status 1, never a traceback.
+    """
     def interrupt(signum: int, frame: object) -> None:
         for ignored in (signal.SIGINT, signal.SIGTERM):  # one stop at a time; stopping takes seconds
             signal.signal(ignored, signal.SIG_IGN)
@@ -389,28 +412,49 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, interrupt)
     cluster: LocalCluster | None = None
     try:
+        if options.fetch_only:
+            version = kafka_version()
+            print(f"{name}: Apache Kafka {version} jars in {fetch_jars(version)}", flush=True)
+            return 0
         cluster = LocalCluster(options.dir, options.brokers, quiet=False)
-        print(f"local-cluster: starting {options.brokers} Apache Kafka {cluster.version} brokers in "
+        print(f"{name}: starting {options.brokers} Apache Kafka {cluster.version} brokers in "
               f"{cluster.directory}", flush=True)
         cluster.start()
         print(f"export LEDGER_BOOTSTRAP={cluster.bootstrap}", flush=True)
         for line in cluster.describe():
             print(line, flush=True)
+        print(f"{name}: running; press Ctrl-C to stop every broker", flush=True)
         while len(cluster.running()) == options.brokers:
             time.sleep(0.5)
         exited = sorted({node.node_id for node in cluster.nodes} - set(cluster.running()))
-        print(f"local-cluster: broker {exited} exited; see {cluster.directory}/node-N/broker.log", file=sys.stderr)
+        print(f"{name}: broker {exited} exited; see {cluster.directory}/node-N/broker.log", file=sys.stderr)
         return 1
     except ClusterError as exc:
-        print(f"local-cluster: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # DIR (or the cache) cannot be created or written...
+        reason = f"cannot use {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        print(f"{name}: {reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("local-cluster: stopping", flush=True)
+        if cluster is None:  # while fetching the jars or checking Java
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+        print(f"{name}: stopping", flush=True)
         return 0
     finally:
         if cluster is not None:
+            were_running = cluster.running()
             cluster.stop()
-            print("local-cluster: stopped", flush=True)
+            if were_running:
+                print(f"{name}: stopped", flush=True)
+
+
+def main(argv: list[str] | None = None, prog: str = "compose/local-cluster") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=description(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

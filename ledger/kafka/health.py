@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ledger.kafka.appender import EventLog
 from ledger.kafka.profiles import broker_profile
-from ledger.settings import Settings
 from ledger.kafka.topics import min_insync_replicas
+from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
 

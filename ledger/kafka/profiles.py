@@ -3,7 +3,7 @@
 Everything ledger does differently on the embedded broker (Tansu) lives in the ``TANSU`` profile
 and is chosen by what the broker is, never by a setting: Tansu serves a later batch of a partition
 before an earlier one under load, holds an empty fetch for its whole wait, under-reports
-``end_offsets()`` and has no idempotent producer (../shared/TANSU.md). Apache Kafka (``KAFKA``)
+``end_offsets()`` and has no idempotent producer (docs/operations.md, "The embedded broker"). Apache Kafka (``KAFKA``)
 does none of that, so there ledger uses what Kafka gives: the idempotent producer, fetches that
 return as soon as an event arrives, and the end offsets the broker reports.
 """

@@ -9,8 +9,8 @@ from aiokafka import TopicPartition
 from ledger.contract.codec import Codec
 from ledger.kafka.consumer import DecodingConsumer, topic_partitions
 from ledger.kafka.records import DeadLetterSink, LogRecord, log_dead_letter
-from ledger.settings import Settings
 from ledger.kafka.topics import TopicError
+from ledger.settings import Settings
 
 
 class LogReader(DecodingConsumer):
@@ -18,7 +18,7 @@ class LogReader(DecodingConsumer):
     partition) or from the start.
 
     Catch-up is judged against the high watermark each fetch reports, never against
-    ``end_offsets()``, which the embedded broker under-reports (TANSU.md).
+    ``end_offsets()``, which the embedded broker under-reports (docs/operations.md).
     """
 
     def __init__(

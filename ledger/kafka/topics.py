@@ -31,7 +31,7 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings, replicas: int, partitions: int) -> list[TopicSpec]:
-    # The log is the truth (DESIGN.md §1): task events are never deleted by retention.
+    # The log is the truth (docs/architecture.md, the invariants): task events are never deleted by retention.
     keep_forever = {"retention.ms": "-1", "retention.bytes": "-1"}
     # Always set: a topic given fewer replicas than the brokers' min.insync.replicas could never be written.
     keep_forever["min.insync.replicas"] = str(settings.min_insync_replicas or default_min_insync(replicas))

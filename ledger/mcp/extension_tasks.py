@@ -26,10 +26,16 @@ from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
 from ledger.engine.app import Tool
-from ledger.service.tasks import TaskService, awaits_client
 from ledger.mcp.wire import (
-    INTERNAL_ERROR, INVALID_PARAMS, create_task, principal_of, service_errors, task_fields, tool_call_result,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    create_task,
+    principal_of,
+    service_errors,
+    task_fields,
+    tool_call_result,
 )
+from ledger.service.tasks import TaskService, awaits_client
 from projections.status import PendingElicitation, TaskRow
 
 PROTOCOL = "2026-07-28"

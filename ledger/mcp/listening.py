@@ -23,9 +23,10 @@ from mcp.server.mcpserver import require_client_extension
 from mcp.shared.exceptions import MCPError
 
 from ledger.mcp.extension_tasks import TASKS_EXTENSION, detailed_task_json
-from ledger.service.tasks import TaskNotFound, TaskService
-from ledger.service.live_view import LiveView
 from ledger.mcp.wire import INTERNAL_ERROR, INVALID_PARAMS, principal_of
+from ledger.service.errors import TaskNotFound
+from ledger.service.live_view import LiveView
+from ledger.service.tasks import TaskService
 from projections.status import TaskRow
 
 MAX_TASK_IDS = 1_000

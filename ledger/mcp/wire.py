@@ -12,12 +12,13 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
-from ledger.engine.app import InvalidArguments, UnknownTool, error_result
-from ledger.service.budget import OverBudget
 from ledger.contract.events import iso
+from ledger.engine.app import InvalidArguments, UnknownTool, error_result
 from ledger.kafka.appender import AppendTimeout
-from ledger.service.tasks import CancelPending, InvalidCursor, Refused, TaskNotFound, TaskService
+from ledger.service.budget import OverBudget
+from ledger.service.errors import CancelPending, InvalidCursor, Refused, TaskNotFound
 from ledger.service.live_view import ReadTimeout
+from ledger.service.tasks import TaskService
 from projections.status import TaskRow
 
 METHOD_NOT_FOUND = -32601

@@ -15,9 +15,9 @@ from bisect import bisect_right, insort
 from collections.abc import Callable
 
 from ledger.contract.events import ResponseSubmitted, TaskEvent
-from ledger.metrics import Metrics
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
+from ledger.metrics import Metrics
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow

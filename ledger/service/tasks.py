@@ -2,14 +2,12 @@
 
 Every change is an event appended (acks=all) before the caller hears back, and the caller then
 reads its own write from the live view. Refused answers and cancels are appended too, as
-``RequestRejected``, so the history holds every attempt (DESIGN.md invariant 4).
+``RequestRejected``, so the history holds every attempt (docs/architecture.md, the invariants).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -18,45 +16,24 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ledger.engine.app import App, InvalidArguments
-from ledger.service.budget import WriteBudget
 from ledger.contract.elicitation import canonical_json, content_errors
 from ledger.contract.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCreated, TaskEvent
+from ledger.contract.values import printable, problem_in
+from ledger.engine.app import App, InvalidArguments
 from ledger.kafka.appender import EventLog
 from ledger.metrics import Metrics
+from ledger.service.budget import WriteBudget
+from ledger.service.cursors import decode_cursor, encode_cursor
+from ledger.service.errors import CancelPending, Refused, TaskNotFound
+from ledger.service.live_view import LiveView
 from ledger.settings import MIN_TTL_MS, Settings
-from ledger.contract.values import printable, problem_in
-from ledger.service.live_view import ListKey, LiveView
 from projections.status import TaskRow
 
 ACTIONS = ("accept", "decline", "cancel")
 PAGE_SIZE = 50
 MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000
-MAX_CURSOR_CHARS = 256
 
 log = logging.getLogger(__name__)
-
-
-class TaskNotFound(LookupError):
-    def __init__(self, task_id: str) -> None:
-        super().__init__(f"Failed to retrieve task: Task not found ({task_id!r})")
-
-
-class Refused(ValueError):
-    """A request that addresses a task but cannot be applied; it was recorded as rejected."""
-
-
-class InvalidCursor(ValueError):
-    pass
-
-
-class CancelPending(RuntimeError):
-    """A cancel request is on the log, but no worker has ended the task in time."""
-
-    def __init__(self, task_id: str, waited_ms: int) -> None:
-        super().__init__(f"the cancellation of task {task_id} is recorded, but no worker has ended the task within "
-                         f"{waited_ms / 1000:g} s; it ends cancelled when a worker takes its partition")
-        self.task_id = task_id
 
 
 class TaskService:
@@ -367,17 +344,3 @@ class _TaskLocks:
                 del self._entries[task_id]
 
 
-def encode_cursor(key: ListKey) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
-
-
-def decode_cursor(cursor: str) -> ListKey:
-    if len(cursor) <= MAX_CURSOR_CHARS:
-        try:
-            created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-            if isinstance(created_at, int) and 0 <= created_at < 2**63 and isinstance(task_id, str) and \
-                    len(task_id) <= MAX_CURSOR_CHARS and problem_in(task_id) is None:
-                return created_at, task_id
-        except (ValueError, TypeError, binascii.Error, RecursionError):
-            pass
-    raise InvalidCursor(f"Invalid cursor: {cursor[:80]!r}{'...' if len(cursor) > 80 else ''}")

@@ -16,9 +16,9 @@ from ledger.kafka.broker import free_port
 from ledger.contract.codec import MARKER
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.raw_http import ModernClient
-from tests.spawn import spawned
-from tests.stack import approve_through_tasks, until
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import spawned
+from tests.support.stack import approve_through_tasks, until
 
 pytestmark = pytest.mark.slow
 

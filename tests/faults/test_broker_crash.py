@@ -15,11 +15,11 @@ import pytest
 from ledger.kafka.cluster import LocalCluster
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.flows import asked, done
-from tests.outcomes import checked_log
-from tests.raw_http import ModernClient
-from tests.spawn import ledger_roles
-from tests.stack import until
+from tests.support.flows import asked, done
+from tests.support.outcomes import checked_log
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import ledger_roles
+from tests.support.stack import until
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,11 @@ from ledger.kafka.cluster import LocalCluster
 from ledger.contract.events import TaskCreated
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.flows import FlowStats, approve_many, asked, asked_or_done, call, done
-from tests.outcomes import checked_log
-from tests.raw_http import ModernClient
-from tests.spawn import ledger_roles
-from tests.stack import until
+from tests.support.flows import FlowStats, approve_many, asked, asked_or_done, call, done
+from tests.support.outcomes import checked_log
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import ledger_roles
+from tests.support.stack import until
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ async def test_the_leader_of_most_partitions_killed_mid_run(local_cluster: Local
         victim, led = leaders.most_common(1)[0]
         local_cluster.kill(victim)
         killed_at = time.monotonic()
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the outage itself: the broker stays down 10 s, whatever happens meanwhile
         await restart(local_cluster, victim)
         task_ids = await asyncio.wait_for(running, 600)
         elapsed = time.monotonic() - stats.started_at

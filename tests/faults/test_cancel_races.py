@@ -20,10 +20,10 @@ from ledger.kafka.broker import free_port
 from ledger.contract.events import TERMINAL_EVENTS, TaskCancelled, TaskCompleted
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
-from tests.engine import all_events
-from tests.raw_http import ModernClient, RawSession
-from tests.spawn import DEMO, spawned
-from tests.stack import until
+from tests.support.engine import all_events
+from tests.support.raw_http import ModernClient, RawSession
+from tests.support.spawn import DEMO, spawned
+from tests.support.stack import until
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +19,9 @@ from ledger.kafka.broker import free_port
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
 from projections.store import ProjectionStore
-from tests.raw_http import ModernClient
-from tests.spawn import spawned
-from tests.stack import until
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import spawned
+from tests.support.stack import until
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,14 @@ async def test_waiting_tasks_outlive_a_killed_server(settings: Settings, tmp_pat
                     return all(t["status"] == "input_required" for t in await statuses(client, task_ids))
 
                 await until(all_waiting, 120)
-                await asyncio.sleep(0.5)  # past the store's 200 ms flush, so there is a checkpoint to resume from
+                read = await consumed(a)
+
+                def checkpointed() -> bool:
+                    """A's store has a checkpoint to resume from, past every event A had read by now."""
+                    with closing(sqlite3.connect(f"file:{store_a}?mode=ro", uri=True)) as db:
+                        return (db.execute("SELECT sum(next_offset) FROM checkpoint").fetchone()[0] or 0) >= read
+
+                await until(checkpointed, 30)
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
         killed_at = time.monotonic()

@@ -20,14 +20,14 @@ from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
 from projections.status import StatusProjection
-from tests.apps.engine_app import app
-from tests.engine import Engine, running_engine
-from tests.spawn import spawned
-from tests.stack import until
+from tests.support.apps.engine_app import app
+from tests.support.engine import Engine, running_engine
+from tests.support.spawn import spawned
+from tests.support.stack import until
 
 pytestmark = pytest.mark.slow
 
-ENGINE_APP = "tests/apps/engine_app.py"
+ENGINE_APP = "tests/support/apps/engine_app.py"
 RUNNING, WAITING = 12, 12
 PAUSE_S = 8.0  # how long each running task waits between its two steps
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import mcp_types as types
 from mcp import Client
 from pydantic import TypeAdapter
+
+from tests.support.stack import until
 
 RAW = TypeAdapter(dict[str, Any])
 PENDING = "io.modelcontextprotocol/pending-elicitations"
@@ -69,15 +70,16 @@ async def cancel_task(client: Client, task_id: str) -> dict[str, Any]:
 
 async def poll_until(client: Client, task_id: str, done: Callable[[dict[str, Any]], bool],
                      timeout: float = 30) -> dict[str, Any]:
-    """Poll ``tasks/get`` (at the task's pollInterval) until ``done(task)``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    """Poll ``tasks/get`` every 0.1 s until ``done(task)``; the task then."""
+    task: dict[str, Any] = {}
+
+    async def finished() -> dict[str, Any] | None:
+        nonlocal task
         task = await get_task(client, task_id)
-        if done(task):
-            return task
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s")
-        await asyncio.sleep(min(task.get("pollInterval", 100), 100) / 1000)
+        return task if done(task) else None
+
+    return await until(finished, timeout, lambda: f"task {task_id} still {task.get('status')} after {timeout}s",
+                       interval=0.1)
 
 
 async def first_question(client: Client, task_id: str) -> str:

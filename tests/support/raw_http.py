@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -47,9 +48,13 @@ class RawSession:
                 return message
         raise AssertionError(f"no response to {method}: {response.text!r}")
 
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        """Messages the server sends on the standalone GET stream."""
+    async def stream(self, opened: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Messages the server sends on the standalone GET stream; ``opened`` is set once the server has
+        answered the GET (it has the stream from then on)."""
         async with self._http.stream("GET", self.url, headers={**self.headers, "Accept": "text/event-stream"}) as response:
+            assert response.status_code == 200, response.status_code
+            if opened is not None:
+                opened.set()
             async for line in response.aiter_lines():
                 if line.startswith("data:") and line[5:].strip():
                     yield json.loads(line[5:])

@@ -1,6 +1,6 @@
 """A consumer-group member in its own process, for handover tests that SIGKILL it.
 
-Usage: python -m tests.processes.group_member BOOTSTRAP PREFIX PARTITIONS GROUP COUNT
+Usage: python -m tests.support.processes.group_member BOOTSTRAP PREFIX PARTITIONS GROUP COUNT
 Consumes COUNT events, commits the next offsets, prints them as one JSON line, then idles.
 """
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,14 @@ async def serving(app: App, settings: Settings, instance: str = "test") -> Async
     server = HttpServer(uvicorn.Config(create_app(app, settings, instance), host="127.0.0.1", port=port,
                                        log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
+
+    def serving_caught_up() -> bool:
+        if task.done():
+            task.result()  # it stopped before it served: its error
+        return server.started and server.config.app.state.caught_up.is_set()
+
     try:
-        while not (server.started and server.config.app.state.caught_up.is_set()):
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
+        await until(serving_caught_up, 60)
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         server.should_exit = True
@@ -51,13 +55,22 @@ async def working(app: App, settings: Settings, worker_id: str = "w0") -> AsyncI
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def until(check: Any, timeout: float = 15) -> Any:
-    """Poll until ``check()`` returns something truthy: tasks run, and the read side's store lags behind."""
+async def until(check: Callable[[], Any], timeout: float = 15, failure: Callable[[], str] | None = None,
+                interval: float = 0.05) -> Any:
+    """Poll until ``check()`` (a function or a coroutine function) returns something truthy, every
+    ``interval`` seconds, and return that: tasks run, processes start, and the read side's store lags
+    behind. The one way tests wait for something to happen; past ``timeout`` seconds the test fails
+    with ``failure()``."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := await check()):
-        assert asyncio.get_running_loop().time() < deadline, "it never happened"
-        await asyncio.sleep(0.05)
+    while not (value := await _checked(check)):
+        assert asyncio.get_running_loop().time() < deadline, failure() if failure else "it never happened"
+        await asyncio.sleep(interval)
     return value
+
+
+async def _checked(check: Callable[[], Any]) -> Any:
+    value = check()
+    return await value if inspect.isawaitable(value) else value
 
 
 @asynccontextmanager
@@ -73,11 +86,12 @@ async def demo_stack(bootstrap: str, **overrides: Any) -> AsyncIterator[tuple[st
 
 
 @asynccontextmanager
-async def tokened_stack(bootstrap: str, folder: Path, tokens: dict[str, str]) -> AsyncIterator[tuple[str, Settings]]:
+async def tokened_stack(bootstrap: str, folder: Path, tokens: dict[str, str],
+                        **overrides: Any) -> AsyncIterator[tuple[str, Settings]]:
     """``demo_stack`` on a server that takes bearer tokens (token -> principal)."""
     tokens_file = folder / "tokens"
     tokens_file.write_text("".join(f"{token} {principal}\n" for token, principal in tokens.items()))
-    async with demo_stack(bootstrap, tokens_file=str(tokens_file)) as stack:
+    async with demo_stack(bootstrap, tokens_file=str(tokens_file), **overrides) as stack:
         yield stack
 
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ledger.kafka.broker import free_port
 from ledger.cli.roles import HttpServer
+from tests.support.stack import until
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host"}
 
@@ -43,9 +44,14 @@ async def round_robin(backends: list[str]) -> AsyncIterator[tuple[str, dict[str,
     port = free_port()
     server = HttpServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
+
+    def started() -> bool:
+        if serving.done():
+            serving.result()  # it stopped before it served: its error
+        return server.started
+
     try:
-        while not server.started:
-            await asyncio.sleep(0.02)
+        await until(started, 30)
         yield f"http://127.0.0.1:{port}", served
     finally:
         server.should_exit = True

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.raw_http import ModernClient
+from tests.support.raw_http import ModernClient
 
 POLL_S = 0.2
 

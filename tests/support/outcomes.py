@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 from ledger.contract.events import TaskCompleted, TaskEvent
 from ledger.settings import Settings
-from tests.engine import all_events
-from tests.spawn import confirmed_appends
+from tests.support.engine import all_events
+from tests.support.spawn import confirmed_appends
 
 
 class LogAfterFaults(NamedTuple):

@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.client import ClaimContext, ClientExtension, ResultClaim
 from pydantic import ConfigDict, Field
 
-from tests.mcp_client import RAW, answers
+from tests.support.mcp_client import RAW, answers
 
 
 class CreatedTask(types.Result):

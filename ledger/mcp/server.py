@@ -1,0 +1,98 @@
+"""The MCP SDK's low-level server for ledger: its handlers, capabilities and request middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from ledger.engine.app import App
+from ledger.mcp import extension_tasks
+from ledger.mcp.listening import TaskListeners
+from ledger.mcp.session_tasks import Adapter, TaskParams
+from ledger.mcp.wire import (
+    principal_of,
+)
+from ledger.metrics import Metrics
+from ledger.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+
+class _TaskServer(Server[Any]):
+    """The low-level server, advertising the 2025-11-25 ``tasks`` capability on handshake sessions."""
+
+    def get_capabilities(self, *args: Any, protocol_version: str | None = None, **kwargs: Any) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(*args, protocol_version=protocol_version, **kwargs)
+        if protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # The SDK advertises every kind of listen notification once subscriptions/listen has a handler;
+            # ledger's lists never change and it serves no resource subscriptions, only task ids.
+            return capabilities.model_copy(update={
+                "tools": capabilities.tools and capabilities.tools.model_copy(update={"list_changed": False}),
+                "resources": capabilities.resources and capabilities.resources.model_copy(
+                    update={"list_changed": False, "subscribe": False})})
+        tasks = types.ServerTasksCapability(
+            list=types.TasksListCapability(), cancel=types.TasksCancelCapability(),
+            requests=types.ServerTasksRequestsCapability(tools=types.TasksToolsCapability(call=types.TasksCallCapability())),
+        )
+        return capabilities.model_copy(update={"tasks": tasks})
+
+
+def build_mcp_server(app: App, adapter: Adapter, request_state_security: RequestStateSecurity) -> _TaskServer:
+    server = _TaskServer(
+        app.name, version=app.version, instructions=app.instructions,
+        get_tool_input_schema=lambda name: app.tools[name].input_schema if name in app.tools else None,
+        on_list_tools=adapter.list_tools, on_call_tool=adapter.call_tool,
+        on_list_resources=adapter.list_resources, on_list_resource_templates=adapter.list_resource_templates,
+        on_read_resource=adapter.read_resource,
+    )
+    server.add_request_handler("tasks/get", TaskParams, adapter.get_task)
+    server.add_request_handler("tasks/result", TaskParams, adapter.task_result)
+    server.add_request_handler("tasks/list", types.PaginatedRequestParams, adapter.list_tasks)
+    server.add_request_handler("tasks/cancel", TaskParams, adapter.cancel_task)
+    server.add_request_handler("tasks/update", extension_tasks.UpdateTaskParams, adapter.update_task)
+    server.add_request_handler("subscriptions/listen", types.SubscriptionsListenRequestParams,
+                               TaskListeners(adapter.service, adapter.view).listen)
+    server.extensions[extension_tasks.TASKS_EXTENSION] = {}
+
+    async def task_augmented_calls(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        # The SDK validates tools/call results as CallToolResult; a CreateTaskResult is answered here.
+        if ctx.method == "tools/call" and isinstance(ctx.params, Mapping) and ctx.params.get("task") is not None \
+                and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return await adapter.call_tool_as_task(ctx)
+        return await call_next(ctx)
+
+    server.middleware.append(task_augmented_calls)
+    server.middleware.append(RequestStateBoundary(request_state_security, default_audience=app.name))
+    return server
+
+
+def request_state_security(settings: Settings) -> RequestStateSecurity:
+    """Multi round-trip state sealed under the shared key, bound to the principal that began the round."""
+    ttl = settings.request_state_ttl_ms / 1000
+    if settings.request_state_key is None:
+        log.info("LEDGER_REQUEST_STATE_KEY is not set: multi round-trip requests can only be continued "
+                 "on this server instance")
+        security = RequestStateSecurity.ephemeral(ttl=ttl)
+        security.bind_principal = principal_of
+        return security
+    return RequestStateSecurity(keys=[settings.request_state_key], ttl=ttl, bind_principal=principal_of)
+
+
+def timed(metrics: Metrics) -> Any:
+    """Middleware timing every MCP request by method."""
+    async def timing(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await call_next(ctx)
+        finally:
+            metrics.request_seconds.labels(ctx.method).observe(time.perf_counter() - started)
+    return timing
