@@ -44,6 +44,11 @@ class Settings:
         0, "LEDGER_LINGER_MS", "Producer linger: how long appends wait to be batched together (appends made "
         "while a produce is in flight are batched anyway)."
     )
+    produce_timeout_ms: int = _setting(
+        3_000, "LEDGER_PRODUCE_TIMEOUT_MS", "How long one produce request may go unanswered before the producer "
+        "sends it again, to the partition's leader as it then stands (a frozen leader is left after this). "
+        "Also how long a broker waits for the in-sync replicas before it answers."
+    )
     fetch_max_wait_ms: int = _setting(
         2, "LEDGER_FETCH_MAX_WAIT_MS", "Longest a consumer fetch waits for new events while events flow "
         "(the latency of each hop between server and worker)."
@@ -184,7 +189,7 @@ class Settings:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
         if self.task_ttl_ms is not None and self.task_ttl_ms < MIN_TTL_MS:
             raise SettingsError(f"LEDGER_TASK_TTL_MS must be at least {MIN_TTL_MS} (ms), got {self.task_ttl_ms}")
-        for name in ("worker_concurrency", "append_timeout_ms", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
+        for name in ("worker_concurrency", "append_timeout_ms", "produce_timeout_ms", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
                      "cached_rows", "principal_events_per_s"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")

@@ -63,7 +63,7 @@ class EventLog:
             enable_idempotence=profile.idempotent_producer,
             linger_ms=self.settings.linger_ms,
             max_batch_size=256 * 1024,
-            request_timeout_ms=30_000,
+            request_timeout_ms=self.settings.produce_timeout_ms,
         )
         await self._producer.start()
 

@@ -195,12 +195,14 @@ class LocalCluster:
     supervisor leaves no broker behind: call start and restart from a thread that outlives them.
     """
 
-    def __init__(self, directory: Path | str, brokers: int = 3, *, quiet: bool = True) -> None:
+    def __init__(self, directory: Path | str, brokers: int = 3, *, quiet: bool = True,
+                 overrides: dict[str, str] | None = None) -> None:
         if brokers < 1:
             raise ClusterError(f"a cluster needs at least one broker, not {brokers}")
         self.directory = Path(directory).resolve()
         self.brokers = brokers
         self.quiet = quiet
+        self.overrides = dict(overrides or {})  # broker properties over cluster.env's (benchmarks)
         self.version = kafka_version()
         self.layout = self._layout()
         self._java = java_command()
@@ -256,6 +258,7 @@ class LocalCluster:
             "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
             "controller.quorum.voters": voters,
             "log.dirs": str(self._node_dir(node) / "data"),
+            **self.overrides,
         }
 
     def _node_dir(self, node: Node) -> Path:
