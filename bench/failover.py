@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.structs import TopicPartition  # noqa: E402
 
 from ledger.kafka.cluster import LocalCluster, shared_properties  # noqa: E402
 
@@ -93,7 +94,7 @@ async def _drive(cluster: LocalCluster, producer: AIOKafkaProducer, sends: Sends
     while time.monotonic() - began < WARM_S + AFTER_S + (stop_s if fault == "stop" else 0):
         now = time.monotonic()
         if failed_at is None and now - began >= WARM_S:
-            leaders = {p: producer.client.cluster.leader_for_partition(_tp(p)) for p in range(PARTITIONS)}
+            leaders = {p: producer.client.cluster.leader_for_partition(TopicPartition(TOPIC, p)) for p in range(PARTITIONS)}
             victim = statistics.mode(leaders.values())
             victim_partitions = {p for p, leader in leaders.items() if leader == victim}
             pid = cluster.pid(victim)
@@ -124,11 +125,6 @@ async def _drive(cluster: LocalCluster, producer: AIOKafkaProducer, sends: Sends
         "sends": len(sends.done),
         "victim_partitions": len(victim_partitions),
     }
-
-
-def _tp(partition: int):  # noqa: ANN202  (aiokafka's TopicPartition)
-    from aiokafka.structs import TopicPartition
-    return TopicPartition(TOPIC, partition)
 
 
 def main() -> int:
