@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
 from ledger.kafka.cluster import LocalCluster  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
 from ledger.kafka.topics import ensure_topics  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
 from tests.support.spawn import spawned  # noqa: E402
 
 PEER_DIR = Path(os.environ.get("PEER_DIR", Path(__file__).resolve().parent / "peer"))  # bench/peer/README.md

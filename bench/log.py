@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
 from ledger.contract.codec import Codec  # noqa: E402
 from ledger.contract.events import (  # noqa: E402
     ElicitationRequested,
@@ -32,9 +31,10 @@ from ledger.contract.events import (  # noqa: E402
     TaskStarted,
 )
 from ledger.kafka.appender import EventLog  # noqa: E402
+from ledger.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
 from ledger.kafka.reader import LogReader  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
 from ledger.kafka.topics import ensure_topics  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
 
 SCHEMA = json.dumps(
     {"type": "object", "properties": {"approved": {"type": "boolean"}, "note": {"type": "string"}}, "required": ["approved"]}

@@ -48,13 +48,13 @@ from pathlib import Path
 
 from flow import LOADER, PEER_DIR, ROOT, SetupFailed, cpu_seconds, fresh_broker, peak_rss_mb, peer_python, say
 
-from ledger.kafka.broker import free_port
 from ledger.contract.codec import Codec
 from ledger.contract.events import ElicitationRequested, TaskCreated, TaskEvent, TaskStarted
 from ledger.kafka.appender import EventLog
+from ledger.kafka.broker import free_port
 from ledger.kafka.reader import LogReader
-from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from projections.history import describe
 from tests.support.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
 

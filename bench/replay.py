@@ -29,17 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.log import approve_expense_flow  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.flow import fresh_broker  # noqa: E402
+from bench.log import approve_expense_flow  # noqa: E402
 from ledger.contract.codec import Codec  # noqa: E402
 from ledger.kafka.appender import EventLog  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
-from ledger.kafka.topics import ensure_topics  # noqa: E402
 from ledger.kafka.records import decode_records  # noqa: E402
-from ledger.service.replay import no_collections  # noqa: E402
+from ledger.kafka.topics import ensure_topics  # noqa: E402
 from ledger.service.live_view import LiveView  # noqa: E402
+from ledger.service.replay import no_collections  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 from projections.store import ProjectionStore  # noqa: E402
 

@@ -34,8 +34,8 @@ from aiokafka.structs import OffsetAndMetadata  # noqa: E402
 
 from bench.flow import cpu_seconds  # noqa: E402
 from ledger.kafka.cluster import LocalCluster  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
 from ledger.kafka.topics import ensure_topics  # noqa: E402
+from ledger.settings import Settings  # noqa: E402
 
 PAYLOAD = b"x" * 300
 

@@ -76,11 +76,12 @@ class Settings:
     poll_interval_ms: int = _setting(
         500, "LEDGER_POLL_INTERVAL_MS", "pollInterval suggested to clients in task responses."
     )
-    append_timeout_ms: int = _setting(
-        10_000,
+    append_timeout_ms: int | None = _setting(
+        None,
         "LEDGER_APPEND_TIMEOUT_MS",
-        "Longest a server waits for the log to confirm a change before it answers with an error (the producer "
-        "goes on trying, so the change may still be recorded once the brokers take writes again).",
+        "Longest an append waits for the log to confirm it: a request then answers with an error, a worker "
+        "retries the run (the change may still be recorded once the brokers take writes again). Default: 5 "
+        "produce timeouts (15 s), above a broker failover with Kafka's default settings (about 11 s).",
     )
     read_timeout_ms: int = _setting(
         10_000,
@@ -147,6 +148,11 @@ class Settings:
     )
 
     @property
+    def append_deadline_ms(self) -> int:
+        """How long an append may wait for the log: ``LEDGER_APPEND_TIMEOUT_MS``, else 5 produce timeouts."""
+        return self.append_timeout_ms if self.append_timeout_ms is not None else 5 * self.produce_timeout_ms
+
+    @property
     def auditor_names(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.auditors.split(",") if name.strip())
 
@@ -189,8 +195,10 @@ class Settings:
             raise SettingsError("LEDGER_REQUEST_STATE_KEY must be at least 32 characters long")
         if self.task_ttl_ms is not None and self.task_ttl_ms < MIN_TTL_MS:
             raise SettingsError(f"LEDGER_TASK_TTL_MS must be at least {MIN_TTL_MS} (ms), got {self.task_ttl_ms}")
-        for name in ("worker_concurrency", "append_timeout_ms", "produce_timeout_ms", "read_timeout_ms", "request_state_ttl_ms", "max_input_bytes",
-                     "cached_rows", "principal_events_per_s"):
+        if self.append_timeout_ms is not None and self.append_timeout_ms < 1:
+            raise SettingsError(f"LEDGER_APPEND_TIMEOUT_MS must be at least 1, got {self.append_timeout_ms}")
+        for name in ("worker_concurrency", "produce_timeout_ms", "read_timeout_ms", "request_state_ttl_ms",
+                     "max_input_bytes", "cached_rows", "principal_events_per_s"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("linger_ms", "fetch_max_wait_ms", "idle_fetch_wait_ms", "hot_window_ms", "max_hot_tasks",

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
+from ledger.kafka.appender import EventLog
 from ledger.kafka.broker import EmbeddedBroker, free_port
 from ledger.kafka.cluster import LocalCluster
-from ledger.kafka.appender import EventLog
-from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.spawn import LEDGER, drain, wait_for_line
 from tests.support.stack import demo_stack, tokened_stack
 

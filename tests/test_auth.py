@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from ledger.kafka.broker import free_port
 from ledger.contract.events import RequestRejected
+from ledger.kafka.broker import free_port
 from ledger.settings import Settings
 from tests.support.engine import history
 from tests.support.raw_http import ModernClient, RawSession, bearer

@@ -14,7 +14,6 @@ from ledger.kafka.profiles import TANSU
 from tests.support.spawn import LEDGER, wait_for_line
 
 
-
 def test_starts_answers_and_stops() -> None:
     broker = EmbeddedBroker(port=free_port())
     broker.start()

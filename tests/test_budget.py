@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ledger.service.budget import OverBudget, WriteBudget
 from ledger.contract.events import RequestRejected, TaskCreated
+from ledger.service.budget import OverBudget, WriteBudget
 from ledger.settings import Settings
 from tests.support.engine import all_events
 from tests.support.raw_http import ModernClient

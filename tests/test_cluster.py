@@ -16,11 +16,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from ledger.kafka.cluster import LocalCluster, kafka_version, property_name, read_env_file, shared_properties
 from ledger.contract.events import TaskCreated
 from ledger.kafka.appender import EventLog
-from ledger.settings import Settings
+from ledger.kafka.cluster import LocalCluster, kafka_version, property_name, read_env_file, shared_properties
 from ledger.kafka.topics import TopicError, ensure_topics
+from ledger.settings import Settings
 from tests.support.engine import all_events
 from tests.support.factories import sample
 from tests.support.stack import until

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from ledger.contract.events import ElicitationRequested, RequestRejected, ResponseSubmitted, TaskCompleted, TaskCreated, TaskStarted
+from ledger.contract.events import (
+    ElicitationRequested,
+    RequestRejected,
+    ResponseSubmitted,
+    TaskCompleted,
+    TaskCreated,
+    TaskStarted,
+)
 from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from projections.store import ProjectionStore

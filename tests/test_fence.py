@@ -6,8 +6,16 @@ from __future__ import annotations
 from hypothesis import given
 
 from ledger.contract.codec import Codec
-from ledger.contract.events import (ElicitationRequested, PartitionClaimed, ResponseSubmitted, StepRecorded, TaskCompleted,
-                           TaskCreated, TaskEvent, TaskStarted)
+from ledger.contract.events import (
+    ElicitationRequested,
+    PartitionClaimed,
+    ResponseSubmitted,
+    StepRecorded,
+    TaskCompleted,
+    TaskCreated,
+    TaskEvent,
+    TaskStarted,
+)
 from projections.fence import Fence
 from projections.history import render
 from projections.projector import Projector, flush

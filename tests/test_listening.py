@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from examples.demo import app as demo
-from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.raw_http import ModernClient
 from tests.support.stack import in_status, serving, tokened_stack, working
 

@@ -17,14 +17,25 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ledger.contract.codec import Codec
+from ledger.contract.events import (
+    EVENT_TYPES,
+    ProgressReported,
+    TaskCompleted,
+    TaskCreated,
+    TaskFailed,
+    TaskStarted,
+    derived_id,
+)
+from ledger.kafka.appender import AppendTimeout, EventLog
+from ledger.kafka.broker import EmbeddedBroker, free_port, freeze
 from ledger.kafka.consumer import contiguous_run, fetch_wait_ms
-from ledger.contract.events import EVENT_TYPES, ProgressReported, TaskCreated
 from ledger.kafka.group import GroupConsumer
-from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import DeadLetter, LogRecord
-from ledger.settings import Settings
 from ledger.kafka.topics import TopicError, ensure_topics
+from ledger.settings import Settings
+from projections.projector import Projector, flush
+from projections.store import ProjectionStore
 from tests.support.factories import sample
 from tests.support.stack import until
 
@@ -277,3 +288,62 @@ async def test_a_reader_finishes_a_partition_of_thousands_of_one_event_batches(s
             await log.append(sample(ProgressReported, f"chatty-{i}"))  # one at a time: a batch each
     read = await asyncio.wait_for(read_all(settings), 60)
     assert len(read) == written
+
+
+async def test_the_same_terminal_event_from_two_producers_is_one_transition(settings: Settings,
+                                                                            topics: dict[str, int]) -> None:
+    # An append that landed after its deadline and its retry, by a new producer or a re-run of the tool,
+    # carry one derived id: the task ends once, and its history shows one end.
+    task_id, actor = f"task-{uuid.uuid4()}", "worker:w1"
+    ending = derived_id(task_id, actor, "ended", 0)
+    completed = sample(TaskCompleted, task_id, actor=actor, event_id=ending)
+    failed_on_rerun = sample(TaskFailed, task_id, actor=actor, event_id=ending)
+    async with EventLog(settings, client_id="first") as first, EventLog(settings, client_id="second") as second:
+        await first.append_many([sample(TaskCreated, task_id), sample(TaskStarted, task_id, actor=actor)])
+        await asyncio.gather(first.append(completed), second.append(completed))
+        await second.append(failed_on_rerun)
+    records = await read_all(settings)
+    assert sum(r.event.event_id == ending for r in records) == 3
+    projector = Projector()
+    for record in records:
+        projector.apply(record)
+    store = ProjectionStore()
+    flush(store, projector.take(), {})
+    assert store.row(task_id).status == "completed"
+    assert [entry.kind for entry in store.history(task_id)] == ["created", "started", "completed"]
+
+
+def test_a_workers_events_take_ids_from_what_they_record() -> None:
+    assert derived_id("t", "worker:a", "step", 0) == derived_id("t", "worker:a", "step", 0)
+    others = {derived_id("t", "worker:a", "step", 1), derived_id("t", "worker:b", "step", 0),
+              derived_id("u", "worker:a", "step", 0), derived_id("t", "worker:a", "asked", 0)}
+    assert derived_id("t", "worker:a", "step", 0) not in others and len(others) == 4
+
+
+async def test_an_append_to_a_frozen_broker_settles_at_its_deadline(broker_kind: str) -> None:
+    # A SIGSTOPped broker keeps its sockets open and answers nothing: aiokafka's idempotent producer
+    # would wait for it forever. The append ends at its deadline instead, and what it sent is on the
+    # log once the broker is back.
+    if broker_kind != "embedded":
+        pytest.skip("freezes a broker of its own: the embedded one")
+    with EmbeddedBroker(port=free_port()) as broker:
+        settings = Settings.from_env(bootstrap=broker.bootstrap, topic_prefix="frozen", partitions=1,
+                                     produce_timeout_ms=500, append_timeout_ms=3_000)
+        await ensure_topics(settings)
+        async with EventLog(settings) as log:
+            before = sample(TaskCreated, "before")
+            await log.append(before)
+            freeze(broker.pid)
+            try:
+                during = sample(TaskCreated, "during")
+                with pytest.raises(AppendTimeout, match="within 3 s"):
+                    await asyncio.wait_for(log.append(during), 30)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            after = sample(TaskCreated, "after")
+            await log.append(after)
+        assert (log.confirmed, log.unconfirmed) == (2, 1)
+        on_log = [r.event.event_id for r in await read_all(settings)]
+        assert on_log.count(before.event_id) == on_log.count(after.event_id) == 1
+        assert on_log.count(during.event_id) <= 1 + log.resent
+

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ledger.contract.events import ElicitationRequested, TaskCreated
-from ledger.service.queries import ReadSide
 from ledger.service.errors import TaskNotFound
+from ledger.service.queries import ReadSide
 from ledger.settings import Settings
 from projections.projector import Projector, flush
 from projections.store import ProjectionStore

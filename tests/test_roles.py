@@ -16,11 +16,11 @@ import httpx2 as httpx
 import mcp_types as types
 import pytest
 
-from ledger.kafka.broker import free_port
 from ledger.contract.events import TaskCompleted, TaskCreated, TaskStarted
 from ledger.kafka.appender import EventLog
-from ledger.settings import Settings
+from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.engine import history
 from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until, task_result
 from tests.support.raw_http import ModernClient

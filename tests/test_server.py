@@ -20,7 +20,16 @@ from ledger.contract.events import RequestRejected, ResponseSubmitted
 from ledger.settings import Settings
 from tests.support.engine import history
 from tests.support.mcp_client import (
-    PENDING, RESPONSE, answers, call_as_task, cancel_task, connect, first_question, get_task, list_tasks, poll_until,
+    PENDING,
+    RESPONSE,
+    answers,
+    call_as_task,
+    cancel_task,
+    connect,
+    first_question,
+    get_task,
+    list_tasks,
+    poll_until,
     task_result,
 )
 from tests.support.raw_http import RawSession

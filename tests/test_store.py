@@ -11,15 +11,23 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 
-from ledger.contract.events import (EVENT_TYPES, ElicitationRequested, PartitionClaimed, RequestRejected, ResponseSubmitted,
-                           TaskCreated, TaskEvent)
+from ledger.contract.events import (
+    EVENT_TYPES,
+    ElicitationRequested,
+    PartitionClaimed,
+    RequestRejected,
+    ResponseSubmitted,
+    TaskCreated,
+    TaskEvent,
+)
 from ledger.kafka.appender import EventLog
-from ledger.service.replay import replay
-from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
 from ledger.service.live_view import LiveView
+from ledger.service.replay import replay
+from ledger.settings import Settings
 from projections.history import describe
 from projections.projector import Projector, flush
 from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore

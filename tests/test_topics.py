@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from ledger.settings import Settings
 from ledger.kafka.profiles import broker_profile
 from ledger.kafka.topics import TopicError, ensure_topics
+from ledger.settings import Settings
 
 
 async def test_creates_topics_with_the_configured_partitions(settings: Settings) -> None:

@@ -9,12 +9,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ledger.contract.events import (
+    TERMINAL_EVENTS,
+    ElicitationRequested,
+    PartitionClaimed,
+    ProgressReported,
+    StepRecorded,
+    TaskCancelled,
+    TaskCompleted,
+    TaskExpired,
+    TaskFailed,
+    TaskStarted,
+)
 from ledger.engine.app import InvalidArguments
-from ledger.contract.events import (TERMINAL_EVENTS, ElicitationRequested, PartitionClaimed, ProgressReported, StepRecorded,
-                           TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskStarted)
 from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
 from tests.support.apps.engine_app import app

@@ -24,6 +24,8 @@ WORKER_SERIES = ("ledger_worker_runs_started_total", "ledger_worker_runs_finishe
                  "ledger_worker_run_seconds_bucket", "ledger_worker_elicitation_wait_seconds_bucket",
                  "ledger_worker_hot_tasks", "ledger_worker_parked_tasks", "ledger_worker_queued_runs",
                  "ledger_worker_free_slots", "ledger_worker_consumer_lag", "ledger_worker_holes_waited_total")
+APPEND_SERIES = ("ledger_appends_waiting", "ledger_append_oldest_wait_seconds", "ledger_producer_replacements_total",
+                 "ledger_partition_in_sync_replicas")
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,21 @@ async def test_the_dashboard_names_only_series_that_exist(dev_with_metrics: tupl
     named = {name for expr in exprs for name in re.findall(r"\bledger_[a-z_]+", expr)}
     assert named <= served, named - served
     assert set(WORKER_SERIES) <= named, set(WORKER_SERIES) - named  # and it shows every worker series
+
+
+async def test_both_roles_serve_how_their_appends_fare(dev_with_metrics: tuple[str, str, str]) -> None:
+    url, server_metrics, worker_metrics = dev_with_metrics
+    await demo_run(url)
+    async with httpx.AsyncClient() as http:
+        for address in (server_metrics, worker_metrics):
+            async def settled() -> dict[str, float] | None:
+                scraped = series((await http.get(address)).text)
+                return scraped if scraped.get("ledger_appends_waiting") == 0 else None
+            scraped = await until(settled, 10)
+            names = {sample.split("{", 1)[0] for sample in scraped}
+            assert set(APPEND_SERIES) <= names, (address, set(APPEND_SERIES) - names)
+            assert scraped["ledger_append_oldest_wait_seconds"] == 0
+            assert scraped["ledger_producer_replacements_total"] == 0
+            in_sync = {sample: count for sample, count in scraped.items()
+                       if sample.startswith("ledger_partition_in_sync_replicas{")}
+            assert in_sync and all(count >= 1 for count in in_sync.values()), (address, in_sync)

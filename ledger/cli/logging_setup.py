@@ -36,9 +36,27 @@ class QuietRepeats(logging.Filter):
         return True
 
 
+class TransientClientNoise(logging.Filter):
+    """Holds back the Kafka client's lines about what a healthy cluster does on its own: a group's
+    coordinator being elected on its first start, a partition's leader moving in a failover, a group
+    rebalancing. aiokafka says them at WARNING or ERROR; ledger says in its own words when one lasts
+    (a worker catching up late, an append waiting on a partition's leader in ``/readyz``)."""
+
+    TRANSIENT = ("Marking the coordinator dead", "CoordinatorNotAvailable", "NotCoordinator", "LeaderNotAvailable",
+                 "NotLeaderForPartition", "Got error produce response", "is rebalancing", "RebalanceInProgress")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        message = record.getMessage()
+        return not any(transient in message for transient in self.TRANSIENT)
+
+
 def configure(ledger_level: int) -> None:
-    """ledger's own lines at ``ledger_level``, everyone else's (the Kafka client's) at WARNING."""
+    """ledger's own lines at ``ledger_level``, everyone else's (the Kafka client's) at WARNING but for
+    its transient noise."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
+        handler.addFilter(TransientClientNoise())
         handler.addFilter(QuietRepeats())
     logging.getLogger("ledger").setLevel(ledger_level)

@@ -27,8 +27,23 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
+# The namespace of derived ids (a UUID of its own, fixed forever: ids already on logs depend on it).
+DERIVED_IDS = uuid.UUID("5b1f8f5e-4f0e-4b8e-9a57-0d3c2a6f1e42")
+
+
 def _new_event_id() -> str:
     return str(uuid.uuid4())
+
+
+def derived_id(task_id: str, actor: str, kind: str, position: int | str) -> str:
+    """The id of what ``actor`` records at ``position`` of a task's journal (``kind``: what it is).
+
+    A worker's events take derived ids: an append retried after its deadline, by a new producer or by
+    a re-run of the tool, writes the same transition with the same id, and every fold keeps one copy.
+    The actor is part of it: a fenced worker's event (``projections.fence``) never shares an id with
+    the one its successor writes in its place.
+    """
+    return str(uuid.uuid5(DERIVED_IDS, f"{task_id}\n{actor}\n{kind}\n{position}"))
 
 
 def now_ms() -> int:

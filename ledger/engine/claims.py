@@ -66,7 +66,7 @@ class Claims:
 
     async def _append_until_taken(self, claim: PartitionClaimed) -> None:
         try:
-            while claim.partition in self._read:
+            while self._appending.get(claim.partition) is asyncio.current_task():
                 try:
                     await self._append(claim)
                     return
@@ -75,7 +75,7 @@ class Claims:
                               claim.partition, exc, self._retry_after_s)
                     await asyncio.sleep(self._retry_after_s)
         finally:
-            # A claim cancelled by a revocation may unwind after the next assignment's claim started.
+            # A claim let go by a revocation may settle after the next assignment's claim started.
             if self._appending.get(claim.partition) is asyncio.current_task():
                 del self._appending[claim.partition]
 
@@ -107,13 +107,12 @@ class Claims:
         self.catching_up.pop(partition, None)
         self._read.pop(partition, None)
         self._mine.pop(partition, None)
-        appending = self._appending.pop(partition, None)
-        if appending is not None:
-            appending.cancel()
+        # A claim being appended is not cancelled: the append settles (and is counted) on its own, and
+        # is not retried once it is no longer this partition's current claim.
+        self._appending.pop(partition, None)
 
     def stop(self) -> None:
-        for appending in self._appending.values():
-            appending.cancel()
+        self._appending.clear()
 
     def pending(self) -> list[int]:
         """Partitions whose claim is still being appended."""

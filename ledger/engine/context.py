@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, overload
@@ -25,6 +24,7 @@ from ledger.contract.events import (
     ResponseSubmitted,
     StepRecorded,
     TaskEvent,
+    derived_id,
 )
 from ledger.engine.journal import Asked, Journal
 
@@ -62,6 +62,7 @@ class Context:
         self._actor = actor
         self._next_elicitation = 0
         self._next_step = 0
+        self._reports = 0
 
     @property
     def task_id(self) -> str:
@@ -85,10 +86,11 @@ class Context:
         recorded: Asked | ElicitationRequested | None = self._journal.elicitation(sequence)
         if recorded is None:
             recorded = ElicitationRequested(
+                event_id=derived_id(self.task_id, self._actor, "asked", sequence),
                 task_id=self.task_id,
                 principal=self.principal,
                 actor=self._actor,
-                elicitation_id=str(uuid.uuid4()),
+                elicitation_id=derived_id(self.task_id, self._actor, "question", sequence),
                 sequence=sequence,
                 message=message,
                 requested_schema_json=schema_json,
@@ -120,17 +122,23 @@ class Context:
             value = await value
         result_json = json.dumps(value, separators=(",", ":"))
         await self._host.append(
-            StepRecorded(task_id=self.task_id, principal=self.principal, actor=self._actor,
-                         name=name, sequence=sequence, result_json=result_json)
+            StepRecorded(event_id=derived_id(self.task_id, self._actor, "step", sequence), task_id=self.task_id,
+                         principal=self.principal, actor=self._actor, name=name, sequence=sequence,
+                         result_json=result_json)
         )
         return json.loads(result_json)
 
     async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         if self._journal.ahead_of(self._next_elicitation, self._next_step):
             return  # a re-run repeating a report that an earlier run wrote before reaching its journaled point
+        report = self._reports
+        self._reports += 1
+        # A run's reports are numbered from its attempt: a re-run, a new attempt, numbers its own.
+        position = f"{self._journal.attempts}.{report}"
         await self._host.append(
-            ProgressReported(task_id=self.task_id, principal=self.principal, actor=self._actor,
-                             progress=progress, total=total, message=message)
+            ProgressReported(event_id=derived_id(self.task_id, self._actor, "progress", position), task_id=self.task_id,
+                             principal=self.principal, actor=self._actor, progress=progress, total=total,
+                             message=message)
         )
 
 

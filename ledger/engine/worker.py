@@ -37,6 +37,7 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    derived_id,
 )
 from ledger.engine.app import App, InvalidArguments, UnknownTool, tool_result
 from ledger.engine.claims import Claims
@@ -179,7 +180,9 @@ class Run:
             metrics.replays.inc()
         finished = "stopped"
         try:
-            await self.append(self._event(TaskStarted, attempt=journal.attempts + 1))
+            attempt = journal.attempts + 1
+            started_id = derived_id(journal.task_id, self.worker.actor, "started", attempt)
+            await self.append(self._event(TaskStarted, started_id, attempt=attempt))
             outcome = await self._call()
             if outcome is None and not self.stopped:
                 finished = "parked"
@@ -216,19 +219,28 @@ class Run:
             if isinstance(exc, NonDeterminismError):
                 worker.metrics.nondeterminism_errors.inc()
             log.error("task %s failed: %s", journal.task_id, exc)
-            return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc))
+            return self._ending(TaskFailed, error_type=type(exc).__name__, message=str(exc))
         except Exception as exc:
             if self.stopped:
                 return None
             log.exception("task %s: tool %s raised", journal.task_id, journal.tool)
-            return self._event(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+            return self._ending(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
         result = tool_result(value)
-        return self._event(TaskCompleted, result_json=json.dumps(result, separators=(",", ":")),
+        return self._ending(TaskCompleted, result_json=json.dumps(result, separators=(",", ":")),
                            is_error=bool(result.get("isError")))
 
-    def _event(self, cls: type[TaskEvent], **fields: object) -> TaskEvent:
+    def _ending(self, cls: type[TaskEvent], **fields: object) -> TaskEvent:
+        return self._event(cls, ending_id(self.journal, self.worker.actor), **fields)
+
+    def _event(self, cls: type[TaskEvent], event_id: str, **fields: object) -> TaskEvent:
         journal = self.journal
-        return cls(task_id=journal.task_id, principal=journal.principal, actor=self.worker.actor, **fields)
+        return cls(event_id=event_id, task_id=journal.task_id, principal=journal.principal, actor=self.worker.actor,
+                   **fields)
+
+
+def ending_id(journal: Journal, actor: str) -> str:
+    """The one id of every terminal event ``actor`` writes for the task: a task ends once."""
+    return derived_id(journal.task_id, actor, "ended", 0)
 
 
 def _commit_outcome(commit: asyncio.Future[None]) -> None:
@@ -279,6 +291,7 @@ class Worker:
         self._closing = False
         self._ready_signal: asyncio.Event | None = None
         self.metrics = WorkerMetrics()
+        self.metrics.registry.register(self._log.series())
         self.metrics.watch(WorkerGauges(
             hot=lambda: self.hot, parked=self.parked, queued=self.queued,
             free_slots=lambda: self.slots.limit - self.slots.used, lag=self.consumer_lag, holes_waited=self.holes_waited))
@@ -360,11 +373,12 @@ class Worker:
     async def _end_early(self, journal: Journal) -> None:
         """End a task that was cancelled, or whose ttl ran out, with its one terminal event."""
         if journal.cancel_reason is not None:
-            ending: TaskEvent = TaskCancelled(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+            ending: TaskEvent = TaskCancelled(event_id=ending_id(journal, self.actor), task_id=journal.task_id,
+                                              principal=journal.principal, actor=self.actor,
                                               reason=journal.cancel_reason)
         else:
-            ending = TaskExpired(task_id=journal.task_id, principal=journal.principal, actor=self.actor,
-                                 ttl_ms=journal.ttl_ms)
+            ending = TaskExpired(event_id=ending_id(journal, self.actor), task_id=journal.task_id,
+                                 principal=journal.principal, actor=self.actor, ttl_ms=journal.ttl_ms)
         try:
             await self.end(journal, ending)
         except PartitionLost:

@@ -65,12 +65,12 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     verifier = verifier or token_verifier(settings)
     check_exposure(settings, host, verifier)
     metrics = Metrics()
-    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics,
-                         confirm_within=settings.append_timeout_ms / 1000)
+    event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics)
     health = LogHealth(settings, event_log)
     store = ProjectionStore(settings.store, rebuild_outdated=True)
     view = LiveView(settings, store, metrics)
     metrics.watch(store.count_by_status, view.lag, view.dead_letters)
+    metrics.registry.register(event_log.series())
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}", metrics=metrics)
     modern_adapter = ModernAdapter(service, settings.round_wait_ms / 1000)
     read_side = ReadSide(store, settings.auditor_names, current=view.get, written=view.flush)
@@ -106,9 +106,12 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
 
     async def readyz(request: Request) -> JSONResponse:
         problem = view.not_ready() or await health.problem()
-        body = {"ready": problem is None, "instance": instance, "lag": view.lag()}
+        body = {"ready": problem is None, "instance": instance, "lag": view.lag(),
+                "appendDeadlineMs": settings.append_deadline_ms}
         if problem is not None:
             body["reason"] = problem
+        elif degraded := health.degraded():
+            body["degraded"] = degraded
         return JSONResponse(body, status_code=200 if problem is None else 503)
 
     async def metrics_text(request: Request) -> Response:

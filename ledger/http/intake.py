@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 INVALID_REQUEST = -32600
 BODY_READ_TIMEOUT_S = 10.0
+WAKE_GRACE_S = 0.5
 
 
 class BodyTooLarge(Exception):
@@ -42,7 +43,7 @@ class Intake:
                                                             f"(LEDGER_MAX_INPUT_BYTES)")
             return
         try:
-            body = await asyncio.wait_for(self._read(receive), self.read_timeout_s)
+            body = await self._read_in_time(receive)
         except BodyTooLarge:
             await self._refuse(scope, receive, send, 413, f"Request body over {self.limit:,} bytes "
                                                             f"(LEDGER_MAX_INPUT_BYTES)")
@@ -66,6 +67,20 @@ class Intake:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read_in_time(self, receive: Receive) -> bytes:
+        reading = asyncio.ensure_future(self._read(receive))
+        try:
+            done, _ = await asyncio.wait({reading}, timeout=self.read_timeout_s)
+            if not done:
+                # A process that was paused (SIGSTOP, a stalled VM) wakes to its timers and its sockets
+                # at once: a body that was waiting in the socket gets a moment to be read.
+                done, _ = await asyncio.wait({reading}, timeout=WAKE_GRACE_S)
+            if not done:
+                raise TimeoutError
+            return reading.result()
+        finally:
+            reading.cancel()
 
     async def _read(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

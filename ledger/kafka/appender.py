@@ -5,10 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
+from aiokafka.partitioner import murmur2
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ledger.contract.codec import Codec
 from ledger.contract.events import TaskEvent
@@ -18,6 +31,13 @@ from ledger.metrics import Metrics
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# Errors after which a producer sends nothing more (its sequence numbers or its epoch are spent, or its
+# sender stopped): aiokafka does not recover from them (aiokafka#1017), a new producer does.
+WEDGED = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, InvalidProducerEpoch, ProducerClosed)
+RETRY_BACKOFF_S = 0.2
+WAKE_GRACE_S = 0.5
 
 
 class AppendTimeout(TimeoutError):
@@ -33,28 +53,44 @@ class AppendTimeout(TimeoutError):
 class EventLog:
     """The write side of the log. ``append`` returns once the event is durable (acks=all).
 
-    Concurrent appends are batched by the producer (``LEDGER_LINGER_MS``), so callers append
-    one event at a time and still get batched produces. With ``confirm_within`` (seconds) an append
-    the log has not confirmed by then raises ``AppendTimeout``; without it, an append waits as long
-    as the log takes (a worker's runs just wait for the brokers to come back).
+    Concurrent appends are batched by the producer (``LEDGER_LINGER_MS``), so callers append one event
+    at a time and still get batched produces.
+
+    Every append settles: confirmed, refused by the log, or ``AppendTimeout`` after ``deadline``
+    seconds (default: ``LEDGER_APPEND_TIMEOUT_MS``, derived from the produce timeout). A producer that
+    goes a stall period (three produce timeouts, at most the deadline) with an append waiting and no
+    acknowledgement at all, or that hits an error it cannot recover from, is replaced, and what it
+    had not confirmed is sent again on the new one. A copy may then land twice; both copies carry the
+    same ``event_id`` and every fold keeps one. An append goes on when its caller is cancelled (a run
+    stopped, a client gone), so that ``stop`` can wait for it and count it.
     """
 
     def __init__(self, settings: Settings, codec: Codec | None = None, client_id: str | None = None,
-                 metrics: Metrics | None = None, confirm_within: float | None = None) -> None:
+                 metrics: Metrics | None = None, deadline: float | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.codec = codec or Codec()
         self.topic = settings.events_topic
-        self.confirm_within = confirm_within
+        self.deadline = deadline if deadline is not None else settings.append_deadline_ms / 1000
+        self.stall_after = min(3 * settings.produce_timeout_ms / 1000, self.deadline)
         self.confirmed = 0  # events the log acknowledged
         self.unconfirmed = 0  # events whose append timed out, failed or was given up (the log may have them)
+        self.resent = 0  # events sent again on a new producer (the log may hold them twice, one event_id)
+        self.replacements = 0
         self._client_id = client_id or f"{settings.client_id}-producer"
         self._producer: AIOKafkaProducer | None = None
-        self._waiting: dict[int, float] = {}  # id of a waiting append -> when it was made
+        self._generation = 0  # which producer: bumped by each replacement
+        self._acknowledged_at = 0.0  # when the current producer last had a delivery confirmed
+        self._replacing = asyncio.Lock()
+        self._appends: dict[asyncio.Future, _Waiting] = {}  # appends in flight
+        self._last_failure: str | None = None
 
     async def start(self) -> None:
+        self._producer = await self._started_producer()
+
+    async def _started_producer(self) -> AIOKafkaProducer:
         profile = await broker_profile(self.settings.bootstrap)
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap,
             client_id=self._client_id,
             acks="all",
@@ -65,13 +101,24 @@ class EventLog:
             max_batch_size=256 * 1024,
             request_timeout_ms=self.settings.produce_timeout_ms,
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            log.info("%s: %d events appended and confirmed by the log, %d not confirmed", self._client_id,
-                     self.confirmed, self.unconfirmed)
+        """Wait for the appends in flight (each settles within its deadline), then close the producer."""
+        if self._producer is None:
+            return
+        if self._appends:
+            await asyncio.wait(list(self._appends))
+        await _closed(self._producer, self.settings.produce_timeout_ms / 1000)
+        resent = f", {self.resent} sent again by a new producer" if self.resent else ""
+        failure = f" (the last: {self._last_failure})" if self.unconfirmed and self._last_failure else ""
+        log.info("%s: %d events appended and confirmed by the log, %d not confirmed%s%s", self._client_id,
+                 self.confirmed, self.unconfirmed, failure, resent)
 
     async def __aenter__(self) -> EventLog:
         await self.start()
@@ -82,11 +129,11 @@ class EventLog:
 
     async def append(self, event: TaskEvent, partition: int | None = None) -> Position:
         """Append ``event`` to its task's partition (or to ``partition``); returns where it landed."""
-        return (await self._confirmed([event], [partition]))[0]
+        return (await self._settled([event], [partition]))[0]
 
     async def append_many(self, events: Sequence[TaskEvent]) -> list[Position]:
         """Append in order (per task) and wait for all; one batch where the producer can."""
-        return await self._confirmed(events, [None] * len(events))
+        return await self._settled(events, [None] * len(events))
 
     def brokers(self) -> list[tuple[str, int]]:
         """(host, port) of every broker of the cluster, as the producer last learned them."""
@@ -98,51 +145,165 @@ class EventLog:
 
     def unconfirmed_for(self) -> float:
         """Seconds the oldest append still waiting for the log has waited (0 when none waits)."""
-        return time.monotonic() - min(self._waiting.values()) if self._waiting else 0.0
+        return time.monotonic() - min(w.since for w in self._appends.values()) if self._appends else 0.0
 
-    async def _confirmed(self, events: Sequence[TaskEvent], partitions: Sequence[int | None]) -> list[Position]:
-        try:
-            if self.confirm_within is None:
-                deliveries = [await self._send(event, partition) for event, partition in zip(events, partitions)]
-                metadata = [await deliveries[0]] if len(deliveries) == 1 else await asyncio.gather(*deliveries)
-            else:
-                metadata = await self._confirmed_in_time(events, partitions, self.confirm_within)
-        except BaseException:  # timed out, failed or cancelled: the log may have the events or not
-            self.unconfirmed += len(events)
-            raise
-        self.confirmed += len(events)
+    def waiting(self) -> int:
+        """Events appended and not settled yet."""
+        return sum(len(w.partitions) for w in self._appends.values())
+
+    def stalled_partition(self, longer_than: float) -> tuple[int | None, float] | None:
+        """(partition, since: wall-clock seconds) of the oldest append waiting longer than ``longer_than``
+        seconds: its partition when it went to one, else None; None when no append waits that long."""
+        oldest = min(self._appends.values(), key=lambda w: w.since, default=None)
+        if oldest is None or time.monotonic() - oldest.since <= longer_than:
+            return None
+        partition = next((p for p in oldest.partitions if p is not None), None)
+        if partition is None and oldest.task_ids:
+            partition = self._partition_of(oldest.task_ids[0])
+        return partition, time.time() - (time.monotonic() - oldest.since)
+
+    def in_sync_replicas(self) -> dict[int, int]:
+        """Each partition of the topic with its in-sync replica count, as the producer last learned them."""
+        # aiokafka keeps the ISR in its cluster metadata without a public accessor.
+        partitions = self._producer.client.cluster._partitions.get(self.topic, {})
+        return {partition: len(metadata.isr) for partition, metadata in sorted(partitions.items())}
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    def series(self) -> Collector:
+        """The /metrics series of this role's appends."""
+        return _AppendSeries(self)
+
+    def _partition_of(self, task_id: str) -> int | None:
+        partitions = self._producer.client.cluster.partitions_for_topic(self.topic)
+        if not partitions:
+            return None
+        # The producer's default partitioner: murmur2 of the key, as every Kafka client places keys.
+        return (murmur2(task_id.encode()) & 0x7FFFFFFF) % len(partitions)
+
+    async def _settled(self, events: Sequence[TaskEvent], partitions: Sequence[int | None]) -> list[Position]:
+        append = asyncio.ensure_future(self._delivered(events, partitions))
+        self._appends[append] = _Waiting(time.monotonic(), tuple(partitions), tuple(e.task_id for e in events[:1]))
+        append.add_done_callback(self._settle)
+        metadata = await asyncio.shield(append)
         return [Position(m.partition, m.offset) for m in metadata]
 
-    async def _confirmed_in_time(self, events: Sequence[TaskEvent], partitions: Sequence[int | None],
-                                 seconds: float) -> list[Any]:
-        deliveries: list[asyncio.Future] = []
-        made = time.monotonic()
-        try:
-            async with asyncio.timeout(seconds):
-                for event, partition in zip(events, partitions):
-                    deliveries.append(await self._send(event, partition))
-                # The producer goes on delivering after a timeout; only the waiting for it stops here.
-                return await asyncio.shield(self._watch(deliveries, made))
-        except TimeoutError:
-            if len(deliveries) < len(events):  # it timed out handing events to the producer
-                self._watch(deliveries, made)
-            raise AppendTimeout(events[0], seconds) from None
+    def _settle(self, append: asyncio.Future) -> None:
+        waiting = self._appends.pop(append)
+        count = len(waiting.partitions)
+        if append.cancelled() or append.exception() is not None:
+            self.unconfirmed += count
+            self._last_failure = "cancelled" if append.cancelled() else str(append.exception())
+        else:
+            self.confirmed += count
 
-    def _watch(self, deliveries: list[asyncio.Future], made: float) -> asyncio.Future:
-        """One future for ``deliveries``, counted as waiting until the log confirms (or fails) them all."""
-        delivered = asyncio.gather(*deliveries)
-        self._waiting[id(delivered)] = made
-        delivered.add_done_callback(self._settled)
-        return delivered
+    async def _delivered(self, events: Sequence[TaskEvent], partitions: Sequence[int | None]) -> list[Any]:
+        """Send ``events`` and wait for their confirmation, on a new producer when this one is stuck."""
+        deadline = time.monotonic() + self.deadline
+        sent_before = False
+        while True:
+            generation, sent_at = self._generation, time.monotonic()
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    deliveries = [await self._send(event, partition) for event, partition in zip(events, partitions)]
+            except TimeoutError:
+                raise AppendTimeout(events[0], self.deadline) from None
+            except WEDGED:
+                if not await self._replace(generation, "it was closed"):
+                    await asyncio.sleep(RETRY_BACKOFF_S)
+                continue
+            except KafkaError as exc:
+                if not _retriable(exc):
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF_S)
+                continue
+            if sent_before:
+                self.resent += len(events)
+            elif self.metrics is not None:
+                for event in events:
+                    self.metrics.events_appended.labels(type(event).__name__).inc()
+            sent_before = True
+            delivered = asyncio.gather(*deliveries)
+            delivered.add_done_callback(partial(self._acknowledged, generation))
+            outcome = await self._outcome(delivered, generation, sent_at, deadline)
+            if outcome == "timed out":
+                raise AppendTimeout(events[0], self.deadline)
+            if outcome == "replaced":
+                continue
+            exc = delivered.exception()
+            if exc is None:
+                return delivered.result()
+            if isinstance(exc, WEDGED) or self._sender_stopped():
+                if not await self._replace(generation, f"{type(exc).__name__}: {exc}"):
+                    await asyncio.sleep(RETRY_BACKOFF_S)
+            elif not _retriable(exc):
+                raise exc
+            elif time.monotonic() < deadline:
+                await asyncio.sleep(RETRY_BACKOFF_S)
 
-    def _settled(self, delivered: asyncio.Future) -> None:
-        self._waiting.pop(id(delivered), None)
-        if not delivered.cancelled():
-            delivered.exception()  # retrieved here: after a timeout nobody else waits for it
+    async def _outcome(self, delivered: asyncio.Future, generation: int, sent_at: float,
+                       deadline: float) -> str:
+        """Wait for ``delivered``: ``"settled"``, ``"timed out"`` at the deadline, or ``"replaced"`` when
+        the producer made no progress for a stall period and a new one took its place."""
+        stall_deadline = sent_at + self.stall_after
+        while True:
+            wake = min(deadline, stall_deadline) - time.monotonic()
+            done, _ = await asyncio.wait({delivered}, timeout=max(wake, 0))
+            if done:
+                return "settled"
+            now = time.monotonic()
+            if now >= deadline:
+                return "timed out"
+            if self._generation != generation:
+                return "replaced"
+            if self._acknowledged_at > sent_at and not self._sender_stopped():
+                # The producer confirms other appends: this one waits on its partition's leader.
+                stall_deadline = self._acknowledged_at + self.stall_after
+                continue
+            # A process that was frozen (SIGSTOP, a long pause) wakes to its timers and its sockets at
+            # once: give the acknowledgements waiting in the sockets a moment before judging the producer.
+            done, _ = await asyncio.wait({delivered}, timeout=WAKE_GRACE_S)
+            if done:
+                return "settled"
+            if self._acknowledged_at > sent_at:
+                continue
+            if await self._replace(generation, f"no acknowledgement for {self.stall_after:g} s"):
+                return "replaced"
+            stall_deadline = now + self.stall_after  # no new producer could start: wait on this one
+
+    def _acknowledged(self, generation: int, delivered: asyncio.Future) -> None:
+        if delivered.cancelled():
+            return
+        if delivered.exception() is None and generation == self._generation:
+            self._acknowledged_at = time.monotonic()
+
+    def _sender_stopped(self) -> bool:
+        # A producer whose sender task ended sends nothing more; aiokafka does not restart it.
+        sender = self._producer._sender.sender_task
+        return sender is not None and sender.done()
+
+    async def _replace(self, generation: int, why: str) -> bool:
+        """Put a new producer in the place of the one of ``generation`` (once, whoever asks first);
+        False when no new producer could start (the brokers are away), and the old one stays."""
+        async with self._replacing:
+            if self._generation != generation:
+                return True
+            try:
+                producer = await asyncio.wait_for(self._started_producer(), self.stall_after)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.info("%s: producer stuck (%s); a new one could not start yet: %s", self._client_id, why,
+                         exc or type(exc).__name__)
+                return False
+            old, self._producer = self._producer, producer
+            self._generation += 1
+            self.replacements += 1
+            log.warning("%s: producer replaced (%s); appends not confirmed are sent again", self._client_id, why)
+            asyncio.create_task(_abandoned(old))
+            return True
 
     async def _send(self, event: TaskEvent, partition: int | None) -> asyncio.Future:
-        if self.metrics is not None:
-            self.metrics.events_appended.labels(type(event).__name__).inc()
         return await self._producer.send(
             self.topic,
             value=self.codec.encode(event),
@@ -168,3 +329,58 @@ class EventLog:
             key=f"{letter.topic}:{letter.partition}:{letter.offset}".encode(),
             headers=headers,
         )
+
+
+class _Waiting(NamedTuple):
+    since: float  # monotonic
+    partitions: tuple[int | None, ...]  # one per event: where it was sent, None for its task's partition
+    task_ids: tuple[str, ...]  # the first event's
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaTimeoutError) or getattr(exc, "retriable", False)
+
+
+async def _closed(producer: AIOKafkaProducer, within: float) -> None:
+    """Close ``producer``, giving it ``within`` seconds to deliver what it holds."""
+    flushed = asyncio.ensure_future(producer.flush())
+    await asyncio.wait({flushed}, timeout=within)
+    if flushed.done():
+        await producer.stop()
+    else:  # the brokers are away: what it holds is given up (counted by the appends that wait on it)
+        flushed.cancel()
+        await _abandoned(producer)
+
+
+async def _abandoned(producer: AIOKafkaProducer) -> None:
+    """Stop ``producer`` without delivering what it holds (a new producer sends that again).
+
+    aiokafka's own ``stop`` waits for its batches to be delivered, which a stuck producer never does;
+    so its sender is stopped and its connections closed here (private parts: there is no public way)."""
+    sender = producer._sender.sender_task
+    if sender is not None and not sender.done():
+        sender.cancel()
+        await asyncio.wait({sender})
+    producer._closed = True
+    await producer.client.close()
+
+
+class _AppendSeries(Collector):
+    def __init__(self, event_log: EventLog) -> None:
+        self._log = event_log
+
+    def collect(self) -> Iterator[Metric]:
+        event_log = self._log
+        yield GaugeMetricFamily("ledger_appends_waiting", "Events appended and not yet confirmed by the log.",
+                                value=event_log.waiting())
+        yield GaugeMetricFamily("ledger_append_oldest_wait_seconds", "How long the oldest append still waiting "
+                                "for the log has waited.", value=event_log.unconfirmed_for())
+        yield CounterMetricFamily("ledger_producer_replacements", "Producers replaced because they made no "
+                                  "progress for a stall period or could not recover.", value=event_log.replacements)
+        in_sync = GaugeMetricFamily("ledger_partition_in_sync_replicas", "In-sync replicas of each partition of "
+                                    "the task-events topic, as this role's producer last learned them.",
+                                    labels=["partition"])
+        if event_log.started:
+            for partition, count in event_log.in_sync_replicas().items():
+                in_sync.add_metric([str(partition)], count)
+        yield in_sync

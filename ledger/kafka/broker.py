@@ -94,6 +94,17 @@ def die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once it is stopped: the signal is delivered asynchronously, and a
+    broker can still answer a request it was reading when ``kill`` returned."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not stop within {timeout:g} s")
+        time.sleep(0.001)
+
+
 class EmbeddedBroker:
     """A Tansu process on ``host:port``; use as a context manager or call start()/stop()."""
 

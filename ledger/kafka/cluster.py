@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ledger.kafka.broker import answers_metadata, die_with_parent, free_port, port_is_free
+from ledger.kafka.broker import answers_metadata, die_with_parent, free_port, freeze, port_is_free
 
 HOST = "127.0.0.1"
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
@@ -257,9 +257,13 @@ class LocalCluster:
             "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
             "controller.quorum.voters": voters,
-            "log.dirs": str(self._node_dir(node) / "data"),
+            "log.dirs": str(self.data_dir(node.node_id)),
             **self.overrides,
         }
+
+    def data_dir(self, node_id: int) -> Path:
+        """Where a broker keeps its logs (its ``log.dirs``), the KRaft metadata log included."""
+        return self._node_dir(self.node(node_id)) / "data"
 
     def _node_dir(self, node: Node) -> Path:
         return self.directory / f"node-{node.node_id}"
@@ -333,6 +337,26 @@ class LocalCluster:
         if process is not None:
             process.kill()
             process.wait()
+
+    def freeze(self, node_id: int) -> None:
+        """SIGSTOP one broker: its sockets stay open and it answers nothing (a gray failure)."""
+        freeze(self._processes[node_id].pid)
+
+    def thaw(self, node_id: int) -> None:
+        self._processes[node_id].send_signal(signal.SIGCONT)
+
+    def active_controller(self) -> int | None:
+        """The node leading the KRaft quorum, as the newest quorum state a running node wrote says."""
+        states = []
+        for node_id in self.running():
+            state_file = self.data_dir(node_id) / "__cluster_metadata-0" / "quorum-state"
+            try:
+                state = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if state.get("leaderId", -1) >= 0:
+                states.append((state["leaderEpoch"], state["leaderId"]))
+        return max(states)[1] if states else None
 
     def stop_node(self, node_id: int, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop one broker cleanly (SIGTERM), killing it if it has not stopped within ``timeout``."""

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 GAP_PATIENCE_S = 10.0
 STARVED_WAIT_MS = 20
 QUIET_WAIT_GROWTH_MS_PER_S = 10  # per second with no event, up to LEDGER_IDLE_FETCH_WAIT_MS
+METADATA_MAX_AGE_MS = 2_000  # how soon a consumer learns that a partition's leader moved (aiokafka: 5 min)
 
 
 class DecodingConsumer:
@@ -70,8 +71,15 @@ class DecodingConsumer:
         wait = self.settings.fetch_max_wait_ms
         if self.profile.answers_fetch_early:
             wait = self.settings.idle_fetch_wait_ms
+        # A frozen leader accepts connections and answers nothing: a fetch from it hangs for the request
+        # timeout, and aiokafka learns that its partitions moved only from fresh metadata. So metadata is
+        # asked for every few seconds, and a request left unanswered is given up after a produce
+        # timeout on top of the longest fetch wait (a group member's after the rebalance timeout: the
+        # coordinator holds a JoinGroup that long).
+        options = {"request_timeout_ms": self.settings.produce_timeout_ms + self.settings.idle_fetch_wait_ms,
+                   "metadata_max_age_ms": METADATA_MAX_AGE_MS, **self._options}
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, fetch_max_wait_ms=wait,
-                                          enable_auto_commit=False, auto_offset_reset="earliest", **self._options)
+                                          enable_auto_commit=False, auto_offset_reset="earliest", **options)
         await self._consumer.start()
 
     async def stop(self) -> None:

@@ -64,6 +64,7 @@ class GroupConsumer(DecodingConsumer):
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 5),
             rebalance_timeout_ms=max(settings.session_timeout_ms, 10_000),
+            request_timeout_ms=max(settings.session_timeout_ms, 10_000) + 2_000,
         )
         super().__init__(settings, options, codec, dead_letters, max_records)
         self._listener = _Listener(self, on_assigned, on_revoked)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -22,6 +23,8 @@ from ledger.settings import Settings
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 0.5
+# An append confirmed within this is normal; one waiting longer waits on a failover (or a slow disk).
+DEGRADED_AFTER_S = 1.0
 REACHABILITY_TTL_S = 1.0
 
 
@@ -65,10 +68,19 @@ class LogHealth:
             return (f"only {reachable} broker(s) reachable of the {len(brokers)} the cluster lists{down}: the log "
                     f"needs {self._needed_in_sync} in sync to confirm a write")
         waited = self._log.unconfirmed_for()
-        if waited > self.settings.append_timeout_ms / 1000:
+        if waited > self._log.deadline:
             return (f"the log has not confirmed a write for {waited:.0f} s ({reachable} of {len(brokers)} brokers "
                     f"reachable)")
         return None
+
+    def degraded(self) -> str | None:
+        """What slows this server's writes while it can still take them: an append waiting on a failover."""
+        stalled = self._log.stalled_partition(DEGRADED_AFTER_S)
+        if stalled is None:
+            return None
+        partition, since = stalled
+        where = f"partition {partition}'s leader" if partition is not None else "the log"
+        return f"waiting on {where} since {datetime.fromtimestamp(since, UTC).isoformat(timespec='seconds')}"
 
     async def _unreachable_brokers(self, brokers: list[tuple[str, int]]) -> list[str]:
         if time.monotonic() - self._checked_at > REACHABILITY_TTL_S:

@@ -14,6 +14,8 @@ import logging
 from bisect import bisect_right, insort
 from collections.abc import Callable
 
+from aiokafka.errors import KafkaError
+
 from ledger.contract.events import ResponseSubmitted, TaskEvent
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
@@ -307,8 +309,10 @@ class LiveView:
                 waiter = asyncio.get_running_loop().create_future()
                 self._round_waiters.append((self._rounds + 2, waiter))
                 await waiter
-        except TimeoutError:
-            pass
+        except (TimeoutError, KafkaError) as exc:
+            # The brokers are away (or slow): the view answers from what it has read.
+            if isinstance(exc, KafkaError):
+                log.info("could not learn the log's end offsets (%s); answering from what was read", exc)
 
     def _release_round_waiters(self) -> None:
         waiting = []

@@ -12,10 +12,10 @@ import httpx2 as httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ledger.kafka.broker import free_port
 from ledger.contract.codec import MARKER
-from ledger.settings import Settings
+from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.raw_http import ModernClient
 from tests.support.spawn import spawned
 from tests.support.stack import approve_through_tasks, until

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ledger.kafka.cluster import LocalCluster
-from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.flows import asked, done
 from tests.support.outcomes import checked_log
 from tests.support.raw_http import ModernClient

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from ledger.kafka.broker import free_port
 from ledger.contract.events import TERMINAL_EVENTS, TaskCancelled, TaskCompleted
-from ledger.settings import Settings
+from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.engine import all_events
 from tests.support.raw_http import ModernClient, RawSession
 from tests.support.spawn import DEMO, spawned

@@ -16,8 +16,8 @@ import httpx2 as httpx
 import pytest
 
 from ledger.kafka.broker import free_port
-from ledger.settings import Settings
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from projections.store import ProjectionStore
 from tests.support.raw_http import ModernClient
 from tests.support.spawn import spawned

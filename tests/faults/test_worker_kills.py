@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import pytest
 
-from ledger.kafka.broker import free_port
 from ledger.contract.events import StepRecorded, TaskCompleted, TaskStarted
-from ledger.settings import Settings
+from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from tests.support.engine import all_events
 from tests.support.flows import FlowStats, approve_many
 from tests.support.spawn import LEDGER, drain, role_environment, spawned, wait_for_line

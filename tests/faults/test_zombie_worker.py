@@ -15,10 +15,10 @@ from dataclasses import replace
 import pytest
 
 from ledger.contract.events import TERMINAL_EVENTS, PartitionClaimed, StepRecorded, TaskEvent, TaskStarted
-from ledger.kafka.records import LogRecord
 from ledger.kafka.reader import LogReader
-from ledger.settings import Settings
+from ledger.kafka.records import LogRecord
 from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 from projections.status import StatusProjection
 from tests.support.apps.engine_app import app
 from tests.support.engine import Engine, running_engine
@@ -74,7 +74,7 @@ async def test_a_paused_worker_that_lost_its_partitions_changes_nothing(settings
                 paused.send_signal(signal.SIGCONT)
     log = await records(settings)
     stale = stale_writes(log)
-    counted = [r.event for r in log if r.event.event_id not in stale]
+    counted = [r.event for r in log if (r.partition, r.offset) not in stale]
     figures(f"{RUNNING} running and {WAITING} waiting tasks on a worker paused for {time.monotonic() - paused_at:.1f} s: "
             f"its successor claimed every partition {taken_over_s:.1f} s after the pause and completed them all; "
             f"the paused worker, resumed, wrote {len(stale)} events after losing its partitions, all ignored "
@@ -93,17 +93,20 @@ async def test_a_paused_worker_that_lost_its_partitions_changes_nothing(settings
     # Had the folds taken the paused worker's writes, they would have come first: its step results
     # would have been the journal's (the owner's run would not have taken the step) or its end the outcome.
     firsts = {}
-    for event in (r.event for r in log):
+    for record in log:
+        event = record.event
         if isinstance(event, StepRecorded):
-            firsts.setdefault((event.task_id, event.sequence), event)
+            firsts.setdefault((event.task_id, event.sequence), record)
         elif isinstance(event, TERMINAL_EVENTS):
-            firsts.setdefault(event.task_id, event)
-    assert any(event.event_id in stale for event in firsts.values()), "the fence was not needed: no test"
+            firsts.setdefault(event.task_id, record)
+    assert any((r.partition, r.offset) in stale for r in firsts.values()), "the fence was not needed: no test"
 
 
-def stale_writes(log: list[LogRecord]) -> dict[str, tuple[str, str]]:
-    """Events (id -> (actor, type)) a worker wrote on a partition after another worker claimed it,
-    before claiming it again itself: what the fence must make count for nothing."""
+def stale_writes(log: list[LogRecord]) -> dict[tuple[int, int], tuple[str, str]]:
+    """Records ((partition, offset) -> (actor, type)) a worker wrote on a partition after another worker
+    claimed it, before claiming it again itself: what the fence must make count for nothing. By place,
+    not by event id: a worker that claims the partition back writes the same transition again with
+    the same derived id, and that copy counts."""
     owners: dict[int, str] = {}
     stale = {}
     for record in log:
@@ -111,7 +114,7 @@ def stale_writes(log: list[LogRecord]) -> dict[str, tuple[str, str]]:
         if isinstance(event, PartitionClaimed):
             owners[record.partition] = event.actor
         elif event.actor.startswith("worker:") and owners.get(record.partition, event.actor) != event.actor:
-            stale[event.event_id] = (event.actor, type(event).__name__)
+            stale[record.partition, record.offset] = (event.actor, type(event).__name__)
     return stale
 
 

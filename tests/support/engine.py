@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from ledger.engine.app import App
 from ledger.contract.events import TaskEvent
+from ledger.engine.app import App
+from ledger.engine.worker import Worker
 from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
+from ledger.service.live_view import LiveView
 from ledger.service.tasks import TaskService
 from ledger.settings import Settings
-from ledger.service.live_view import LiveView
-from ledger.engine.worker import Worker
 from projections.status import TaskRow
 
 WAIT = 30.0

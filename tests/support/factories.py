@@ -13,6 +13,7 @@ from ledger.contract.events import (
     EVENT_TYPES,
     CancelRequested,
     ElicitationRequested,
+    PartitionClaimed,
     ProgressReported,
     RequestRejected,
     ResponseSubmitted,
@@ -24,7 +25,6 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
-    PartitionClaimed,
 )
 from ledger.kafka.records import LogRecord
 

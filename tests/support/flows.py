@@ -19,6 +19,7 @@ POLL_S = 0.2
 class FlowStats:
     errors: Counter[str] = field(default_factory=Counter)
     slowest_request_s: float = 0.0
+    request_s: list[float] = field(default_factory=list)
     completed_at: list[float] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -29,8 +30,13 @@ class FlowStats:
 
     def describe(self) -> str:
         errors = ", ".join(f"{count} x {message}" for message, count in self.errors.most_common(3)) or "none"
-        return (f"client-visible errors: {sum(self.errors.values())} ({errors}); slowest request "
-                f"{self.slowest_request_s:.1f} s; longest stretch between two completed flows {self.longest_stall_s():.1f} s")
+        return (f"client-visible errors: {sum(self.errors.values())} ({errors}); requests p99 {self.p99_s():.2f} s, "
+                f"max {self.slowest_request_s:.1f} s; longest stretch between two completed flows "
+                f"{self.longest_stall_s():.1f} s")
+
+    def p99_s(self) -> float:
+        ordered = sorted(self.request_s)
+        return ordered[int(len(ordered) * 0.99)] if ordered else 0.0
 
 
 async def call(client: ModernClient, method: str, params: dict[str, Any], stats: FlowStats,
@@ -42,7 +48,9 @@ async def call(client: ModernClient, method: str, params: dict[str, Any], stats:
             response = await client.call(method, params)
         except Exception as exc:  # the server may stall or drop the connection while brokers fail
             response = {"error": {"code": 0, "message": f"{type(exc).__name__}: {exc}"}}
-        stats.slowest_request_s = max(stats.slowest_request_s, time.monotonic() - started)
+        took = time.monotonic() - started
+        stats.request_s.append(took)
+        stats.slowest_request_s = max(stats.slowest_request_s, took)
     if "error" in response:
         stats.errors[f"{method}: {response['error']['message'][:60]}"] += 1
     return response
@@ -90,6 +98,26 @@ async def approve_many(url: str, count: int, stats: FlowStats, concurrency: int 
     gate = asyncio.Semaphore(concurrency)
     async with ModernClient(url) as client:
         return await asyncio.gather(*(approve(client, i, stats, gate) for i in range(count)))
+
+
+async def approve_through(url: str, stats: FlowStats, over: asyncio.Event, at_least: int,
+                          concurrency: int = 50) -> list[str]:
+    """Flows one after another on ``concurrency`` lanes, until ``at_least`` were started and ``over`` is
+    set: a load that completes flows steadily all through a fault, however long it lasts."""
+    gate = asyncio.Semaphore(concurrency)
+    started = 0
+
+    async def lane(client: ModernClient) -> list[str]:
+        nonlocal started
+        done_here = []
+        while started < at_least or not over.is_set():
+            started += 1
+            done_here.append(await approve(client, started, stats, gate))
+        return done_here
+
+    async with ModernClient(url) as client:
+        lanes = await asyncio.gather(*(lane(client) for _ in range(concurrency)))
+    return [task_id for task_ids in lanes for task_id in task_ids]
 
 
 async def asked(client: ModernClient, task_id: str) -> dict | None:

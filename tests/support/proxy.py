@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from ledger.kafka.broker import free_port
 from ledger.cli.roles import HttpServer
+from ledger.kafka.broker import free_port
 from tests.support.stack import until
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host"}

@@ -12,13 +12,13 @@ from typing import Any
 
 import uvicorn
 
-from ledger.engine.app import App
-from ledger.kafka.broker import free_port
 from ledger.cli.roles import HttpServer
-from ledger.http.app import create_app
-from ledger.settings import Settings
-from ledger.kafka.topics import ensure_topics
+from ledger.engine.app import App
 from ledger.engine.worker import Worker
+from ledger.http.app import create_app
+from ledger.kafka.broker import free_port
+from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
 
 
 @asynccontextmanager
