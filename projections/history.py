@@ -33,9 +33,14 @@ from ledger.contract.events import (
     TaskStarted,
 )
 from ledger.kafka.records import LogRecord
+from projections.status import TaskRow
 
 DUPLICATE_PREFIX = "duplicate"
 IGNORED = "ignored"
+# Why an answer was not taken, as the history keeps it beside a fenced event's owner.
+ANSWERED_FIRST = "answered-first:"
+TASK_ENDED = "task-ended"
+NEVER_ASKED = "not-asked"
 
 # json.dumps builds an encoder per call when given separators; a replay encodes every event.
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
@@ -66,32 +71,52 @@ class Entry(NamedTuple):
         }
 
 
-# A history entry as the store keeps it: (partition, offset, task_id, fenced_by, value), where
-# ``value`` is the record's bytes as written and ``fenced_by`` the partition's owner when another
-# worker wrote the event. A plain tuple: the projector makes one per event of a replay.
+# A history entry as the store keeps it: (partition, offset, task_id, ignored_because, value), where
+# ``value`` is the record's bytes as written and ``ignored_because`` why no fold counts the event (the
+# partition's owner when another worker wrote it, or why an answer was not taken). A plain tuple: the
+# projector makes one per event of a replay.
 Recorded = tuple[int, int, str, str | None, bytes]
 
 
-def recorded(record: LogRecord, fenced_by: str | None = None) -> Recorded:
-    return record.partition, record.offset, record.event.task_id, fenced_by, record.value
+def recorded(record: LogRecord, ignored_because: str | None = None) -> Recorded:
+    return record.partition, record.offset, record.event.task_id, ignored_because, record.value
+
+
+def not_outstanding(row: TaskRow | None, elicitation_id: str) -> str:
+    """Why an answer to ``elicitation_id`` changed nothing, as the history keeps it."""
+    answer = row.answer(elicitation_id) if row is not None else None
+    if answer is not None:
+        return f"{ANSWERED_FIRST}{answer.event_id}"
+    return TASK_ENDED if row is not None and row.terminal else NEVER_ASKED
 
 
 def render(stored: Recorded, codec: Codec) -> Entry:
     """The timeline entry of a stored one."""
-    partition, offset, _, fenced_by, value = stored
-    return entry(codec.decode(value), partition, offset, fenced_by)
+    partition, offset, _, ignored_because, value = stored
+    return entry(codec.decode(value), partition, offset, ignored_because)
 
 
-def entry(event: TaskEvent, partition: int, offset: int, fenced_by: str | None = None) -> Entry:
-    """The timeline entry of ``event``; ``fenced_by`` names the worker that owned the partition when
-    another worker wrote it: such an entry is kept as ``ignored``, and counted by no fold."""
+def entry(event: TaskEvent, partition: int, offset: int, ignored_because: str | None = None) -> Entry:
+    """The timeline entry of ``event``. ``ignored_because`` is set for an event no fold counts: the
+    worker that owned the partition when another worker wrote it, or why an answer was not taken
+    (``not_outstanding``); the entry is then kept as ``ignored``, saying why."""
     kind, summary = describe(event)
-    if fenced_by is not None:
-        kind, summary = IGNORED, f"{event.actor} no longer owned partition {partition} ({fenced_by} had claimed it): {kind} {summary}"
+    if ignored_because is not None:
+        kind, summary = IGNORED, f"{_why_ignored(event, partition, ignored_because)}: {kind} {summary}"
     payload = event.payload()
     return Entry(event.event_id, event.task_id, partition, offset, event.occurred_at, kind, event.actor,
                  event.principal, payload.get("protocol"), payload.get("elicitation_id"), summary,
                  compact_json(payload))
+
+
+def _why_ignored(event: TaskEvent, partition: int, because: str) -> str:
+    if because.startswith(ANSWERED_FIRST):
+        return f"not taken: another answer to this question came first (event {because[len(ANSWERED_FIRST):]})"
+    if because == TASK_ENDED:
+        return "not taken: the task had ended"
+    if because == NEVER_ASKED:
+        return "not taken: the task was not waiting on this question"
+    return f"{event.actor} no longer owned partition {partition} ({because} had claimed it)"
 
 
 def describe(event: TaskEvent) -> tuple[str, str]:

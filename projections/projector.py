@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ledger.contract.events import PartitionClaimed, TaskCreated
+from ledger.contract.events import PartitionClaimed, ResponseSubmitted, TaskCreated
 from ledger.kafka.records import LogRecord
 from projections.fence import Fence
-from projections.history import Recorded, recorded
+from projections.history import Recorded, not_outstanding, recorded
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
 
@@ -59,15 +59,17 @@ class Projector:
         self.fence = Fence(owners)
         self.batch = Batch()
         self._writing: list[Batch] = []
-        self._history_ids: set[str] = set()  # de-duplicates when there is no status fold to do it
 
     def apply(self, record: LogRecord) -> tuple[TaskRow | None, TaskRow | None]:
         """Fold one record in; returns the task's row before and after.
 
         A second copy of an event (same ``event_id``, a producer retry) changes nothing and adds
         no history entry. A worker's event on a partition another worker claimed (``projections.fence``)
-        changes nothing and is kept in the history as ignored. A claim is no task's: it only moves
-        the partition's owner.
+        changes nothing and is kept in the history as ignored, and so is an answer to a question that
+        was no longer outstanding when it reached the log (another answer came first, through this
+        server or any other): the log decides which answer is the answer. A claim is no task's: it
+        only moves the partition's owner. The history needs the fold to tell an answer taken from one
+        ignored, so the status is folded whenever either is kept.
         """
         event = record.event
         kind = type(event)
@@ -75,17 +77,21 @@ class Projector:
             self.fence.admits(record)
             self.batch.owners[record.partition] = event.actor
             return None, None
-        before = self.projection.get(event.task_id, look_up=kind is not TaskCreated) if self.status else None
-        if self._seen(event.event_id):
+        before = self.projection.get(event.task_id, look_up=kind is not TaskCreated)
+        if self.projection.seen(event.event_id):
             return before, before
         admitted = self.fence.admits(record)
-        if self.history:
-            self.batch.entries.append(recorded(record, None if admitted else self.fence.owner(record.partition)))
-        if not self.status or not admitted:
-            return before, before
-        after = self.projection.fold(before, event)
-        if after is not before and after is not None:
+        after = self.projection.fold(before, event) if admitted else before
+        if self.status and after is not before and after is not None:
             self.batch.rows[event.task_id] = after
+        if self.history:
+            if not admitted:
+                ignored_because = self.fence.owner(record.partition)
+            elif kind is ResponseSubmitted and after is before:
+                ignored_because = not_outstanding(before, event.elicitation_id)
+            else:
+                ignored_because = None
+            self.batch.entries.append(recorded(record, ignored_because))
         return before, after
 
     def take(self) -> Batch:
@@ -96,14 +102,6 @@ class Projector:
 
     def written(self, batch: Batch) -> None:
         self._writing.remove(batch)
-
-    def _seen(self, event_id: str) -> bool:
-        if self.status:
-            return self.projection.seen(event_id)
-        if event_id in self._history_ids:
-            return True
-        self._history_ids.add(event_id)
-        return False
 
     def _stored(self, task_id: str) -> TaskRow | None:
         for batch in (self.batch, *reversed(self._writing)):

@@ -46,11 +46,12 @@ class PendingElicitation(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """The answer that resolved an elicitation (the first in log order)."""
+    """The answer that resolved an elicitation: the first in log order, whichever server took it."""
 
     elicitation_id: str
     action: str
     content_json: str | None
+    event_id: str  # of the ResponseSubmitted that is the answer
 
 
 class TaskRow(NamedTuple):
@@ -138,7 +139,7 @@ def _answered(row: TaskRow, event: ResponseSubmitted) -> TaskRow:
     remaining = tuple(p for p in row.pending if p.elicitation_id != event.elicitation_id)
     if len(remaining) == len(row.pending):
         return row
-    answers = row.answers + (Answer(event.elicitation_id, event.action, event.content_json),)
+    answers = row.answers + (Answer(event.elicitation_id, event.action, event.content_json, event.event_id),)
     if remaining:
         return row.changed(pending=remaining, answers=answers, status_message=remaining[0].message,
                            last_updated_at=event.occurred_at)

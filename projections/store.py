@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS history (
     position INTEGER PRIMARY KEY,  -- partition << 40 | offset: the record's place in the log
     task_id TEXT NOT NULL,
-    fenced_by TEXT,
+    ignored_because TEXT,
     record BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id);
 """
 # Raised whenever the tables change. A store of another format is rebuilt from the log by a server
 # (the log is the truth; the store only saves reading it again) and refused by the read commands.
-STORE_FORMAT = 3
+STORE_FORMAT = 4
 PAGE_SIZE = 16_384
 # A history entry's key is its place in the log, one integer: a rowid key is inserted a third
 # faster than a (partition, offset) key (4.0 -> 2.8 us a row), and a replay inserts a million.
@@ -228,7 +228,7 @@ class ProjectionStore:
 
     @_locked
     def history(self, task_id: str) -> list[Entry]:
-        query = (f"SELECT position >> {OFFSET_BITS}, position & {OFFSET_MASK}, task_id, fenced_by, record "
+        query = (f"SELECT position >> {OFFSET_BITS}, position & {OFFSET_MASK}, task_id, ignored_because, record "
                  "FROM history WHERE task_id = ? ORDER BY position")
         return [render(stored, self._codec) for stored in self._db.execute(query, (task_id,))]
 

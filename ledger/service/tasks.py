@@ -136,7 +136,9 @@ class TaskService:
         """Apply answers to several of a task's elicitations (by id): all of them, or none.
 
         Each refused answer is recorded as a rejection and the call raises ``Refused`` naming them;
-        an answer that repeats the applied one is recorded as a duplicate and acknowledged. With
+        an answer that repeats the applied one is recorded as a duplicate and acknowledged. Which of
+        two answers to one question counts is decided by the log (the first there): an answer that
+        reached it second, from another server, raises ``Refused`` too (the history shows it ignored). With
         ``ignore_stale`` (the 2026-07-28 ``tasks/update``), answers to elicitations that are not
         outstanding (never asked, answered already, superseded, or the task ended) are ignored, and
         recorded together as one compact event, and the outstanding ones are applied.
@@ -178,7 +180,15 @@ class TaskService:
                 return row
             positions = await self.log.append_many(events)
             await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
-            return self.get(task_id, principal)
+            row = self.get(task_id, principal)
+            if not ignore_stale:
+                # Another server may have taken another answer a moment before: the log decides.
+                taken_elsewhere = [answer.elicitation_id for answer in fresh
+                                   if getattr(row.answer(answer.elicitation_id), "event_id", None) != answer.event_id]
+                if taken_elsewhere:
+                    raise Refused(f"not taken: another answer to elicitation {taken_elsewhere[0]!r} reached the log "
+                                  f"first (through this server or another); the task goes on with that one")
+            return row
 
     def _ignored(self, row: TaskRow, keys: list[str], answers: Mapping[str, tuple[str, Any]],
                  protocol: str) -> RequestRejected:
