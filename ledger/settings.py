@@ -141,6 +141,28 @@ class Settings:
         "still not ended then is failed by its partition's worker, with one event saying it expired (its history "
         "stays on the log). Unset: tasks never expire, so a wait of days works."
     )
+    max_connections: int | None = _setting(
+        None, "LEDGER_MAX_CONNECTIONS", "Connections a server keeps open at once; past it a request is answered "
+        "503 at once (the probes /healthz and /readyz keep 64 more). Default: three quarters of the process's "
+        "open-file limit."
+    )
+    header_timeout_ms: int = _setting(
+        10_000, "LEDGER_HEADER_TIMEOUT_MS", "How long a connection may take to send a request's head (request "
+        "line and headers), from when it opens or its previous response ended; then it is answered 408 and closed."
+    )
+    max_header_bytes: int = _setting(
+        65_536, "LEDGER_MAX_HEADER_BYTES", "Largest request head (request line and headers) a server reads; a "
+        "larger one is answered 431 and the connection closed."
+    )
+    keep_alive_ms: int = _setting(
+        5_000, "LEDGER_KEEP_ALIVE_MS", "How long a server keeps an idle keep-alive connection open for its next "
+        "request."
+    )
+    principal_streams: int = _setting(
+        1_000, "LEDGER_PRINCIPAL_STREAMS", "Open streams one principal may hold on one server, of each kind: "
+        "2025-11-25 sessions, listen streams, /ui event streams; past it a new one is refused while other "
+        "principals' are served as before."
+    )
     principal_events_per_s: int = _setting(
         2_000, "LEDGER_PRINCIPAL_EVENTS_PER_S",
         "Events one principal's requests may append per second on one server (bursts of twice that); a request "
@@ -197,8 +219,11 @@ class Settings:
             raise SettingsError(f"LEDGER_TASK_TTL_MS must be at least {MIN_TTL_MS} (ms), got {self.task_ttl_ms}")
         if self.append_timeout_ms is not None and self.append_timeout_ms < 1:
             raise SettingsError(f"LEDGER_APPEND_TIMEOUT_MS must be at least 1, got {self.append_timeout_ms}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise SettingsError(f"LEDGER_MAX_CONNECTIONS must be at least 1, got {self.max_connections}")
         for name in ("worker_concurrency", "produce_timeout_ms", "read_timeout_ms", "request_state_ttl_ms",
-                     "max_input_bytes", "cached_rows", "principal_events_per_s"):
+                     "max_input_bytes", "cached_rows", "principal_events_per_s", "header_timeout_ms",
+                     "max_header_bytes", "keep_alive_ms", "principal_streams"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("linger_ms", "fetch_max_wait_ms", "idle_fetch_wait_ms", "hot_window_ms", "max_hot_tasks",

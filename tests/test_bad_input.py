@@ -70,6 +70,13 @@ class Clients:
             response = await http.get(self.url.removesuffix("/mcp") + path)
         return {"status": response.status_code}
 
+    async def web_answer(self, body: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """A POST to the page's answer route, as a browser page (or a forger) would send it."""
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(f"{self.url.removesuffix('/mcp')}/ui/api/tasks/{self.task_id}/answer",
+                                       content=body, headers={"Content-Type": "application/json", **(headers or {})})
+        return {"status": response.status_code}
+
     def legacy_headers(self) -> dict[str, str]:
         return {"Mcp-Session-Id": self.legacy.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"}
 
@@ -117,6 +124,14 @@ async def retry_with(c: Clients, change: Callable[[dict[str, Any]], dict[str, An
 
 
 APPROVE = {"name": "approve_expense", "arguments": {"amount": 3, "description": "pens"}}
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def deep_answer(c: Clients, depth: int) -> bytes:
+    content = '{"approved": true, "note": ' + "[" * depth + "]" * depth + "}"
+    return (f'{{"jsonrpc": "2.0", "id": 5, "method": "tasks/get", "params": {{"taskId": "{c.task_id}", "_meta": '
+            f'{{"{ELICITATION_RESPONSE}": {{"elicitationId": "{c.key}", "action": "accept", "content": {content}}}}}}}}}'
+            ).encode()
 UNKNOWN = str(uuid.uuid4())
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 
@@ -265,6 +280,8 @@ CASES = [
         "n": "3"}}), code=-32602),
     Case("an integer as 1e308", lambda c: c.modern.call("tools/call", {"name": "count_slowly", "arguments": {
         "n": 1e308}}), code=-32602),
+    Case("amount 10**400", lambda c: c.modern.call("tools/call", {"name": "approve_expense", "arguments": {
+        "amount": 10**400, "description": "x"}}), code=-32602),
     Case("NaN in answer content", lambda c: c.loose("tasks/update", {"taskId": c.task_id, "inputResponses": {
         c.key: accept({"approved": True, "note": float("nan")})}}), code=-32602, records=True),
     Case("task.ttl 1e20, legacy", lambda c: c.loose("tools/call", {**APPROVE, "task": {"ttl": 1e20}}, legacy=True),
@@ -287,6 +304,24 @@ CASES = [
         "jsonrpc": "2.0", "id": 9, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "again", "version": "0"}}}
     ).encode(), c.legacy_headers()), code=-32600),
+    # nesting and sizes a parser or the log cannot take
+    Case("a body nested 100,000 deep, stateless", lambda c: c.raw(DEEP, {"MCP-Protocol-Version": "2026-07-28"}),
+         http=400),
+    Case("a body nested 100,000 deep, legacy session", lambda c: c.raw(DEEP, c.legacy_headers()), http=400),
+    Case("answer content nested 5,000 deep", lambda c: c.raw(deep_answer(c, 5_000), c.legacy_headers()), http=400),
+    Case("answer to an unknown elicitation id of 600,000 characters", lambda c: c.meta_answer({
+        "elicitationId": "x" * 600_000, **accept({"approved": True})}), code=-32602, records=True),
+    # answers from the web page
+    Case("web answer with an integer elicitationId", lambda c: c.web_answer(json.dumps({
+        "elicitationId": 5, **accept({"approved": True})}).encode()), http=400),
+    Case("web answer with a list elicitationId", lambda c: c.web_answer(json.dumps({
+        "elicitationId": [c.key], **accept({"approved": True})}).encode()), http=400),
+    Case("web answer nested 100,000 deep", lambda c: c.web_answer(DEEP), http=400),
+    Case("web answer sent as text/plain", lambda c: c.web_answer(json.dumps({
+        "elicitationId": c.key, **accept({"approved": True})}).encode(), {"Content-Type": "text/plain"}), http=400),
+    Case("web answer from a page on another port", lambda c: c.web_answer(json.dumps({
+        "elicitationId": c.key, **accept({"approved": True})}).encode(), {"Origin": "http://127.0.0.1:5555"}),
+         http=403),
     # the read side
     Case("resource that does not exist", lambda c: c.legacy.call("resources/read", {"uri": "ledger://tasks/none"}),
          code=-32002),
@@ -354,3 +389,14 @@ async def test_a_request_without_a_usable_id_starts_no_work(stack: tuple[str, Se
         assert response["error"]["code"] == -32600, (request_id, response)
     await asyncio.sleep(1)  # a negative check: a task the server started anyway would be on the log by now
     assert sum(isinstance(e, TaskCreated) for e in await all_events(settings)) == created
+
+
+async def test_a_refusal_keeps_a_bounded_copy_of_what_it_refuses(stack: tuple[str, Settings], clients: Clients) -> None:
+    # A 600,000-character id was copied whole, twice, into the refusal: past the broker's record size,
+    # which reached the client as error code 0.
+    _, settings = stack
+    response = await clients.meta_answer({"elicitationId": "x" * 600_000, **accept({"approved": True})})
+    assert response["error"]["code"] == -32602 and len(response["error"]["message"]) < 1_000, response
+    refused = [e for e in await history(settings, clients.task_id) if isinstance(e, RequestRejected)][-1]
+    assert len(refused.elicitation_id) < 300 and len(refused.reason) < 600, (len(refused.elicitation_id),
+                                                                             len(refused.reason))

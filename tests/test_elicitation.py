@@ -49,6 +49,10 @@ SCHEMA = canonical_json({
         ({"start_date": "tomorrow", "nights": 2}, "start_date: 'tomorrow' is not a 'date'"),
         ({"start_date": "2026-12-01", "nights": 0}, "nights: 0 is less than the minimum of 1"),
         ({"start_date": "2026-12-01", "nights": "2"}, "nights: '2' is not of type 'integer'"),
+        # an integer is what JSON writes as one, as for tool arguments ("Book 1e+308 nights" was taken)
+        ({"start_date": "2026-12-01", "nights": 5.0}, "nights: 5.0 is not of type 'integer'"),
+        ({"start_date": "2026-12-01", "nights": 1e308}, "nights: 1e+308 is not of type 'integer'"),
+        ({"start_date": "2026-12-01", "nights": True}, "nights: True is not of type 'integer'"),
         (["2026-12-01"], "content must be an object"),
     ],
 )

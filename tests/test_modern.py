@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ledger.contract.events import RequestRejected, ResponseSubmitted, TaskCreated
+from ledger.contract.events import RequestRejected, ResponseSubmitted, TaskCancelled, TaskCreated, TaskEvent
 from ledger.settings import Settings
 from tests.support.engine import all_events, history
 from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
@@ -287,3 +287,30 @@ async def test_the_sdk_modern_client_completes_both_tools(stack: tuple[str, Sett
         assert approved.content[0].text == "approved 7"
         trip = await client.call_tool("plan_trip", {"destination": "Porto"})
         assert "Porto" in trip.content[0].text and "2 nights" in trip.content[0].text
+
+
+async def test_an_abandoned_multi_round_trip_task_is_cancelled_and_one_continued_by_a_tasks_client_is_not(
+        bootstrap: str) -> None:
+    """Past LEDGER_REQUEST_STATE_TTL_MS no requestState can continue a round, so a task left waiting on
+    its question is cancelled with why (it waited forever before); and a retry that carries a
+    requestState continues its round even when the client now declares the tasks extension (it started
+    a new task and dropped the answer before)."""
+    async with demo_stack(bootstrap, request_state_key=STATE_KEY, request_state_ttl_ms=2_000) as (url, settings):
+        call = {"name": "approve_expense", "arguments": {"amount": 9, "description": "left"}}
+        async with ModernClient(url, tasks=False) as plain, ModernClient(url) as with_tasks:
+            left = await plain.result("tools/call", call)
+            kept = await plain.result("tools/call", {**call, "arguments": {"amount": 10, "description": "kept"}})
+            key, _ = only_request(kept)
+            done = await with_tasks.result("tools/call", {**call, "arguments": {"amount": 10, "description": "kept"},
+                                                          "requestState": kept["requestState"], "inputResponses": {
+                                                              key: {"action": "accept", "content": {"approved": True}}}})
+            assert done["resultType"] == "complete" and done["content"][0]["text"] == "approved 10", done
+            assert left["resultType"] == "input_required"
+
+        async def abandoned() -> list[TaskEvent]:
+            return [e for e in await all_events(settings) if isinstance(e, TaskCancelled)]
+
+        cancelled = await until(abandoned, 30)
+        assert len(cancelled) == 1 and cancelled[0].reason.startswith("Abandoned"), cancelled
+        created = {e.task_id: e for e in await all_events(settings) if isinstance(e, TaskCreated)}
+        assert "left" in created[cancelled[0].task_id].arguments_json and len(created) == 2

@@ -107,6 +107,9 @@ async def test_each_principal_sees_its_own_tasks_and_auditors_see_all() -> None:
     assert [t["taskId"] for t in (await read_side.tasks("carol"))["tasks"]] == ["a1", "b1"]
     assert (await read_side.pending("alice"))["pendingElicitations"] == []
     assert [p["taskId"] for p in (await read_side.pending("carol"))["pendingElicitations"]] == ["b1"]
+    # what `ledger answer` lists: an auditor may read bob's question, and may not answer it
+    assert (await read_side.pending("carol", answerable=True))["pendingElicitations"] == []
+    assert [p["taskId"] for p in (await read_side.pending("bob", answerable=True))["pendingElicitations"]] == ["b1"]
     with pytest.raises(TaskNotFound):
         await read_side.history("alice", "b1")
     assert len((await read_side.history("carol", "b1"))["history"]) == 2

@@ -246,6 +246,22 @@ async def test_the_session_cookie_signs_in_the_page_only(tokened: str) -> None:
         assert (await http.get("/ui/api/tasks")).status_code == 401
 
 
+async def test_sign_in_refuses_what_it_cannot_read_clearly(tokened: str) -> None:
+    # Each of these was an HTTP 500: a body nested past the parser's depth, and a token holding a lone
+    # surrogate (which no verifier can encode).
+    base = tokened.removesuffix("/mcp")
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for body in (b"[" * 100_000 + b"]" * 100_000, b'{"token": "\\ud800secret"}'):
+            refused = await http.post("/ui/login", content=body, headers={"Content-Type": "application/json"})
+            assert refused.status_code == 400 and "token" in refused.json()["error"], (body[:20], refused.text)
+        as_text = await http.post("/ui/login", content=b'{"token": "alice-secret"}',
+                                  headers={"Content-Type": "text/plain"})
+        assert as_text.status_code == 400  # a page of any site may post text/plain without asking
+        other_port = await http.post("/ui/login", json={"token": "alice-secret"},
+                                     headers={"Origin": "http://127.0.0.1:5555"})
+        assert other_port.status_code == 403
+
+
 async def test_a_person_answers_from_the_inbox_and_the_tool_completes(stack: tuple[str, Settings],
                                                                       tmp_path: Path) -> None:
     if shutil.which("chromium") is None:

@@ -120,3 +120,13 @@ async def test_both_roles_serve_how_their_appends_fare(dev_with_metrics: tuple[s
             in_sync = {sample: count for sample, count in scraped.items()
                        if sample.startswith("ledger_partition_in_sync_replicas{")}
             assert in_sync and all(count >= 1 for count in in_sync.values()), (address, in_sync)
+
+
+async def test_the_workers_metrics_refuse_another_sites_name(dev_with_metrics: tuple[str, str, str]) -> None:
+    _, _, worker_metrics = dev_with_metrics
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(worker_metrics, headers={"Host": "rebound.example"})).status_code == 421
+        assert (await http.get(worker_metrics, headers={"Origin": "http://evil.example"})).status_code == 403
+        assert (await http.get(worker_metrics)).status_code == 200
+        health = worker_metrics.replace("/metrics", "/healthz")
+        assert (await http.get(health, headers={"Host": "worker-1:9100"})).status_code == 200  # probes: any name

@@ -200,8 +200,9 @@ def parse_value(raw: str, spec: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 async def pending(client: TaskClient) -> list[dict[str, Any]]:
-    """The questions the caller's tasks wait on (the read tool ``pending_elicitations``)."""
-    result = await client.request("tools/call", {"name": "pending_elicitations", "arguments": {}},
+    """The questions the caller's tasks wait on, the ones it may answer (the read tool
+    ``pending_elicitations``; an auditor's own, not everyone's it may read)."""
+    result = await client.request("tools/call", {"name": "pending_elicitations", "arguments": {"answerable": True}},
                                   name="pending_elicitations")
     if result.get("isError"):
         raise ClientError(_text(result))

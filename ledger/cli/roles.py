@@ -23,6 +23,8 @@ from ledger.engine.app import App
 from ledger.engine.metrics import metrics_app
 from ledger.engine.worker import Worker
 from ledger.http.app import create_app
+from ledger.http.connections import uvicorn_options
+from ledger.http.hosts import HostCheck, transport_security
 from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
 from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
@@ -48,7 +50,7 @@ def _http_server(app: App, settings: Settings, host: str, port: int) -> HttpServ
     if not port_is_free(host, port):
         raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
     config = uvicorn.Config(create_app(app, settings, host=host), host=host, port=port, log_level="warning",
-                            lifespan="on")
+                            lifespan="on", **uvicorn_options(settings))
     return HttpServer(config)
 
 
@@ -130,8 +132,9 @@ async def work(app: App, settings: Settings, metrics_at: tuple[str, int] | None 
 def _metrics_server(worker: Worker, host: str, port: int) -> HttpServer:
     if not port_is_free(host, port):
         raise PortTaken(f"port {port} on {host} is in use; choose another with --metrics-port")
-    return HttpServer(uvicorn.Config(metrics_app(worker.metrics, worker.health), host=host, port=port, log_level="warning",
-                                     lifespan="off"))
+    # The Host checks of a server's routes, so that a page of another site cannot read the metrics either.
+    served = HostCheck(metrics_app(worker.metrics, worker.health), transport_security(worker.settings, host))
+    return HttpServer(uvicorn.Config(served, host=host, port=port, log_level="warning", lifespan="off"))
 
 
 async def serve_dev(app: App, source: str, host: str, port: int, *, quiet: bool = False,

@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from pydantic import BaseModel
 
 PRIMITIVE_TYPES = frozenset({"string", "number", "integer", "boolean"})
@@ -59,9 +59,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# An integer is what JSON writes as one: 5.0 and 1e308 are numbers (JSON Schema's own checker takes
+# them as integers), as pydantic's strict checks of tool arguments have them.
+_StrictIntegers = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
 @lru_cache(maxsize=1024)
 def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
+    return _StrictIntegers(json.loads(schema_json), format_checker=FormatChecker())
 
 
 def field_errors(schema_json: str, content: Any) -> dict[str, str]:

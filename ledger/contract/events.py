@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 ResponseAction = Literal["accept", "decline", "cancel"]
+# The protocol path (``<version>/mrtr``) of what a multi round-trip request of 2026-07-28 recorded.
+MULTI_ROUND = "mrtr"
 
 
 # BaseModel's slots, set through their descriptors: half the cost of object.__setattr__ by name.

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from ledger.contract.codec import Codec
 from ledger.contract.events import (
+    MULTI_ROUND,
     TERMINAL_EVENTS,
     CancelRequested,
     ElicitationRequested,
@@ -29,6 +30,13 @@ from ledger.settings import MIN_TTL_MS
 
 CODEC = Codec()
 CANCELLED_BY_REQUEST = "The task was cancelled by request."
+
+
+def abandoned(request_state_ttl_ms: int) -> str:
+    """Why a multi round-trip task left waiting past its requestState's life is cancelled."""
+    return (f"Abandoned: no round of the multi round-trip request answered its question within "
+            f"{request_state_ttl_ms / 1000:g} s (LEDGER_REQUEST_STATE_TTL_MS), after which its requestState "
+            f"cannot continue it.")
 
 
 class Asked(NamedTuple):
@@ -47,8 +55,9 @@ class Journal:
     worker's own write read back) changes nothing, and neither does an event the fold ignores.
     """
 
-    __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "ttl_ms", "expires_at", "expired",
-                 "attempts", "ended", "end_read", "ending", "cancel_reason", "_asked", "_answers", "_steps")
+    __slots__ = ("task_id", "principal", "tool", "arguments_json", "partition", "offset", "ttl_ms", "expires_at",
+                 "expired", "rounds", "attempts", "ended", "end_read", "ending", "cancel_reason", "_asked", "_answers",
+                 "_steps")
 
     def __init__(self, created: TaskCreated, partition: int, offset: int) -> None:
         self.task_id = created.task_id
@@ -62,6 +71,8 @@ class Journal:
         # A task from before ttls were enforced may carry a shorter one than ledger now gives (even 0).
         self.expires_at = None if created.ttl_ms is None else created.occurred_at + max(created.ttl_ms, MIN_TTL_MS)
         self.expired = False
+        # Created by a multi round-trip request: only that request's client can answer its questions.
+        self.rounds = (created.protocol or "").endswith(f"/{MULTI_ROUND}")
         self.attempts = 0
         self.ended = False
         # The worker applies its own writes at once; an end counts for commits only once read back
@@ -114,6 +125,10 @@ class Journal:
 
     def elicitation(self, sequence: int) -> Asked | None:
         return self._asked[sequence] if sequence < len(self._asked) else None
+
+    def last_asked_at(self) -> int | None:
+        """When the task asked its latest question (Unix ms), if it asked one."""
+        return self._asked[-1].asked_at if self._asked else None
 
     def asked_at(self, elicitation_id: str) -> int | None:
         """When the question was asked (Unix ms), if this task asked it."""

@@ -27,6 +27,7 @@ from collections import Counter, OrderedDict, deque
 
 from ledger.contract.events import (
     TERMINAL_EVENTS,
+    ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
     ResponseSubmitted,
@@ -42,7 +43,7 @@ from ledger.contract.events import (
 from ledger.engine.app import App, InvalidArguments, UnknownTool, tool_result
 from ledger.engine.claims import Claims
 from ledger.engine.context import Context, NonDeterminismError
-from ledger.engine.journal import Journal
+from ledger.engine.journal import Journal, abandoned
 from ledger.engine.metrics import WorkerGauges, WorkerMetrics
 from ledger.engine.progress import CoalescedProgress
 from ledger.kafka.appender import EventLog
@@ -404,22 +405,36 @@ class Worker:
         await self._commit()
 
     def _expire_due(self) -> None:
-        """Mark the open tasks whose ttl ran out; ``reconcile`` ends each with ``TaskExpired``."""
+        """Mark the open tasks whose ttl ran out, and the multi round-trip tasks abandoned on a question;
+        ``reconcile`` ends each with its one terminal event (``TaskExpired``, ``TaskCancelled``)."""
         if not self._expiries:
             return
         now = int(time.time() * 1000)
         while self._expiries and self._expiries[0][0] <= now:
             _, task_id, partition = heapq.heappop(self._expiries)
             journal = self._journals.get(partition, {}).get(task_id)
-            if journal is not None and not journal.ended:
+            if journal is None or journal.ended:
+                continue
+            if journal.expires_at is not None and journal.expires_at <= now:
                 journal.expired = True
-                self.reconcile(journal)
+            elif (abandoned_at := self._abandoned_at(journal)) is not None and abandoned_at <= now:
+                journal.cancel_reason = journal.cancel_reason or abandoned(self.settings.request_state_ttl_ms)
+            else:
+                continue
+            self.reconcile(journal)
         if len(self._expiries) > EXPIRIES_KEPT and len(self._expiries) > 2 * sum(map(len, self._journals.values())):
             # Entries of tasks that ended or moved away stay until their time: drop them in one pass.
-            self._expiries = [(journal.expires_at, journal.task_id, journal.partition)
+            self._expiries = [(at, journal.task_id, journal.partition)
                               for journals in self._journals.values() for journal in journals.values()
-                              if journal.expires_at is not None and not journal.ended]
+                              if not journal.ended
+                              for at in (journal.expires_at, self._abandoned_at(journal)) if at is not None]
             heapq.heapify(self._expiries)
+
+    def _abandoned_at(self, journal: Journal) -> int | None:
+        """When a multi round-trip task waiting on a question is abandoned: its client's requestState
+        runs out, and no client but that request's can answer it (Unix ms; None for other tasks)."""
+        asked_at = journal.last_asked_at() if journal.rounds and journal.waiting else None
+        return None if asked_at is None else asked_at + self.settings.request_state_ttl_ms
 
     def _fold(self, record: LogRecord) -> Journal | None:
         journals = self._journals.get(record.partition)
@@ -440,6 +455,9 @@ class Worker:
                 heapq.heappush(self._expiries, (journal.expires_at, journal.task_id, journal.partition))
             return journal
         changed = journal.apply(event)
+        # Read back too: the worker applied its own question when it appended it.
+        if isinstance(event, ElicitationRequested) and (at := self._abandoned_at(journal)) is not None:
+            heapq.heappush(self._expiries, (at, journal.task_id, journal.partition))
         if changed and isinstance(event, ResponseSubmitted) and record.partition not in self._catching_up:
             asked_at = journal.asked_at(event.elicitation_id)
             if asked_at is not None:

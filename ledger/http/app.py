@@ -34,7 +34,7 @@ from ledger.http.ui import ui_routes
 from ledger.kafka.appender import EventLog
 from ledger.kafka.health import LogHealth
 from ledger.mcp.extension_tasks import ModernAdapter
-from ledger.mcp.server import build_mcp_server, request_state_security, timed
+from ledger.mcp.server import build_mcp_server, request_state_security, sessions_per_principal, timed
 from ledger.mcp.session_tasks import Adapter
 from ledger.mcp.wire import (
     INTERNAL_ERROR,
@@ -83,6 +83,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         auth=AuthSettings(issuer_url=TOKEN_ISSUER, resource_server_url=None) if verifier else None,
         token_verifier=verifier,
     )
+    sessions_per_principal(server.session_manager, settings.principal_streams)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

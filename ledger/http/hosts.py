@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ledger.http.auth import LOOPBACK
@@ -42,6 +43,11 @@ class HostCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in UNCHECKED_PATHS:
+            if sum(name == b"host" for name, _ in scope["headers"]) > 1:
+                # Which one counts differs between proxies and servers: the check could pass on one name
+                # while the request is served under the other.
+                await PlainTextResponse("Send one Host header", status_code=400)(scope, receive, send)
+                return
             refusal = await self._check.validate_request(Request(scope))
             if refusal is not None:
                 await refusal(scope, receive, send)

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 INVALID_REQUEST = -32600
 BODY_READ_TIMEOUT_S = 10.0
 WAKE_GRACE_S = 0.5
+TOO_DEEP = "Parse error: the JSON is nested too deep to read"
 
 
 class BodyTooLarge(Exception):
@@ -113,6 +114,8 @@ def jsonrpc_problem(body: bytes, in_session: bool = False) -> str | None:
         message: Any = json.loads(body)
     except ValueError:
         return None
+    except RecursionError:
+        return TOO_DEEP
     if isinstance(message, list):
         return "Invalid Request: batches are not supported; send one JSON-RPC message per HTTP request"
     if not isinstance(message, dict) or not isinstance(message.get("method"), str):

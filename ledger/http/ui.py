@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 from mcp.server.auth.provider import TokenVerifier
 from starlette.requests import Request
@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ledger.contract.elicitation import field_errors
+from ledger.contract.values import problem_in
 from ledger.http.login import COOKIE, COOKIE_PATH, SESSION_S, SessionSigner
 from ledger.mcp.wire import principal_of_request
 from ledger.service.errors import InvalidCursor, Refused, TaskNotFound
@@ -82,8 +83,13 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         except TaskNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
 
+    streams: Counter[str | None] = Counter()  # open event streams, by principal
+
     async def events(request: Request) -> Response:
         principal = principal_of_request(request)
+        if streams[principal] >= service.settings.principal_streams:
+            return JSONResponse({"error": f"you already have {streams[principal]} event streams open on this server "
+                                          "(LEDGER_PRINCIPAL_STREAMS); close one first"}, status_code=429)
         changed: asyncio.Queue[TaskRow] = asyncio.Queue(EVENTS_PER_CLIENT)
 
         def on_change(before: TaskRow | None, after: TaskRow | None) -> None:
@@ -91,6 +97,7 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
                 changed.put_nowait(after)  # a client too slow for the stream misses updates, not memory
 
         async def stream() -> AsyncIterator[str]:
+            streams[principal] += 1
             view.listen(on_change)
             try:
                 yield ": connected\n\n"
@@ -103,6 +110,9 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
                     yield f"event: task\ndata: {json.dumps(row_json(row))}\n\n"
             finally:
                 view.unlisten(on_change)
+                streams[principal] -= 1
+                if not streams[principal]:
+                    del streams[principal]
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -117,12 +127,14 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         """A person's answer from the page: the same service path as an MCP answer (validated, applied
         once, recorded with protocol ``web`` and who answered)."""
         task_id, principal = request.path_params["task_id"], principal_of_request(request)
-        try:
-            body = await request.json()
-            elicitation_id, action = body["elicitationId"], body["action"]
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": 'send {"elicitationId": ..., "action": ..., "content": {...}}'},
-                                status_code=400)
+        if (refused := foreign(request)) is not None:
+            return refused
+        body = await json_body(request)
+        elicitation_id = body.get("elicitationId") if isinstance(body, dict) else None
+        action = body.get("action") if isinstance(body, dict) else None
+        if not isinstance(elicitation_id, str) or not isinstance(action, str):
+            return JSONResponse({"error": 'send {"elicitationId": "...", "action": "accept", "content": {...}} '
+                                          'as application/json'}, status_code=400)
         content = body.get("content") if action == "accept" else None
         try:
             row = await service.answer(task_id, principal, elicitation_id, action, content, protocol=WEB)
@@ -144,15 +156,12 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         if verifier is None or signer is None:
             return JSONResponse({"error": "this server takes no tokens: there is nothing to sign in to"},
                                 status_code=404)
-        origin = request.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-            return JSONResponse({"error": "sign in from this server's own page"}, status_code=403)
-        try:
-            token = (await request.json())["token"]
-        except (ValueError, KeyError, TypeError):
-            token = None
-        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
-            return JSONResponse({"error": 'send {"token": "..."}'}, status_code=400)
+        if (refused := foreign(request)) is not None:
+            return refused
+        body = await json_body(request)
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS or problem_in(token) is not None:
+            return JSONResponse({"error": 'send {"token": "..."} as application/json'}, status_code=400)
         access = await verifier.verify_token(token)
         if access is None or (access.expires_at is not None and access.expires_at < time.time()):
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
@@ -179,3 +188,24 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         Route("/ui/login", login, methods=["POST"]),
         Route("/ui/logout", logout, methods=["POST"]),
     ]
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body, or None when it is not JSON one can read: another content type (a
+    form or text/plain, which any page may post without asking), invalid, or nested past what the
+    parser takes."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return None
+    try:
+        return json.loads(await request.body())
+    except (ValueError, RecursionError):
+        return None
+
+
+def foreign(request: Request) -> Response | None:
+    """403 for a browser request sent by a page of another origin (scheme, host and port): the page's
+    own requests carry its origin, and tools without a browser send none."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == f"{request.url.scheme}://{request.headers.get('host')}":
+        return None
+    return JSONResponse({"error": "send this from this server's own page"}, status_code=403)

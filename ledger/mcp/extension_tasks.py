@@ -25,6 +25,7 @@ from mcp.server.mcpserver import require_client_extension
 from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
+from ledger.contract.events import MULTI_ROUND
 from ledger.engine.app import Tool
 from ledger.mcp.wire import (
     INTERNAL_ERROR,
@@ -109,7 +110,9 @@ class ModernAdapter:
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams,
                         tool: Tool) -> dict[str, Any]:
-        if tool.task_support != "forbidden" and declared_tasks(ctx):
+        # A requestState continues a multi round-trip call, whatever the client declares now: starting a
+        # new task would drop the answers it carries.
+        if tool.task_support != "forbidden" and declared_tasks(ctx) and params.request_state is None:
             row = await create_task(self.service, params, ctx, None, f"{PROTOCOL}/tasks")
             return {"resultType": "task", **task_json(await self.service.settle(row))}
         if tool.task_support == "required":
@@ -119,7 +122,7 @@ class ModernAdapter:
     async def _round(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         """One round of a multi round-trip tools/call: the result, or what the tool waits for."""
         principal = principal_of(ctx)
-        protocol = f"{PROTOCOL}/mrtr"
+        protocol = f"{PROTOCOL}/{MULTI_ROUND}"
         if params.request_state is None:
             row = await create_task(self.service, params, ctx, None, protocol)
         else:

@@ -8,13 +8,16 @@ reaches a listener on any server.
 
 Bounds: one stream follows at most ``MAX_TASK_IDS`` tasks and keeps only the newest unsent state of
 each (a burst of changes to a task sends its latest state once), so it holds at most that many rows;
-a server serves at most ``MAX_STREAMS`` streams at once (-32603 before the acknowledgement beyond).
+one principal holds at most ``LEDGER_PRINCIPAL_STREAMS`` streams on a server (-32000 beyond, so that
+it cannot take the others' share), and a server serves at most ``MAX_STREAMS`` streams at once
+(-32603 before the acknowledgement beyond).
 No ``notifications/progress`` or ``notifications/message`` go on these streams, as the spec requires.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import mcp_types as types
@@ -23,7 +26,7 @@ from mcp.server.mcpserver import require_client_extension
 from mcp.shared.exceptions import MCPError
 
 from ledger.mcp.extension_tasks import TASKS_EXTENSION, detailed_task_json
-from ledger.mcp.wire import INTERNAL_ERROR, INVALID_PARAMS, principal_of
+from ledger.mcp.wire import INTERNAL_ERROR, INVALID_PARAMS, RATE_LIMITED, principal_of
 from ledger.service.errors import TaskNotFound
 from ledger.service.live_view import LiveView
 from ledger.service.tasks import TaskService
@@ -58,6 +61,8 @@ class TaskListeners:
         self.service = service
         self._by_task: dict[str, set[TaskStream]] = {}
         self._streams = 0
+        self._by_principal: Counter[str | None] = Counter()
+        self.per_principal = service.settings.principal_streams
         view.listen(self._changed)
 
     def _changed(self, before: TaskRow | None, after: TaskRow | None) -> None:
@@ -72,9 +77,14 @@ class TaskListeners:
         task_ids = _task_ids(params.notifications)
         if task_ids is not None:
             require_client_extension(ctx, TASKS_EXTENSION)
+        principal = principal_of(ctx)
+        if self._by_principal[principal] >= self.per_principal:
+            raise MCPError(RATE_LIMITED, f"You already have {self.per_principal} listen streams open on this server "
+                           "(LEDGER_PRINCIPAL_STREAMS); close one first")
         if self._streams >= MAX_STREAMS:
             raise MCPError(INTERNAL_ERROR, f"This server already serves {MAX_STREAMS} listen streams; retry later")
-        self._streams += 1  # before the first await: streams arriving together count against the bound
+        self._streams += 1  # before the first await: streams arriving together count against the bounds
+        self._by_principal[principal] += 1
         try:
             await self._settle_unknown(task_ids or [])
             # From here to the subscription nothing awaits, so no change of these rows can slip between.
@@ -94,6 +104,9 @@ class TaskListeners:
                 self._unsubscribe(stream)
         finally:
             self._streams -= 1
+            self._by_principal[principal] -= 1
+            if not self._by_principal[principal]:
+                del self._by_principal[principal]
         return types.SubscriptionsListenResult(_meta=meta)
 
     async def _settle_unknown(self, task_ids: list[str]) -> None:

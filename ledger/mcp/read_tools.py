@@ -34,6 +34,8 @@ class PendingArguments(BaseModel):
     model_config = ConfigDict(extra="forbid")
     older_than_seconds: float = Field(0, ge=0, le=MAX_AGE_S, allow_inf_nan=False,
                                       description="Only questions asked at least this long ago (up to ten years).")
+    answerable: bool = Field(False, description="Only the questions of your own tasks, the ones you may answer "
+                                                "(an auditor sees every principal's otherwise).")
 
 
 READ_TOOLS: dict[str, tuple[type[BaseModel], str]] = {
@@ -69,7 +71,7 @@ async def call_read_tool(read_side: ReadSide, name: str, arguments: dict[str, An
         elif isinstance(parsed, TaskHistoryArguments):
             value = await read_side.history(principal, parsed.task_id)
         else:
-            value = await read_side.pending(principal, parsed.older_than_seconds)
+            value = await read_side.pending(principal, parsed.older_than_seconds, answerable=parsed.answerable)
     except (TaskNotFound, InvalidCursor) as exc:
         return error_result(str(exc))
     return {"content": [{"type": "text", "text": json.dumps(value)}], "structuredContent": value}

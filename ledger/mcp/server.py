@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ledger.engine.app import App
@@ -96,3 +99,20 @@ def timed(metrics: Metrics) -> Any:
         finally:
             metrics.request_seconds.labels(ctx.method).observe(time.perf_counter() - started)
     return timing
+
+
+def sessions_per_principal(manager: StreamableHTTPSessionManager, limit: int) -> None:
+    """Refuse a principal a new 2025-11-25 session while it holds ``limit`` open on this server (the
+    SDK bounds only the total, which one principal could take whole). Over it the SDK answers as at its
+    own bound: 503 "Too many open sessions"; other principals' sessions open as before."""
+    admit = manager._admit_session  # the SDK's admission: no public hook to add a rule to
+
+    def admitted(requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
+        owners = manager._session_owners
+        if requestor is None:  # the sessions no token opened: one principal, the anonymous one
+            held = len(manager._server_instances) - len(owners)
+        else:
+            held = sum(owner == requestor for owner in owners.values())
+        return None if held >= limit else admit(requestor)
+
+    manager._admit_session = admitted  # type: ignore[method-assign]

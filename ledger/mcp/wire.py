@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import mcp_types as types
+from aiokafka.errors import KafkaError
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
@@ -20,6 +22,8 @@ from ledger.service.errors import CancelPending, InvalidCursor, Refused, TaskNot
 from ledger.service.live_view import ReadTimeout
 from ledger.service.tasks import TaskService
 from projections.status import TaskRow
+
+log = logging.getLogger(__name__)
 
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
@@ -96,3 +100,7 @@ def service_errors() -> Iterator[None]:
     except AppendTimeout as exc:
         raise MCPError(INTERNAL_ERROR, f"The change is not confirmed: {exc}; read the task before trying again",
                        {"taskId": exc.task_id}) from None
+    except KafkaError as exc:  # the log refused the write outright: nothing was recorded
+        log.error("the log refused a change: %r", exc)
+        raise MCPError(INTERNAL_ERROR, f"The log refused the change ({type(exc).__name__}); nothing was recorded") \
+            from None

@@ -89,10 +89,12 @@ class ReadSide:
         entries = await asyncio.to_thread(self.store.history, task_id)
         return {"task": task, "history": [entry.as_json() for entry in entries]}
 
-    async def pending(self, principal: str | None, older_than_seconds: float = 0,
-                      limit: int = PAGE_SIZE) -> dict[str, Any]:
+    async def pending(self, principal: str | None, older_than_seconds: float = 0, limit: int = PAGE_SIZE, *,
+                      answerable: bool = False) -> dict[str, Any]:
+        """Questions waiting for an answer that the principal may see; ``answerable``: only its own tasks'
+        (an auditor sees every principal's, and may answer none of theirs)."""
         found = await asyncio.to_thread(self.store.pending_older_than, int(older_than_seconds * 1000), now_ms(),
-                                        self.scope(principal), limit)
+                                        principal if answerable else self.scope(principal), limit)
         return {"pendingElicitations": [
             {"taskId": row.task_id, "tool": row.tool, "principal": row.principal, **pending_json(pending)}
             for row, pending in found

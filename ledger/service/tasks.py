@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +33,8 @@ from projections.status import TaskRow
 
 ACTIONS = ("accept", "decline", "cancel")
 PAGE_SIZE = 50
+PROBE_WINDOW_S = 60.0
+PROBES_REMEMBERED = 10_000
 MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ class TaskService:
         self._locks = _TaskLocks()
         self._budget = WriteBudget(settings.principal_events_per_s)
         self._recording: set[asyncio.Task[Any]] = set()
+        # (principal, task id) -> (when its refused access was last recorded, how many since): see get
+        self._probes: OrderedDict[tuple[str | None, str], tuple[float, int]] = OrderedDict()
 
     async def create(
         self, tool_name: str, arguments: dict[str, Any] | None, *, principal: str | None,
@@ -77,11 +83,26 @@ class TaskService:
         if row is None:
             raise TaskNotFound(task_id)
         if row.principal != principal:
-            for probe in self._audited(principal, [self._rejection(
-                    row, "access", f"not the owner: {principal or 'an unauthenticated client'} asked for it", None)]):
-                self._record_in_background(probe)
+            self._record_probe(row, principal)
             raise TaskNotFound(task_id)
         return row
+
+    def _record_probe(self, row: TaskRow, principal: str | None) -> None:
+        """Record that ``principal`` asked for another's task: once per principal and task a window, with
+        how many more times it asked (5,000 probes were 5,000 events in the owner's timeline)."""
+        key, now = (principal, row.task_id), time.monotonic()
+        recorded_at, held = self._probes.get(key, (-PROBE_WINDOW_S, 0))
+        if now - recorded_at < PROBE_WINDOW_S:
+            self._probes[key] = (recorded_at, held + 1)
+            return
+        self._probes[key] = (now, 0)
+        self._probes.move_to_end(key)
+        if len(self._probes) > PROBES_REMEMBERED:
+            self._probes.popitem(last=False)
+        more = f" (and {held} more times in the {PROBE_WINDOW_S:g} s before)" if held else ""
+        reason = f"not the owner: {printable(principal or 'an unauthenticated client')} asked for it{more}"
+        for probe in self._audited(principal, [self._rejection(row, "access", reason, None)]):
+            self._record_in_background(probe)
 
     async def find(self, task_id: str, principal: str | None,
                    knows: Callable[[TaskRow], bool] = lambda row: True) -> TaskRow:
@@ -171,7 +192,9 @@ class TaskService:
                     await self.log.append_many(audited)
                 if len(refusals) == 1:
                     raise Refused(refusals[0].reason)
-                raise Refused("; ".join(f"elicitation {r.elicitation_id}: {r.reason}" for r in refusals))
+                named = "; ".join(f"elicitation {r.elicitation_id}: {r.reason}" for r in refusals[:IGNORED_KEYS_NAMED])
+                more = f"; and {len(refusals) - IGNORED_KEYS_NAMED} more" if len(refusals) > IGNORED_KEYS_NAMED else ""
+                raise Refused(named + more)
             if stale:
                 recorded.append(self._ignored(row, stale, answers, protocol))
             self._budget.charge(principal, len(fresh))
@@ -186,7 +209,7 @@ class TaskService:
                 taken_elsewhere = [answer.elicitation_id for answer in fresh
                                    if getattr(row.answer(answer.elicitation_id), "event_id", None) != answer.event_id]
                 if taken_elsewhere:
-                    raise Refused(f"not taken: another answer to elicitation {taken_elsewhere[0]!r} reached the log "
+                    raise Refused(f"not taken: another answer to elicitation {printable(taken_elsewhere[0])!r} reached the log "
                                   f"first (through this server or another); the task goes on with that one")
             return row
 
@@ -311,7 +334,7 @@ def reason_kind(reason: str) -> str:
 def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_bytes: int) -> str | None:
     """Why an answer cannot be applied to ``row``: a reason, ``DUPLICATE``, or None when it can."""
     if action not in ACTIONS:
-        return f"action must be one of {', '.join(ACTIONS)}, got {action!r}"
+        return f"action must be one of {', '.join(ACTIONS)}, got {printable(repr(action))}"
     if (problem := problem_in(elicitation_id, "elicitation id") or problem_in(content, "content")) is not None:
         return problem
     size = len(canonical_json(content)) if content is not None else 0
@@ -322,12 +345,12 @@ def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_b
         content_json = canonical_json(content) if action == "accept" else None
         if previous.action == action and previous.content_json == content_json:
             return DUPLICATE
-        return f"elicitation {elicitation_id} was already answered differently"
+        return f"elicitation {printable(elicitation_id)} was already answered differently"
     if row.terminal:
         return f"task is already {row.status}"
     pending = row.pending_elicitation(elicitation_id)
     if pending is None:
-        return f"task has no pending elicitation {elicitation_id!r}"
+        return f"task has no pending elicitation {printable(elicitation_id)!r}"
     if action == "accept":
         problem = content_errors(pending.requested_schema_json, content)
         if problem is not None:

@@ -16,6 +16,7 @@ from ledger.cli.roles import HttpServer
 from ledger.engine.app import App
 from ledger.engine.worker import Worker
 from ledger.http.app import create_app
+from ledger.http.connections import uvicorn_options
 from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
@@ -26,7 +27,7 @@ async def serving(app: App, settings: Settings, instance: str = "test") -> Async
     """Serve ``app`` over HTTP; yields the MCP endpoint URL."""
     port = free_port()
     server = HttpServer(uvicorn.Config(create_app(app, settings, instance), host="127.0.0.1", port=port,
-                                       log_level="warning", lifespan="on"))
+                                       log_level="warning", lifespan="on", **uvicorn_options(settings)))
     task = asyncio.create_task(server.serve())
 
     def serving_caught_up() -> bool:

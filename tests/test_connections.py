@@ -1,0 +1,91 @@
+"""Limits that hold before any handler runs (ledger.http.connections): a request head that is slow or
+large is refused and its connection closed, and past the connection cap requests are answered 503 at
+once while the probes keep answering. Written with raw sockets: a client library would not misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from ledger.settings import Settings
+
+HEAD_TIMEOUT_MS = 1_000
+MAX_HEAD = 8_192
+CAP = 20
+
+
+@pytest.fixture(scope="module")
+def stack_settings() -> dict[str, Any]:
+    return {"header_timeout_ms": HEAD_TIMEOUT_MS, "max_header_bytes": MAX_HEAD, "max_connections": CAP,
+            "keep_alive_ms": 60_000}
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.split("/")[2].split(":")
+    return host, int(port)
+
+
+async def answer_to(url: str, sent: bytes) -> tuple[bytes, float]:
+    """The status line the server answers ``sent`` with (b"" if it closed without one), and when."""
+    reader, writer = await asyncio.open_connection(*address(url))
+    started = time.monotonic()
+    try:
+        writer.write(sent)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 30), time.monotonic() - started
+    finally:
+        writer.close()
+
+
+async def test_a_silent_connection_is_closed_after_the_head_timeout(stack: tuple[str, Settings]) -> None:
+    status, _ = await answer_to(stack[0], b"")
+    assert status.split()[1] == b"408", status
+
+
+async def test_a_trickled_head_is_refused(stack: tuple[str, Settings]) -> None:
+    url = stack[0]
+    reader, writer = await asyncio.open_connection(*address(url))
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        status = b""
+        for _ in range(50):  # a header byte every 0.1 s, never finishing the head, until the server answers
+            try:
+                status = await asyncio.wait_for(reader.readline(), 0.1)
+                break
+            except TimeoutError:
+                writer.write(b"X")
+                await writer.drain()
+    finally:
+        writer.close()
+    assert status.split()[1] == b"408", status
+
+
+async def test_an_oversize_head_is_refused_before_it_is_read(stack: tuple[str, Settings]) -> None:
+    status, _ = await answer_to(stack[0], b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000
+                                + b"\r\n\r\n")
+    assert status.split()[1] == b"431", status
+
+
+async def test_past_the_cap_requests_are_refused_and_probes_still_answer(stack: tuple[str, Settings]) -> None:
+    url = stack[0]
+    held = []
+    try:
+        for _ in range(CAP + 5):  # keep-alive connections, each done with one request and kept open
+            reader, writer = await asyncio.open_connection(*address(url))
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await writer.drain()
+            assert (await reader.readline()).split()[1] == b"200"
+            held.append(writer)
+        refused, _ = await answer_to(url, b"GET /ui/api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        probe, _ = await answer_to(url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert refused.split()[1] == b"503", refused
+        assert probe.split()[1] == b"200", probe
+    finally:
+        for writer in held:
+            writer.close()
+    await asyncio.sleep(0.5)  # the server sees them go
+    served, _ = await answer_to(url, b"GET /ui/api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert served.split()[1] == b"200", served
