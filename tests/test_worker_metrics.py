@@ -78,7 +78,7 @@ async def test_the_worker_serves_every_series_after_a_demo_run(dev_with_metrics:
         async def counted_both_runs() -> dict[str, float] | None:
             scraped = series((await http.get(worker_metrics)).text)
             return scraped if scraped.get('ledger_worker_runs_finished_total{outcome="completed"}', 0) >= 2 else None
-        scraped = await until(counted_both_runs, 10)
+        scraped = await until(counted_both_runs, 30)
         health = await http.get(worker_metrics.replace("/metrics", "/healthz"))
     names = {sample.split("{", 1)[0] for sample in scraped}
     assert set(WORKER_SERIES) <= names, set(WORKER_SERIES) - names

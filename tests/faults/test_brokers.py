@@ -317,7 +317,7 @@ async def test_every_broker_restarted_in_turn_under_load(local_cluster: LocalClu
                                                          figures) -> None:
     settings = replace(settings, partitions=8)
     await ensure_topics(settings)
-    flows, stats = 600, FlowStats()
+    flows, stats = 300, FlowStats()
     with ledger_roles(settings) as (url, roles):
         running = asyncio.create_task(approve_many(url, flows, stats, concurrency=20))
         for node in local_cluster.nodes:
