@@ -186,6 +186,10 @@ class Settings:
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letters"
 
+    @property
+    def sign_outs_topic(self) -> str:
+        return f"{self.topic_prefix}.sign-outs"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         environ = os.environ if environ is None else environ

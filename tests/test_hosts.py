@@ -60,3 +60,22 @@ async def test_two_host_headers_are_refused(stack: tuple[str, Settings]) -> None
     status_line = await reader.readline()
     writer.close()
     assert status_line.split()[1] == b"400", status_line
+
+
+async def test_a_request_target_naming_another_host_is_refused(stack: tuple[str, Settings]) -> None:
+    # GET http://rebound.example/... is meant for the host it names, whatever the Host header says; the
+    # app sees only the path, so the check is made before it, on the request target itself.
+    url, _ = stack
+    host, port = url.split("/")[2].split(":")
+
+    async def answer(target: str) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        return status_line.split()[1]
+
+    assert await answer("http://rebound.example/ui/api/tasks") == b"400"
+    assert await answer(f"http://rebound.example:{port}/healthz") == b"400"
+    assert await answer(f"http://{host}:{port}/ui/api/tasks") == b"200"

@@ -11,7 +11,7 @@ from ledger.settings import Settings
 
 async def test_creates_topics_with_the_configured_partitions(settings: Settings) -> None:
     partitions = await ensure_topics(settings)
-    assert partitions == {settings.events_topic: 4, settings.dead_letter_topic: 1}
+    assert partitions == {settings.events_topic: 4, settings.dead_letter_topic: 1, settings.sign_outs_topic: 1}
 
 
 async def test_is_idempotent(settings: Settings) -> None:

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
 from tests.support.raw_http import ModernClient
-from tests.support.stack import answer_through_tasks, in_status, tokened_stack, until
+from tests.support.stack import answer_through_tasks, in_status, serving, tokened_stack, until
 
 
 async def start(client: ModernClient, tool: str, arguments: dict[str, Any]) -> str:
@@ -244,6 +246,43 @@ async def test_the_session_cookie_signs_in_the_page_only(tokened: str) -> None:
             assert mcp.status_code == 401  # the cookie is for the page, never for MCP
         await http.post("/ui/logout")
         assert (await http.get("/ui/api/tasks")).status_code == 401
+
+
+async def test_signing_out_on_one_server_ends_the_session_on_every_server(bootstrap: str, tmp_path: Path) -> None:
+    # Two servers that share the signing key accept each other's cookies; the sign-out goes through the
+    # log, so the old cookie, kept by whoever copied it, reads nothing anywhere afterwards.
+    from examples.demo import app as demo
+
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("alice-secret alice\n")
+    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=2,
+                                 tokens_file=str(tokens_file), request_state_key="shared by both servers, 32 characters or more")
+    await ensure_topics(settings)
+    async with serving(demo, settings, "one") as one, serving(demo, settings, "two") as two:
+        first, second = one.removesuffix("/mcp"), two.removesuffix("/mcp")
+        async with httpx.AsyncClient(base_url=first, timeout=30) as http:
+            signed = await http.post("/ui/login", json={"token": "alice-secret"})
+            assert signed.status_code == 200, signed.text
+            cookie = {"Cookie": f"ledger_ui={http.cookies['ledger_ui']}"}
+            async with httpx.AsyncClient(base_url=second, timeout=30) as elsewhere:
+                kept = await elsewhere.post("/ui/login", json={"token": "alice-secret"})
+            other_session = {"Cookie": f"ledger_ui={kept.cookies['ledger_ui']}"}
+            async with httpx.AsyncClient(timeout=30) as anywhere:
+                for base in (first, second):
+                    assert (await anywhere.get(f"{base}/ui/api/tasks", headers=cookie)).status_code == 200
+                assert (await http.post("/ui/logout")).json() == {"signedIn": False}
+                assert (await anywhere.get(f"{first}/ui/api/tasks", headers=cookie)).status_code == 401
+
+                async def refused_on_the_other_server() -> bool:
+                    return (await anywhere.get(f"{second}/ui/api/tasks", headers=cookie)).status_code == 401
+
+                await until(refused_on_the_other_server, 10)
+                for base in (first, second):  # only that session ended: another of alice's goes on
+                    assert (await anywhere.get(f"{base}/ui/api/tasks", headers=other_session)).status_code == 200
+    async with serving(demo, settings, "three") as three:  # a server started later knows it too
+        async with httpx.AsyncClient(timeout=30) as anywhere:
+            late = await anywhere.get(f"{three.removesuffix('/mcp')}/ui/api/tasks", headers=cookie)
+            assert late.status_code == 401
 
 
 async def test_sign_in_refuses_what_it_cannot_read_clearly(tokened: str) -> None:

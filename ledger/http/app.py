@@ -29,10 +29,11 @@ from ledger.engine.app import App
 from ledger.http.auth import check_exposure, token_verifier
 from ledger.http.hosts import HostCheck, transport_security
 from ledger.http.intake import Intake
-from ledger.http.login import BearerOrSession, SessionSigner
+from ledger.http.login import BearerOrSession, WebSessions
 from ledger.http.ui import ui_routes
 from ledger.kafka.appender import EventLog
 from ledger.kafka.health import LogHealth
+from ledger.kafka.signouts import SignOuts
 from ledger.mcp.extension_tasks import ModernAdapter
 from ledger.mcp.server import build_mcp_server, request_state_security, sessions_per_principal, timed
 from ledger.mcp.session_tasks import Adapter
@@ -84,6 +85,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         token_verifier=verifier,
     )
     sessions_per_principal(server.session_manager, settings.principal_streams)
+    sign_outs = SignOuts(settings, client_id=f"{settings.client_id}-sign-outs-{instance}") if verifier else None
+    sessions = WebSessions(settings.request_state_key, sign_outs) if sign_outs else None
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -92,6 +95,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         await event_log.start()
         try:
             await health.start()
+            if sign_outs is not None:
+                await sign_outs.start()
             await view.start()
             try:
                 async with server.session_manager.run():
@@ -100,6 +105,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
                 await view.stop()
                 store.close()
         finally:
+            if sign_outs is not None:
+                await sign_outs.stop()
             await event_log.stop()
 
     async def healthz(request: Request) -> JSONResponse:
@@ -118,13 +125,12 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     async def metrics_text(request: Request) -> Response:
         return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
-    signer = SessionSigner(settings.request_state_key)
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text), *ui_routes(read_side, view, service, verifier=verifier, signer=signer),
-              Mount("/", app=mcp_app)]
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text),
+              *ui_routes(read_side, view, service, verifier=verifier, sessions=sessions), Mount("/", app=mcp_app)]
     middleware = [Middleware(HostCheck, security=security), Middleware(CatchingUp, view=view),
                   Middleware(Intake, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
-    if verifier is not None:
-        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, signer)))
+    if verifier is not None and sessions is not None:
+        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, sessions)))
     starlette = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     starlette.state.caught_up = view.caught_up
     starlette.state.view = view

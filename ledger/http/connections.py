@@ -1,9 +1,12 @@
 """Limits on connections that hold before any handler runs, so that nobody can exhaust a server
 without signing in: how long a request head may take to arrive, how large it may be, how long an
-idle keep-alive connection is kept, and how many connections are open at once.
+idle keep-alive connection is kept, and how many connections are open at once. The two timers give
+the socket a moment when they fire (``ledger.pauses``): a server woken from a pause reads the requests
+its clients sent meanwhile instead of closing their connections under them.
 
 uvicorn has the keep-alive timeout only; with httptools it buffers a request head of any size for as
-long as the client takes. ``GuardedHttp`` is its HTTP/1.1 protocol with the other three. Over the
+long as the client takes. ``GuardedHttp`` is its HTTP/1.1 protocol with the other three, and with the
+one check of the request target the app cannot make: an absolute-form target's host. Over the
 connection cap a request is answered 503 at once, except the probes (``/healthz``, ``/readyz``),
 which keep a reserve of connections so that an orchestrator still sees the process alive.
 """
@@ -18,6 +21,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ledger.pauses import after_waking
 from ledger.settings import Settings
 
 PROBES = (b"/healthz", b"/readyz")
@@ -94,8 +98,22 @@ class GuardedHttp(HttpToolsProtocol):
         elif len(self.connections) > self.limits.max_connections and \
                 httptools.parse_url(self.url).path not in PROBES:
             self._answer_with(_refusal(503, TOO_MANY))
+        elif not self.url.startswith(b"/") and self.url != b"*" and not self._names_its_host():
+            self._answer_with(_refusal(400, ANOTHER_HOST))
         else:
             super().on_headers_complete()
+
+    def _names_its_host(self) -> bool:
+        """Whether an absolute-form request target (``GET http://host/path``) names the Host header's
+        host. uvicorn hands the app only its path, so the host checks (``ledger.http.hosts``), which
+        read the Host header, would pass a request meant for the host in the target."""
+        try:
+            target = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            return False
+        authority = target.host + (b":%d" % target.port if target.port is not None else b"")
+        hosts = [value for name, value in self.headers if name == b"host"]
+        return hosts == [authority] or [host.lower() for host in hosts] == [authority.lower()]
 
     def _answer_with(self, app: Any) -> None:
         """Have this request answered by ``app`` instead of the server's, through uvicorn's own cycle."""
@@ -105,9 +123,17 @@ class GuardedHttp(HttpToolsProtocol):
         finally:
             self.app = served
 
+    def timeout_keep_alive_handler(self) -> None:
+        # Reading the socket cancels this timer (uvicorn's data_received), so a request that waited in
+        # it is served rather than its connection closed.
+        self.timeout_keep_alive_task = after_waking(self.loop, super().timeout_keep_alive_handler)
+
     def _await_head(self) -> None:
         self._head_bytes = 0
-        self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
+        self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_due)
+
+    def _head_due(self) -> None:
+        self._head_timer = after_waking(self.loop, self._head_late)
 
     def _head_arrived(self) -> None:
         if self._head_timer is not None:
@@ -136,6 +162,7 @@ class GuardedHttp(HttpToolsProtocol):
 
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 TOO_MANY = "Too many open connections; try again shortly."
+ANOTHER_HOST = "The request target names another host than the Host header."
 
 
 def _head_too_large(limits: ConnectionLimits) -> str:

@@ -15,9 +15,10 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ledger.pauses import settles_on_waking
+
 INVALID_REQUEST = -32600
 BODY_READ_TIMEOUT_S = 10.0
-WAKE_GRACE_S = 0.5
 TOO_DEEP = "Parse error: the JSON is nested too deep to read"
 
 
@@ -73,11 +74,7 @@ class Intake:
         reading = asyncio.ensure_future(self._read(receive))
         try:
             done, _ = await asyncio.wait({reading}, timeout=self.read_timeout_s)
-            if not done:
-                # A process that was paused (SIGSTOP, a stalled VM) wakes to its timers and its sockets
-                # at once: a body that was waiting in the socket gets a moment to be read.
-                done, _ = await asyncio.wait({reading}, timeout=WAKE_GRACE_S)
-            if not done:
+            if not done and not await settles_on_waking(reading):
                 raise TimeoutError
             return reading.result()
         finally:

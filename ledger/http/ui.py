@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from mcp.server.auth.provider import TokenVerifier
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -32,7 +32,8 @@ from starlette.routing import Route
 
 from ledger.contract.elicitation import field_errors
 from ledger.contract.values import problem_in
-from ledger.http.login import COOKIE, COOKIE_PATH, SESSION_S, SessionSigner
+from ledger.http.login import COOKIE, COOKIE_PATH, WebSessions
+from ledger.kafka.signouts import SESSION_S
 from ledger.mcp.wire import principal_of_request
 from ledger.service.errors import InvalidCursor, Refused, TaskNotFound
 from ledger.service.live_view import LiveView
@@ -48,7 +49,7 @@ WEB = "web"  # the protocol path answers from the page are recorded with
 
 
 def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, verifier: TokenVerifier | None = None,
-              signer: SessionSigner | None = None) -> list[Route]:
+              sessions: WebSessions | None = None) -> list[Route]:
     """With a ``verifier``, the API answers only signed-in requests: a valid bearer token, or the
     session cookie ``POST /ui/login`` sets for one (``ledger.http.login``)."""
     page = resources.files("ledger.http").joinpath("ui.html").read_text(encoding="utf-8")
@@ -83,22 +84,30 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         except TaskNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
 
-    streams: Counter[str | None] = Counter()  # open event streams, by principal
+    # Each open event stream's queue, by principal: a change is offered to its owner's streams and the
+    # auditors', so that one principal's many streams cost nothing to another's events.
+    feeds: dict[str | None, set[asyncio.Queue[TaskRow]]] = {}
+
+    def on_change(before: TaskRow | None, after: TaskRow | None) -> None:
+        if after is None:
+            return
+        _offer(feeds.get(after.principal, ()), after)
+        for auditor in read_side.auditors:
+            if auditor != after.principal:
+                _offer(feeds.get(auditor, ()), after)
+
+    view.listen(on_change)
 
     async def events(request: Request) -> Response:
         principal = principal_of_request(request)
-        if streams[principal] >= service.settings.principal_streams:
-            return JSONResponse({"error": f"you already have {streams[principal]} event streams open on this server "
+        open_here = len(feeds.get(principal, ()))
+        if open_here >= service.settings.principal_streams:
+            return JSONResponse({"error": f"you already have {open_here} event streams open on this server "
                                           "(LEDGER_PRINCIPAL_STREAMS); close one first"}, status_code=429)
         changed: asyncio.Queue[TaskRow] = asyncio.Queue(EVENTS_PER_CLIENT)
 
-        def on_change(before: TaskRow | None, after: TaskRow | None) -> None:
-            if after is not None and read_side.visible(after, principal) and not changed.full():
-                changed.put_nowait(after)  # a client too slow for the stream misses updates, not memory
-
         async def stream() -> AsyncIterator[str]:
-            streams[principal] += 1
-            view.listen(on_change)
+            feeds.setdefault(principal, set()).add(changed)
             try:
                 yield ": connected\n\n"
                 while True:
@@ -109,10 +118,10 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
                         continue
                     yield f"event: task\ndata: {json.dumps(row_json(row))}\n\n"
             finally:
-                view.unlisten(on_change)
-                streams[principal] -= 1
-                if not streams[principal]:
-                    del streams[principal]
+                mine = feeds[principal]
+                mine.discard(changed)
+                if not mine:
+                    del feeds[principal]
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -153,7 +162,7 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
                              "principal": principal_of_request(request) if signed_in else None})
 
     async def login(request: Request) -> Response:
-        if verifier is None or signer is None:
+        if verifier is None or sessions is None:
             return JSONResponse({"error": "this server takes no tokens: there is nothing to sign in to"},
                                 status_code=404)
         if (refused := foreign(request)) is not None:
@@ -167,11 +176,19 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
         principal = access.subject or access.client_id
         response = JSONResponse({"principal": principal})
-        response.set_cookie(COOKIE, signer.issue(principal), max_age=SESSION_S, path=COOKIE_PATH, httponly=True,
+        response.set_cookie(COOKIE, sessions.issue(principal), max_age=SESSION_S, path=COOKIE_PATH, httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
         return response
 
     async def logout(request: Request) -> Response:
+        if (refused := foreign(request)) is not None:
+            return refused
+        if sessions is not None and (cookie := request.cookies.get(COOKIE)):
+            try:
+                await sessions.sign_out(cookie)
+            except KafkaError:
+                return JSONResponse({"error": "the sign-out could not be recorded on the log; try again"},
+                                    status_code=503, headers={"Retry-After": "1"})
         response = JSONResponse({"signedIn": False})
         response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
         return response
@@ -200,6 +217,12 @@ async def json_body(request: Request) -> Any:
         return json.loads(await request.body())
     except (ValueError, RecursionError):
         return None
+
+
+def _offer(queues: Iterable[asyncio.Queue[TaskRow]], row: TaskRow) -> None:
+    for queue in queues:
+        if not queue.full():  # a client too slow for the stream misses updates, not memory
+            queue.put_nowait(row)
 
 
 def foreign(request: Request) -> Response | None:

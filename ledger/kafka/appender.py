@@ -28,6 +28,7 @@ from ledger.contract.events import TaskEvent
 from ledger.kafka.profiles import broker_profile
 from ledger.kafka.records import DeadLetter, Position
 from ledger.metrics import Metrics
+from ledger.pauses import settles_on_waking
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # sender stopped): aiokafka does not recover from them (aiokafka#1017), a new producer does.
 WEDGED = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, InvalidProducerEpoch, ProducerClosed)
 RETRY_BACKOFF_S = 0.2
-WAKE_GRACE_S = 0.5
 
 
 class AppendTimeout(TimeoutError):
@@ -262,10 +262,7 @@ class EventLog:
                 # The producer confirms other appends: this one waits on its partition's leader.
                 stall_deadline = self._acknowledged_at + self.stall_after
                 continue
-            # A process that was frozen (SIGSTOP, a long pause) wakes to its timers and its sockets at
-            # once: give the acknowledgements waiting in the sockets a moment before judging the producer.
-            done, _ = await asyncio.wait({delivered}, timeout=WAKE_GRACE_S)
-            if done:
+            if await settles_on_waking(delivered):  # acknowledgements that waited out a pause of this process
                 return "settled"
             if self._acknowledged_at > sent_at:
                 continue

@@ -100,9 +100,11 @@ class DecodingConsumer:
         await self.stop()
 
     async def fetch(self, timeout_ms: int | None = None) -> list[LogRecord]:
-        """One fetch across the assigned partitions; may be empty."""
-        wait = self._pace() if timeout_ms is None else timeout_ms
-        fetched = await self._consumer.getmany(timeout_ms=wait, max_records=self._max_records)
+        """One fetch across the assigned partitions; may be empty. ``timeout_ms`` bounds how long this
+        call waits; the broker's fetch wait is paced all the same."""
+        wait = self._pace()
+        fetched = await self._consumer.getmany(timeout_ms=wait if timeout_ms is None else timeout_ms,
+                                               max_records=self._max_records)
         if fetched:
             self._last_event = time.monotonic()
         elif not self.profile.answers_fetch_early:

@@ -11,6 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ledger.kafka.profiles import broker_profile, check_bootstrap
+from ledger.kafka.signouts import SESSION_S
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def topic_specs(settings: Settings, replicas: int, partitions: int) -> list[Topi
         # Keyed by the source record's position, so compaction keeps one copy however many
         # readers report the same bad record.
         TopicSpec(settings.dead_letter_topic, 1, {**keep_forever, "cleanup.policy": "compact"}),
+        # A sign-out matters only while its web session could still be used (ledger.kafka.signouts).
+        TopicSpec(settings.sign_outs_topic, 1, {"min.insync.replicas": keep_forever["min.insync.replicas"],
+                                                "cleanup.policy": "delete", "retention.ms": str(SESSION_S * 1000)}),
     ]
 
 

@@ -78,10 +78,11 @@ NAME_HEADER_FIELDS = {"tools/call": "name", "resources/read": "uri", "tasks/get"
 class ModernClient:
     """Stateless 2026-07-28 requests: every POST carries the routing headers and the ``_meta`` envelope."""
 
-    def __init__(self, url: str, *, tasks: bool = True, elicitation: bool = True, token: str | None = None) -> None:
+    def __init__(self, url: str, *, tasks: bool = True, elicitation: bool = True, token: str | None = None,
+                 limits: httpx.Limits | None = None) -> None:
         self.url = url
         self._ids = itertools.count(1)
-        self._http = httpx.AsyncClient(timeout=30, headers=bearer(token))
+        self._http = httpx.AsyncClient(timeout=30, headers=bearer(token), **({"limits": limits} if limits else {}))
         self.capabilities: dict[str, Any] = {}
         if elicitation:
             self.capabilities["elicitation"] = {"form": {}}
