@@ -122,10 +122,11 @@ async def hold_every_limit(url: str, limit: int, over: int, probes_per_s: float,
             print(json.dumps({"probes": probes, "refused": refused}), flush=True)
 
 
-def summary(times: list[float]) -> str:
+def summary(times: list[float]) -> tuple[str, str, str]:
+    """Median, p90 and max of ``times``, in ms."""
     ordered = sorted(times)
-    return (f"median {statistics.median(ordered) * 1000:.0f} ms, p90 {ordered[int(len(ordered) * 0.9)] * 1000:.0f} ms, "
-            f"max {ordered[-1] * 1000:.0f} ms")
+    return tuple(f"{value * 1000:.0f} ms" for value in (statistics.median(ordered), ordered[int(len(ordered) * 0.9)],
+                                                         ordered[-1]))
 
 
 def main() -> None:
@@ -156,7 +157,7 @@ def main() -> None:
                 spawned(["server", "examples/demo.py", "--port", str(port)], settings, "serving"):
             asyncio.run(cycles(url, 5))  # warm-up
             alone, bobs_tasks = asyncio.run(cycles(url, args.cycles))
-            print(f"bob alone: {summary(alone)}", flush=True)
+            print("bob alone: median {}, p90 {}, max {}".format(*summary(alone)), flush=True)
             alice = subprocess.Popen([sys.executable, __file__, "--limit", str(args.limit), "--over", str(args.over),
                                       "--probes-per-s", str(args.probes_per_s), "--hold", url, ",".join(bobs_tasks)],
                                      stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -176,9 +177,7 @@ def main() -> None:
         print(f"  tasks/get on bob's tasks: {probed[-1]['probes']:,} sent, {probed[-1]['refused']:,} refused")
     print(f"\n| bob's create-answer-complete cycle ({args.cycles} each) | median | p90 | max |\n|---|---|---|---|")
     for phase, times in (("alone", alone), ("alice at every limit", loaded)):
-        ordered = sorted(times)
-        print(f"| {phase} | {statistics.median(ordered) * 1000:.0f} ms | {ordered[int(len(ordered) * 0.9)] * 1000:.0f} ms "
-              f"| {ordered[-1] * 1000:.0f} ms |")
+        print(f"| {phase} | {' | '.join(summary(times))} |")
     print(f"\nloaded median / alone median: {statistics.median(loaded) / statistics.median(alone):.2f}x")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 # The shortest task lifetime ledger gives (a shorter requested ttl gets this one, as the spec lets it).
 MIN_TTL_MS = 1_000
+WEB_SESSION_S = 8 * 3600  # how long a web page's sign-in lasts (ledger.http.login), and a sign-out is kept
 
 
 def _setting(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:

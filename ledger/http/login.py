@@ -26,7 +26,8 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from starlette.authentication import AuthCredentials, AuthenticationBackend
 from starlette.requests import HTTPConnection
 
-from ledger.kafka.signouts import SESSION_S, SignOuts
+from ledger.kafka.signouts import SignOuts
+from ledger.settings import WEB_SESSION_S
 
 COOKIE = "ledger_ui"
 COOKIE_PATH = "/ui"
@@ -48,8 +49,8 @@ class WebSessions:
         self._sign_outs = sign_outs
 
     def issue(self, principal: str, now: float | None = None) -> str:
-        claims = json.dumps({"p": principal, "s": secrets.token_urlsafe(16), "exp": int((now or time.time()) + SESSION_S)},
-                            separators=(",", ":"))
+        expires = int((now or time.time()) + WEB_SESSION_S)
+        claims = json.dumps({"p": principal, "s": secrets.token_urlsafe(16), "exp": expires}, separators=(",", ":"))
         body = _b64(claims.encode())
         return f"{body}.{self._sign(body)}"
 

@@ -33,12 +33,12 @@ from starlette.routing import Route
 from ledger.contract.elicitation import field_errors
 from ledger.contract.values import problem_in
 from ledger.http.login import COOKIE, COOKIE_PATH, WebSessions
-from ledger.kafka.signouts import SESSION_S
 from ledger.mcp.wire import principal_of_request
 from ledger.service.errors import InvalidCursor, Refused, TaskNotFound
 from ledger.service.live_view import LiveView
 from ledger.service.queries import ReadSide, row_json
 from ledger.service.tasks import TaskService
+from ledger.settings import WEB_SESSION_S
 from projections.status import TaskRow
 
 STATUSES = ("working", "input_required", "completed", "failed", "cancelled", "terminal")
@@ -176,7 +176,7 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
         principal = access.subject or access.client_id
         response = JSONResponse({"principal": principal})
-        response.set_cookie(COOKIE, sessions.issue(principal), max_age=SESSION_S, path=COOKIE_PATH, httponly=True,
+        response.set_cookie(COOKIE, sessions.issue(principal), max_age=WEB_SESSION_S, path=COOKIE_PATH, httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
         return response
 

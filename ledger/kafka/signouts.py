@@ -18,11 +18,12 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from ledger.kafka.consumer import topic_partitions
+from ledger.kafka.topics import TopicError
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SESSION_S = 8 * 3600  # how long a web session lasts, and so how long its sign-out is kept
 FORGET_EVERY = 1_000  # sign-outs applied between two sweeps of the expired ones
 
 
@@ -49,6 +50,8 @@ class SignOuts:
                                           metadata_max_age_ms=2_000)
         await self._producer.start()
         await self._consumer.start()
+        if not await topic_partitions(self._consumer, self._partition.topic):
+            raise TopicError(f"topic {self._partition.topic} does not exist; create it with `ledger topics --create`")
         self._consumer.assign([self._partition])
         await self._consumer.seek_to_beginning(self._partition)
         while (highwater := self._consumer.highwater(self._partition)) is None or \

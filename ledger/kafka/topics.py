@@ -11,8 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ledger.kafka.profiles import broker_profile, check_bootstrap
-from ledger.kafka.signouts import SESSION_S
-from ledger.settings import Settings
+from ledger.settings import WEB_SESSION_S, Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def topic_specs(settings: Settings, replicas: int, partitions: int) -> list[Topi
         TopicSpec(settings.dead_letter_topic, 1, {**keep_forever, "cleanup.policy": "compact"}),
         # A sign-out matters only while its web session could still be used (ledger.kafka.signouts).
         TopicSpec(settings.sign_outs_topic, 1, {"min.insync.replicas": keep_forever["min.insync.replicas"],
-                                                "cleanup.policy": "delete", "retention.ms": str(SESSION_S * 1000)}),
+                                                "cleanup.policy": "delete", "retention.ms": str(WEB_SESSION_S * 1000)}),
     ]
 
 
