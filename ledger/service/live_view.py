@@ -76,9 +76,6 @@ class LiveView:
         """Call ``listener(before, after)`` for every row an event changes (live events only)."""
         self._listeners.append(listener)
 
-    def unlisten(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
-        self._listeners.remove(listener)
-
     def listen_events(self, listener: Callable[[TaskEvent], None]) -> None:
         """Call ``listener(event)`` for every event that changed a row (live events only), after the row
         listeners."""
