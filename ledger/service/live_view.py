@@ -20,6 +20,7 @@ from ledger.contract.events import ResponseSubmitted, TaskEvent
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
 from ledger.metrics import Metrics
+from ledger.pauses import settles_on_waking
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow
@@ -145,10 +146,10 @@ class LiveView:
         waiter = asyncio.get_running_loop().create_future()
         heapq.heappush(self._offset_waiters.setdefault(position.partition, []),
                        (position.offset, next(self._tiebreak), waiter))
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise ReadTimeout(f"event at {position.partition}@{position.offset} not visible after {timeout:.0f}s") from None
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        if not done and not await settles_on_waking(waiter):
+            waiter.cancel()
+            raise ReadTimeout(f"event at {position.partition}@{position.offset} not visible after {timeout:.0f}s")
 
     async def wait(self, task_id: str, done: Callable[[TaskRow | None], bool], timeout: float | None) -> TaskRow | None:
         """The task's row once ``done(row)`` holds, or its row as it is when ``timeout`` runs out."""
