@@ -1,7 +1,6 @@
 """A shared projection store in PostgreSQL, measured with ledger's table shapes: the prototype behind
 the start-time design (docs/architecture.md, "Starting bounded by what is open").
 
-    pip install 'psycopg[binary]'          # not a dependency of ledger (yet)
     python bench/shared_store.py                         # 1,000,000 tasks, 10,000 open
     python bench/shared_store.py --tasks 100000 --open 1000
 
@@ -17,28 +16,20 @@ checkpoint and the open rows), point reads (a row, a task's history), and a work
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
 import os
 import random
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-try:
-    import psycopg
-except ImportError:
-    raise SystemExit("this bench needs psycopg: pip install 'psycopg[binary]'") from None
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.kafka.broker import free_port  # noqa: E402
+from tests.support.postgres import postgres  # noqa: E402
 
 PARTITIONS = 8
 EVENTS_PER_TASK = 5
@@ -64,8 +55,7 @@ def row_json(i: int, status: str) -> str:
             '"result_json": "{\\"content\\": []}", "pending": []}' % (i, status))
 
 
-def measure(port: int, tasks: int, open_tasks: int) -> None:
-    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+def measure(dsn: str, tasks: int, open_tasks: int) -> None:
     with psycopg.connect(dsn) as projector:
         offsets = catch_up(projector, tasks, open_tasks)
         follow(projector, offsets, first_task=tasks)
@@ -185,38 +175,13 @@ def restore_a_partition(conn: psycopg.Connection) -> None:
           f"{(time.perf_counter() - started) * 1000:.0f} ms")
 
 
-@contextlib.contextmanager
-def postgres() -> Iterator[int]:
-    """A PostgreSQL cluster of its own in a temporary directory, fsync on; its port."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
-    binaries = Path(found[-1]).parent
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="bench-postgres-"))
-    if as_user:
-        shutil.chown(folder, "postgres")
-    port = free_port()
-    subprocess.run(as_user + [str(binaries / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run(as_user + [str(binaries / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
-                              "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield port
-    finally:
-        subprocess.run(as_user + [str(binaries / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--open", type=int, default=10_000)
     args = parser.parse_args()
-    with postgres() as port:
-        measure(port, args.tasks, args.open)
+    with postgres() as url:
+        measure(url, args.tasks, args.open)
 
 
 if __name__ == "__main__":

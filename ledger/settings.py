@@ -95,6 +95,12 @@ class Settings:
         "SQLite file a server keeps its projections in (task rows, history, the offsets they reach), to "
         "resume from after a restart; give each server its own. :memory: keeps them in memory only.",
     )
+    database_url: str | None = _setting(
+        None,
+        "LEDGER_DATABASE_URL",
+        "PostgreSQL database (postgresql://user:password@host/db) of the shared projection store that "
+        "`ledger replay --database` builds.",
+    )
     max_input_bytes: int = _setting(
         65_536, "LEDGER_MAX_INPUT_BYTES", "Largest tool arguments, or answer content, a server accepts (bytes of JSON)."
     )

@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from functools import wraps
 from pathlib import Path
@@ -21,26 +22,29 @@ from ledger.contract.codec import Codec
 from projections.history import Entry, Recorded, compact_json, render
 from projections.status import TERMINAL, Answer, PendingElicitation, TaskRow
 
-SCHEMA = """
+# Both stores' tables: ``integer`` is a 64-bit integer (SQLite's INTEGER PRIMARY KEY is the rowid),
+# ``bytes`` a byte string.
+TABLES = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     principal TEXT,
     tool TEXT NOT NULL,
     status TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    last_updated_at INTEGER NOT NULL,
+    created_at {integer} NOT NULL,
+    last_updated_at {integer} NOT NULL,
     row_json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS history (
-    position INTEGER PRIMARY KEY,  -- partition << 40 | offset: the record's place in the log
+    position {integer} PRIMARY KEY,  -- partition << 40 | offset: the record's place in the log
     task_id TEXT NOT NULL,
     ignored_because TEXT,
-    record BLOB NOT NULL
+    record {bytes} NOT NULL
 );
-CREATE TABLE IF NOT EXISTS checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS owners (partition INTEGER PRIMARY KEY, actor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoint (partition {integer} PRIMARY KEY, next_offset {integer} NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (partition {integer} PRIMARY KEY, actor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SCHEMA = TABLES.format(integer="INTEGER", bytes="BLOB")
 # What the queries need; a store being built gets them once, at the end (sorting once is faster
 # than keeping them in order through a million inserts).
 INDEXES = """
@@ -80,7 +84,31 @@ def _locked(method: F) -> F:
     return serialized  # type: ignore[return-value]
 
 
-class ProjectionStore:
+class Store(ABC):
+    """What every projection store offers (this module's SQLite one, ``projections.postgres``):
+    rows, entries and a checkpoint written together, and the queries the read side runs."""
+
+    path: str
+
+    def pending_older_than(self, age_ms: int, now_ms: int, principal: Any = EVERYONE,
+                           limit: int = 50, after: tuple[int, str] | None = None,
+                           ) -> list[tuple[TaskRow, PendingElicitation]]:
+        """Elicitations asked at least ``age_ms`` ago and still unanswered, oldest tasks first."""
+        found: list[tuple[TaskRow, PendingElicitation]] = []
+        for row in self.tasks(principal=principal, status="input_required", after=after, limit=10 * limit):
+            found.extend((row, p) for p in row.pending if now_ms - p.requested_at >= age_ms)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+    @abstractmethod
+    def tasks(self, *, principal: Any = EVERYONE, status: str | None = None, tool: str | None = None,
+              since: int | None = None, until: int | None = None, after: tuple[int, str] | None = None,
+              limit: int = 50) -> list[TaskRow]:
+        """Tasks in creation order, filtered; ``after`` is the (created_at, task_id) to page on from."""
+
+
+class ProjectionStore(Store):
     """A store at ``path`` (in memory by default).
 
     ``building=True`` opens a store that ``ledger replay`` is building, possibly from several
@@ -208,7 +236,7 @@ class ProjectionStore:
               since: int | None = None, until: int | None = None, after: tuple[int, str] | None = None,
               limit: int = 50) -> list[TaskRow]:
         """Tasks in creation order, filtered; ``after`` is the (created_at, task_id) to page on from."""
-        clauses, values = _filters(principal=principal, status=status, tool=tool, since=since, until=until)
+        clauses, values = filters(principal=principal, status=status, tool=tool, since=since, until=until)
         if after is not None:
             clauses.append("(created_at, task_id) > (?, ?)")
             values.extend(after)
@@ -218,7 +246,7 @@ class ProjectionStore:
 
     @_locked
     def count(self, *, status: str | None = None) -> int:
-        clauses, values = _filters(status=status)
+        clauses, values = filters(status=status)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._db.execute(f"SELECT count(*) FROM tasks {where}", values).fetchone()[0]
 
@@ -243,39 +271,30 @@ class ProjectionStore:
     def history_size(self) -> int:
         return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
 
-    def pending_older_than(self, age_ms: int, now_ms: int, principal: Any = EVERYONE,
-                           limit: int = 50, after: tuple[int, str] | None = None,
-                           ) -> list[tuple[TaskRow, PendingElicitation]]:
-        """Elicitations asked at least ``age_ms`` ago and still unanswered, oldest tasks first."""
-        found: list[tuple[TaskRow, PendingElicitation]] = []
-        for row in self.tasks(principal=principal, status="input_required", after=after, limit=10 * limit):
-            found.extend((row, p) for p in row.pending if now_ms - p.requested_at >= age_ms)
-            if len(found) >= limit:
-                break
-        return found[:limit]
 
-
-def _filters(*, principal: Any = EVERYONE, status: str | None = None, tool: str | None = None,
-             since: int | None = None, until: int | None = None) -> tuple[list[str], list[Any]]:
+def filters(*, principal: Any = EVERYONE, status: str | None = None, tool: str | None = None,
+             since: int | None = None, until: int | None = None, mark: str = "?",
+             same: str = "IS") -> tuple[list[str], list[Any]]:
+    """WHERE clauses and their values; ``mark`` is the driver's placeholder, ``same`` its null-safe equality."""
     clauses: list[str] = []
     values: list[Any] = []
     if principal is not EVERYONE:
-        clauses.append("principal IS ?")
+        clauses.append(f"principal {same} {mark}")
         values.append(principal)
     if status == "terminal":
-        clauses.append(f"status IN ({', '.join('?' * len(TERMINAL))})")
+        clauses.append(f"status IN ({', '.join([mark] * len(TERMINAL))})")
         values.extend(sorted(TERMINAL))
     elif status is not None:
-        clauses.append("status = ?")
+        clauses.append(f"status = {mark}")
         values.append(status)
     if tool is not None:
-        clauses.append("tool = ?")
+        clauses.append(f"tool = {mark}")
         values.append(tool)
     if since is not None:
-        clauses.append("created_at >= ?")
+        clauses.append(f"created_at >= {mark}")
         values.append(since)
     if until is not None:
-        clauses.append("created_at < ?")
+        clauses.append(f"created_at < {mark}")
         values.append(until)
     return clauses, values
 

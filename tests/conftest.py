@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,9 @@ from ledger.kafka.broker import EmbeddedBroker, free_port
 from ledger.kafka.cluster import LocalCluster
 from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
+from projections.postgres import PostgresStore
+from projections.store import ProjectionStore, Store
+from tests.support.postgres import binaries, new_database, postgres
 from tests.support.spawn import LEDGER, drain, wait_for_line
 from tests.support.stack import demo_stack, tokened_stack
 
@@ -145,6 +148,41 @@ async def stack(bootstrap: str, stack_settings: dict[str, Any], stack_tokens: di
     else:
         async with demo_stack(bootstrap, **stack_settings) as stack:
             yield stack
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[str]:
+    """A PostgreSQL cluster for the session (fsync off): its URL. Skips where PostgreSQL is not
+    installed; CI installs it."""
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with postgres(durable=False) as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(postgres_cluster: str) -> str:
+    """A new, empty database of the session's PostgreSQL cluster."""
+    return new_database(postgres_cluster)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
+    """Makes empty projection stores of one kind: every store test runs on SQLite (in memory) and on
+    PostgreSQL (a new database each)."""
+    made: list[Store] = []
+
+    def make() -> Store:
+        if request.param == "sqlite":
+            store: Store = ProjectionStore()
+        else:
+            store = PostgresStore(new_database(request.getfixturevalue("postgres_cluster")))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
 
 
 @pytest.fixture

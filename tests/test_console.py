@@ -21,6 +21,7 @@ from ledger.contract.events import (
 )
 from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
+from projections.postgres import PostgresStore
 from projections.store import ProjectionStore
 from tests.support.factories import sample
 from tests.support.spawn import LEDGER, role_environment
@@ -109,6 +110,33 @@ async def test_replay_in_several_processes_builds_the_store_one_process_builds(s
     db.close()
     refused = ledger(settings, "replay", "--store", str(shared), "--processes", "0")
     assert refused.returncode == 2 and "--processes must be at least 1" in refused.stderr
+
+
+async def test_replay_into_a_database_equals_the_store_file_and_takes_its_place(
+        settings: Settings, topics: dict, tmp_path: Path, database_url: str) -> None:
+    async with EventLog(settings) as log:
+        await log.append_many([event for i in range(24) for event in plan_trip(f"trip-{i}")[: 3 + i % 6]])
+    path = tmp_path / "alone.sqlite"
+    assert ledger(settings, "replay", "--store", str(path), "--processes", "1").returncode == 0
+    reader = PostgresStore(database_url)  # a reader connected before the replay, as a server would be
+    for processes in ("3", "1"):  # a second replay replaces the first one's tables
+        built = ledger(settings, "replay", "--database", database_url, "--processes", processes)
+        assert built.returncode == 0, built.stderr
+        assert "replayed 132 events" in built.stdout and "postgresql://postgres@127.0.0.1:" in built.stdout
+        file = ProjectionStore(path)
+        assert sorted(reader.rows()) == sorted(file.rows()) != []
+        assert reader.checkpoint() == file.checkpoint() and reader.history_size() == file.history_size()
+        for task_id in ("trip-0", "trip-5", "trip-23"):
+            assert reader.history(task_id) == file.history(task_id)
+        assert reader.meta("topic") == settings.events_topic
+        file.close()
+    reader.close()
+    unset = ledger(settings, "replay", "--database")
+    assert unset.returncode == 2 and unset.stderr == "ledger: --database needs a URL, or LEDGER_DATABASE_URL set\n"
+    unreachable = ledger(settings, "replay", "--database", "postgresql://alice:s3cret@127.0.0.1:1/ledger")
+    assert unreachable.returncode == 2 and unreachable.stderr.count("\n") == 1, unreachable.stderr
+    assert "cannot connect to the projection database postgresql://alice@127.0.0.1:1/ledger" in unreachable.stderr
+    assert "s3cret" not in unreachable.stderr
 
 
 async def test_ctrl_c_stops_a_parallel_replay_in_one_line_and_leaves_no_store(settings: Settings, topics: dict,

@@ -6,9 +6,11 @@ import os
 import sqlite3
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given
@@ -29,25 +31,33 @@ from ledger.service.live_view import LiveView
 from ledger.service.replay import replay
 from ledger.settings import Settings
 from projections.history import describe
+from projections.postgres import CheckpointMoved, DatabaseUnavailable, PostgresStore
 from projections.projector import Projector, flush
-from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore
+from projections.status import TaskRow
+from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore, Store
 from tests.support.factories import histories, sample, written
 from tests.support.spawn import LEDGER
 from tests.support.stack import until
 
 
-def projected(events: list[TaskEvent]) -> tuple[Projector, ProjectionStore]:
+@pytest.fixture
+def store(new_store: Callable[[], Store]) -> Store:
+    return new_store()
+
+
+def projected(events: list[TaskEvent], store: Store) -> Projector:
     projector = Projector()
     for offset, event in enumerate(events):
         projector.apply(written(0, offset, event))
-    store = ProjectionStore()
     flush(store, projector.take(), {0: len(events)})
-    return projector, store
+    return projector
 
 
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(histories())
-def test_rows_and_history_round_trip_through_the_store(events: list[TaskEvent]) -> None:
-    projector, store = projected(events)
+def test_rows_and_history_round_trip_through_the_store(store: Store, events: list[TaskEvent]) -> None:
+    store.clear()  # the store of the test serves every example
+    projector = projected(events, store)
     assert {row.task_id: row for row in store.rows()} == projector.projection.rows
     assert store.checkpoint() == {0: len(events)}
     for task_id in {e.task_id for e in events}:
@@ -62,13 +72,14 @@ def test_every_event_type_has_a_history_entry() -> None:
         assert kind and isinstance(summary, str)
 
 
-def test_queries_filter_and_page_in_creation_order() -> None:
+def test_queries_filter_and_page_in_creation_order(new_store: Callable[[], Store]) -> None:
     events = []
     for i in range(7):
         events.append(sample(TaskCreated, f"t{i}", principal="alice" if i % 2 else "bob",
                              tool="plan_trip" if i < 3 else "approve_expense", occurred_at=1_000 + i))
     events.append(sample(ElicitationRequested, "t1", elicitation_id="e", occurred_at=2_000))
-    _, store = projected(events)
+    store = new_store()
+    projected(events, store)
     assert [r.task_id for r in store.tasks(principal="alice")] == ["t1", "t3", "t5"]
     assert [r.task_id for r in store.tasks(tool="plan_trip", limit=2)] == ["t0", "t1"]
     assert [r.task_id for r in store.tasks(after=(1_001, "t1"), limit=2)] == ["t2", "t3"]
@@ -91,7 +102,8 @@ async def append_with_garbage(settings: Settings, events: list[TaskEvent]) -> No
 
 @hypothesis_settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(histories())
-async def test_replay_into_a_fresh_store_equals_the_live_view(settings: Settings, events: list[TaskEvent]) -> None:
+async def test_replay_into_a_fresh_store_equals_the_live_view(settings: Settings, new_store: Callable[[], Store],
+                                                              events: list[TaskEvent]) -> None:
     settings = replace(settings, topic_prefix=f"replay-{uuid.uuid4().hex[:10]}")
     await ensure_topics(settings)
     live_store = ProjectionStore()
@@ -105,7 +117,7 @@ async def test_replay_into_a_fresh_store_equals_the_live_view(settings: Settings
                     30, lambda: "the live view did not see every event")
     finally:
         await view.stop()
-    replayed = ProjectionStore()
+    replayed = new_store()
     summary = await replay(settings, replayed)
     assert summary.dead_letters == 1
     assert sorted(replayed.rows(), key=lambda r: r.task_id) == sorted(live_store.rows(), key=lambda r: r.task_id)
@@ -160,18 +172,18 @@ async def test_a_store_built_from_another_topic_is_rebuilt(settings: Settings, t
     assert store.row("ghost") is None
 
 
-def test_rejections_are_refused_or_duplicate_in_the_history() -> None:
+def test_rejections_are_refused_or_duplicate_in_the_history(new_store: Callable[[], Store]) -> None:
     events = [sample(TaskCreated, "t"),
               sample(RequestRejected, "t", reason="duplicate: this answer was already applied"),
               sample(RequestRejected, "t", reason="content does not match the requested schema: x")]
-    _, store = projected(events)
+    store = new_store()
+    projected(events, store)
     assert [e.kind for e in store.history("t")] == ["created", "duplicate", "refused"]
 
 
 async def test_a_bounded_view_keeps_few_rows_in_memory_and_reads_the_rest_from_the_store(
-        settings: Settings, topics: dict) -> None:
+        settings: Settings, topics: dict, store: Store) -> None:
     settings = replace(settings, cached_rows=5)
-    store = ProjectionStore()
     view = LiveView(settings, store)
     await view.start()
     try:
@@ -221,3 +233,47 @@ def test_a_store_of_another_format_is_refused_or_rebuilt(tmp_path: Path) -> None
     flush(store, projector.take(), {0: 1})
     store.close()
     assert ProjectionStore(path).history("t")[0].kind == "created"
+
+
+def test_a_database_of_another_format_is_refused_or_rebuilt(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as db:
+        db.execute("CREATE SCHEMA ledger")
+        db.execute("SET search_path TO ledger")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('format', '0')")
+        db.execute("CREATE TABLE checkpoint (partition INTEGER PRIMARY KEY, next_offset BIGINT NOT NULL)")
+        db.execute("INSERT INTO checkpoint VALUES (0, 41)")
+    with pytest.raises(OutdatedStore, match=f"format 0, this one reads {STORE_FORMAT}.*ledger replay --database"):
+        PostgresStore(database_url)
+    store = PostgresStore(database_url, rebuild_outdated=True)
+    assert store.checkpoint() == {} and store.history_size() == 0
+    projected([sample(TaskCreated, "t")], store)
+    store.close()
+    assert PostgresStore(database_url).history("t")[0].kind == "created"
+
+
+def test_a_writer_whose_partition_another_writer_moved_on_writes_nothing(database_url: str) -> None:
+    first, second = PostgresStore(database_url), PostgresStore(database_url)
+    first.write([], [], {0: 10, 1: 4}, expect={0: 0, 1: 0})
+    second.write([], [], {1: 6}, expect={1: 4})  # the second took partition 1 over from its checkpoint
+    with pytest.raises(CheckpointMoved, match=r"partitions \[1\] \(now at \{1: 6\}, expected"):
+        first.write([sample_row("late")], [], {0: 12, 1: 5}, expect={0: 10, 1: 4})
+    assert first.checkpoint() == {0: 10, 1: 6} and first.row("late") is None
+    first.write([sample_row("kept")], [], {0: 12}, expect={0: 10})
+    assert second.row("kept").task_id == "kept"
+
+
+def test_a_database_that_cannot_be_reached_is_one_sentence_without_the_password(postgres_cluster: str) -> None:
+    url = postgres_cluster.replace("postgres@", "alice:s3cret@").rsplit("/", 1)[0] + "/nowhere"
+    with pytest.raises(DatabaseUnavailable) as raised:
+        PostgresStore(url)
+    message = str(raised.value)
+    assert "s3cret" not in message and message.startswith("cannot connect to the projection database "
+                                                          "postgresql://alice@127.0.0.1:"), message
+    assert "\n" not in message
+
+
+def sample_row(task_id: str) -> TaskRow:
+    projector = Projector()
+    projector.apply(written(0, 0, sample(TaskCreated, task_id)))
+    return projector.projection.get(task_id)

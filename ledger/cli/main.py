@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import uvloop
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -26,6 +27,7 @@ from ledger.kafka.profiles import KafkaUnreachable, NotKafka
 from ledger.kafka.topics import TopicError, ensure_topics
 from ledger.service.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
+from projections.postgres import DatabaseUnavailable
 from projections.store import OutdatedStore
 
 # ledger.cli.roles (the MCP SDK, uvicorn) is imported by the commands that serve, in their run_*:
@@ -39,7 +41,7 @@ log answer tasks/get, and workers resume waiting tools from it."""
 
 EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken,
                    NotKafka, KafkaUnreachable, reads.NoSuchTask, FileNotFoundError, ReplayFailed,
-                   mcp_client.ClientError, OutdatedStore)
+                   mcp_client.ClientError, OutdatedStore, DatabaseUnavailable, psycopg.OperationalError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,8 +186,12 @@ def _read_commands(commands: argparse._SubParsersAction) -> None:
                           "Fold the task-events topic from offset 0 into a fresh SQLite projection store (task "
                           "rows, history, checkpoint), showing events/s and lag, and move it into place when "
                           "complete. A server started with LEDGER_STORE=PATH reads on from its checkpoint.")
-    replay.add_argument("--store", type=Path, default=None, metavar="PATH",
-                        help="the store to build (default: LEDGER_STORE when it is a file, else ledger.sqlite)")
+    into = replay.add_mutually_exclusive_group()
+    into.add_argument("--store", type=Path, default=None, metavar="PATH",
+                      help="the store to build (default: LEDGER_STORE when it is a file, else ledger.sqlite)")
+    into.add_argument("--database", nargs="?", const="", default=None, metavar="URL",
+                      help="build the shared store in this PostgreSQL database instead (default URL: "
+                           "LEDGER_DATABASE_URL); its tables are swapped in when complete")
     replay.add_argument("--projection", choices=("all", "status", "history"), default="all",
                         help="which projections to build (default: %(default)s)")
     start = replay.add_mutually_exclusive_group()
@@ -355,16 +361,21 @@ def run_dev(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     settings = Settings.from_env(bootstrap=args.bootstrap)
-    path = args.store or (Path(settings.store) if settings.store != ":memory:" else Path("ledger.sqlite"))
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot build a projection store at {path}: the directory {path.parent} does not "
-                                "exist (create it, or choose another --store)")
+    if args.database is not None:
+        target: Path | str = args.database or settings.database_url or ""
+        if not target:
+            raise SettingsError("--database needs a URL, or LEDGER_DATABASE_URL set")
+    else:
+        target = args.store or (Path(settings.store) if settings.store != ":memory:" else Path("ledger.sqlite"))
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"cannot build a projection store at {target}: the directory {target.parent} "
+                                    "does not exist (create it, or choose another --store)")
     if args.to_offset is not None and args.to_offset < 0:
         raise SettingsError(f"--to-offset must not be negative, got {args.to_offset}")
     if args.processes is not None and args.processes < 1:
         raise SettingsError(f"--processes must be at least 1, got {args.processes}")
     since = _timestamp(args.since) if args.since else None
-    asyncio.run(reads.run_replay(settings, path, projection=args.projection, since_ms=since,
+    asyncio.run(reads.run_replay(settings, target, projection=args.projection, since_ms=since,
                                    to_offset=args.to_offset, processes=args.processes))
     return 0
 

@@ -24,10 +24,11 @@ from ledger.kafka.profiles import broker_profile
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord
 from ledger.service.queries import row_json
-from ledger.service.replay import Progress, ReplaySummary, build_store, replay
+from ledger.service.replay import Progress, ReplaySummary, Target, build_store, building, replay
 from ledger.settings import Settings
 from projections.fence import Fence
 from projections.history import Entry, entry
+from projections.postgres import PostgresStore
 from projections.status import TaskRow, transition
 from projections.store import EVERYONE, ProjectionStore
 
@@ -59,34 +60,52 @@ def progress_printer(label: str, err: TextIO = sys.stderr) -> Callable[[Progress
     return show
 
 
-async def run_replay(settings: Settings, path: Path, *, projection: str, since_ms: int | None,
+async def run_replay(settings: Settings, target: Target, *, projection: str, since_ms: int | None,
                      to_offset: int | None, processes: int | None = None, out: TextIO = sys.stdout,
                      err: TextIO = sys.stderr) -> ReplaySummary:
-    """Build a fresh store beside ``path`` and move it into place when complete (readers never see half)."""
-    building = path.with_name(path.name + ".building")
-    _remove_store_files(building)  # left by a replay that was killed
+    """Build a fresh store beside ``target`` (a file, or a PostgreSQL database's URL) and put it in
+    place when complete: readers never see half."""
+    beside = target.with_name(target.name + ".building") if isinstance(target, Path) else target
+    _discard(beside)  # left by a replay that was killed
     options = {"status": projection in ("status", "all"), "history": projection in ("history", "all"),
                "since_ms": since_ms, "to_offset": to_offset}
     try:
-        summary = await build_store(settings, building, processes=processes,
+        summary = await build_store(settings, beside, processes=processes,
                                     progress=progress_printer("replay", err), **options)
     except BaseException:  # an error or Ctrl-C: half a store is of no use to anyone
-        _remove_store_files(building)
+        _discard(beside)
         raise
-    store = ProjectionStore(building)
+    store = building(beside)
     try:
         store.set_meta("topic", settings.events_topic)
+        if isinstance(store, PostgresStore):
+            store.take_place_of()
+        where = store.path
     finally:
         store.close()
     if err.isatty():
         print(file=err)
-    os.replace(building, path)
+    if isinstance(target, Path):
+        os.replace(beside, target)
+        where = str(target)
     tasks = f"{summary.tasks:,} task{'s' * (summary.tasks != 1)}"
-    print(f"replayed {summary.events:,} events of {settings.events_topic} into {path} in {summary.seconds:.1f} s: "
+    print(f"replayed {summary.events:,} events of {settings.events_topic} into {where} in {summary.seconds:.1f} s: "
           f"{summary.rate:,.0f} events/s; {tasks}, {summary.skipped:,} events left out, "
           f"{summary.dead_letters:,} undecodable records skipped", file=out)
     print(checkpoint_line(summary.checkpoint), file=out)
     return summary
+
+
+def _discard(target: Target) -> None:
+    """A store being built, and what SQLite keeps beside its file."""
+    if isinstance(target, Path):
+        _remove_store_files(target)
+    else:
+        store = building(target)
+        try:
+            store.clear()
+        finally:
+            store.close()
 
 
 def _remove_store_files(path: Path) -> None:

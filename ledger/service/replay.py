@@ -31,8 +31,11 @@ from typing import Any
 from ledger.contract.events import PartitionClaimed
 from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
+from projections.postgres import BUILDING_SCHEMA, PostgresStore
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
-from projections.store import ProjectionStore
+from projections.store import ProjectionStore, Store
+
+Target = Path | str  # a SQLite file, or a PostgreSQL database's URL
 
 BATCH_ENTRIES = 50_000
 REPLAY_ROWS = 50_000  # task rows held in memory; the store holds them all
@@ -71,7 +74,7 @@ class ReplaySummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-async def replay(settings: Settings, store: ProjectionStore, *, partitions: Collection[int] | None = None,
+async def replay(settings: Settings, store: Store, *, partitions: Collection[int] | None = None,
                  status: bool = True, history: bool = True, since_ms: int | None = None,
                  to_offset: int | None = None, progress: Callable[[Progress], None] | None = None) -> ReplaySummary:
     """Fold the topic (or its ``partitions``) from offset 0 into ``store`` until caught up (or every
@@ -97,7 +100,7 @@ def no_collections() -> Iterator[None]:
             gc.enable()
 
 
-async def _replay(settings: Settings, store: ProjectionStore, partitions: Collection[int] | None, status: bool,
+async def _replay(settings: Settings, store: Store, partitions: Collection[int] | None, status: bool,
                   history: bool, since_ms: int | None, to_offset: int | None,
                   progress: Callable[[Progress], None] | None) -> ReplaySummary:
     projector = Projector(status=status, history=history, store=store, capacity=REPLAY_ROWS,
@@ -134,11 +137,11 @@ async def _replay(settings: Settings, store: ProjectionStore, partitions: Collec
                              reader.dead_letter_count, _capped(reader.positions(), to_offset))
 
 
-async def build_store(settings: Settings, path: Path, *, processes: int | None = None,
+async def build_store(settings: Settings, target: Target, *, processes: int | None = None,
                       progress: Callable[[Progress], None] | None = None, **options: Any) -> ReplaySummary:
-    """Replay into a new store file at ``path`` with ``processes`` processes (at most one a
-    partition), each folding a share of the partitions; ``options`` as for ``replay``. The store
-    gets its query indexes once every share is in.
+    """Replay into a new store (``building``: a file, or a database's building schema) with ``processes``
+    processes (at most one a partition), each folding a share of the partitions; ``options`` as for
+    ``replay``. The store gets its query indexes once every share is in.
 
     ``processes=None`` chooses: the CPUs this process may use, or one for a topic of fewer than
     ``PARALLEL_FROM_EVENTS`` events.
@@ -150,8 +153,8 @@ async def build_store(settings: Settings, path: Path, *, processes: int | None =
         if processes is None:
             processes = len(os.sched_getaffinity(0)) if events >= PARALLEL_FROM_EVENTS else 1
         if processes > 1 and len(partitions) > 1:
-            return await _replay_in_processes(settings, path, partitions, processes, progress, options)
-    store = ProjectionStore(path, building=True)
+            return await _replay_in_processes(settings, target, partitions, processes, progress, options)
+    store = building(target)
     try:
         summary = await replay(settings, store, progress=progress, **options)
         store.index()
@@ -160,7 +163,7 @@ async def build_store(settings: Settings, path: Path, *, processes: int | None =
     return summary
 
 
-async def _replay_in_processes(settings: Settings, path: Path, partitions: list[int], processes: int,
+async def _replay_in_processes(settings: Settings, target: Target, partitions: list[int], processes: int,
                                progress: Callable[[Progress], None] | None,
                                options: dict[str, Any]) -> ReplaySummary:
     started = time.perf_counter()
@@ -171,11 +174,11 @@ async def _replay_in_processes(settings: Settings, path: Path, partitions: list[
     counts = context.Array("q", 2 * len(shares), lock=False)  # events, lag of each share
     results = context.Queue()
     children = [context.Process(target=_replay_share, name=f"ledger-replay-{i}",
-                                args=(settings, str(path), share, options, counts, i, results))
+                                args=(settings, target, share, options, counts, i, results))
                 for i, share in enumerate(shares)]
     # Made here, before the shares open it: SQLite refuses at once ("database is locked", without
     # waiting) a connection that switches a file to WAL while another does the same.
-    ProjectionStore(path, building=True).close()
+    building(target).close()
     for child in children:
         child.start()
     summaries: dict[int, ReplaySummary | str] = {}
@@ -203,7 +206,7 @@ async def _replay_in_processes(settings: Settings, path: Path, partitions: list[
     if failures:
         raise ReplayFailed("; ".join(failures))
     done = [outcome for outcome in summaries.values() if isinstance(outcome, ReplaySummary)]
-    store = ProjectionStore(path, building=True)
+    store = building(target)
     try:
         store.index()
         tasks = store.count()
@@ -223,7 +226,7 @@ def _collect(results: Any, summaries: dict[int, ReplaySummary | str]) -> None:
         summaries[index] = outcome
 
 
-def _replay_share(settings: Settings, path: str, partitions: list[int], options: dict[str, Any],
+def _replay_share(settings: Settings, target: Target, partitions: list[int], options: dict[str, Any],
                   counts: Any, index: int, results: Any) -> None:
     """One process of ``_replay_in_processes``: its partitions into the shared store being built."""
 
@@ -240,7 +243,7 @@ def _replay_share(settings: Settings, path: str, partitions: list[int], options:
     # For good: the process ends with its share, and turning collection back on (no_collections)
     # would walk every object the share made once more on the way out (0.16 s of a 9 s replay).
     gc.disable()
-    store = ProjectionStore(path, building=True)
+    store = building(target)
     try:
         outcome: ReplaySummary | str = asyncio.run(replay(settings, store, partitions=partitions,
                                                           progress=report, **options))
@@ -249,6 +252,14 @@ def _replay_share(settings: Settings, path: str, partitions: list[int], options:
     finally:
         store.close()
     results.put((index, outcome))
+
+
+def building(target: Target) -> Store:
+    """The store being built at ``target``: a SQLite file, or a PostgreSQL database (its URL) whose
+    building schema takes the live one's place when complete."""
+    if isinstance(target, Path):
+        return ProjectionStore(target, building=True)
+    return PostgresStore(target, schema=BUILDING_SCHEMA, building=True)
 
 
 def _capped(positions: dict[int, int], to_offset: int | None) -> dict[int, int]:
