@@ -46,6 +46,10 @@ class DatabaseUnavailable(RuntimeError):
     """The projection database cannot be reached, or its URL cannot be read."""
 
 
+class ForeignDatabase(RuntimeError):
+    """The database holds the fold of another topic (a recreated topic, another deployment's)."""
+
+
 class CheckpointMoved(RuntimeError):
     """Another writer moved a partition's checkpoint since this one read it: it no longer owns it."""
 

@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 
 from ledger.contract.events import (
-    ElicitationRequested,
-    RequestRejected,
-    ResponseSubmitted,
     TaskCompleted,
     TaskCreated,
     TaskStarted,
@@ -23,24 +20,9 @@ from ledger.kafka.appender import EventLog
 from ledger.settings import Settings
 from projections.postgres import PostgresStore
 from projections.store import ProjectionStore
-from tests.support.factories import sample
+from tests.support.factories import plan_trip, sample
 from tests.support.spawn import LEDGER, role_environment
 from tests.support.stack import until
-
-
-def plan_trip(task_id: str) -> list:
-    return [
-        sample(TaskCreated, task_id, tool="plan_trip", arguments_json='{"destination":"Rome"}', protocol="2025-11-25"),
-        sample(TaskStarted, task_id),
-        sample(ElicitationRequested, task_id, elicitation_id="dates", sequence=0, message="When do you want to go?"),
-        sample(RequestRejected, task_id, elicitation_id="dates", reason="content does not match the requested schema"),
-        sample(ResponseSubmitted, task_id, elicitation_id="dates", content_json='{"nights":4}',
-               protocol="2026-07-28/tasks"),
-        sample(ElicitationRequested, task_id, elicitation_id="confirm", sequence=1, message="Book 4 nights?"),
-        sample(ResponseSubmitted, task_id, elicitation_id="confirm", content_json='{"confirm":true}',
-               protocol="2026-07-28/mrtr"),
-        sample(TaskCompleted, task_id, result_json='{"content":[{"type":"text","text":"booked Rome for 4 nights"}]}'),
-    ]
 
 
 def ledger(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

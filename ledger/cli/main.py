@@ -27,7 +27,7 @@ from ledger.kafka.profiles import KafkaUnreachable, NotKafka
 from ledger.kafka.topics import TopicError, ensure_topics
 from ledger.service.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
-from projections.postgres import DatabaseUnavailable
+from projections.postgres import DatabaseUnavailable, ForeignDatabase
 from projections.store import OutdatedStore
 
 # ledger.cli.roles (the MCP SDK, uvicorn) is imported by the commands that serve, in their run_*:
@@ -41,7 +41,8 @@ log answer tasks/get, and workers resume waiting tools from it."""
 
 EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken,
                    NotKafka, KafkaUnreachable, reads.NoSuchTask, FileNotFoundError, ReplayFailed,
-                   mcp_client.ClientError, OutdatedStore, DatabaseUnavailable, psycopg.OperationalError)
+                   mcp_client.ClientError, OutdatedStore, DatabaseUnavailable, ForeignDatabase,
+                   psycopg.OperationalError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                         help="address of the metrics port (default: %(default)s)")
     worker.set_defaults(run=run_worker)
+
+    projector = commands.add_parser(
+        "projector", help="keep the shared projection store (PostgreSQL) current",
+        description="Join the projector group and fold the partitions it is given into the shared projection "
+                    "store in LEDGER_DATABASE_URL (task rows, history, the offsets they reach), from the "
+                    "database's checkpoint on. Build the store once with `ledger replay --database`, or let a "
+                    "projector fold the log from offset 0; run two or more, and one takes over a partition "
+                    "where another stopped.",
+        epilog=describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    projector.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (default: LEDGER_BOOTSTRAP)")
+    projector.add_argument("--database", metavar="URL", help="the PostgreSQL database (default: LEDGER_DATABASE_URL)")
+    projector.set_defaults(run=run_projector)
 
     dev = commands.add_parser(
         "dev",
@@ -297,7 +310,7 @@ def _configure_logging(command: str) -> None:
     """Timestamped lines on stderr: ledger's own at INFO for the long-running roles, WARNING for the
     commands that print for people (``ledger dev``'s terminal is for its banner and transitions, a
     read command's for what it read); the Kafka client's at WARNING."""
-    level = logging.INFO if command in ("server", "worker", "broker") else logging.WARNING
+    level = logging.INFO if command in ("server", "worker", "projector", "broker") else logging.WARNING
     logging_setup.configure(level)
 
 
@@ -347,6 +360,15 @@ def run_worker(args: argparse.Namespace) -> int:
     from ledger.cli.roles import work  # see the note on imports above
     return _run(work(load_app(args.app), settings, metrics_at=None if args.metrics_port is None
                      else (args.metrics_host, args.metrics_port)))
+
+
+def run_projector(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    url = args.database or settings.database_url
+    if not url:
+        raise SettingsError("ledger projector needs a database: --database URL, or LEDGER_DATABASE_URL set")
+    from ledger.cli.roles import project  # see the note on imports above
+    return _run(project(settings, url))
 
 
 def run_dev(args: argparse.Namespace) -> int:

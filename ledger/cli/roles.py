@@ -1,4 +1,4 @@
-"""The long-running roles behind ``ledger server``, ``ledger worker`` and ``ledger dev``.
+"""The long-running roles behind ``ledger server``, ``ledger worker``, ``ledger projector`` and ``ledger dev``.
 
 Each runs until SIGINT or SIGTERM, then stops cleanly: the server finishes its responses, the
 worker stops its runs (another worker, or this one restarted, resumes them from the log) and
@@ -8,6 +8,7 @@ commits what is safe.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import tempfile
@@ -27,7 +28,9 @@ from ledger.http.connections import uvicorn_options
 from ledger.http.hosts import HostCheck, transport_security
 from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
 from ledger.kafka.topics import ensure_topics
+from ledger.service.projectors import ProjectorMember
 from ledger.settings import Settings
+from projections.postgres import PostgresStore
 
 
 class HttpServer(uvicorn.Server):
@@ -127,6 +130,19 @@ async def work(app: App, settings: Settings, metrics_at: tuple[str, int] | None 
     print(f"ledger worker {worker.worker_id}: running {', '.join(app.tools)} (Kafka {settings.bootstrap}){metrics}",
           flush=True)
     await _until(stop, *roles)
+
+
+async def project(settings: Settings, url: str) -> None:
+    stop = _stop_on_signal()
+    await ensure_topics(settings)
+    store = await asyncio.to_thread(PostgresStore, url)
+    try:
+        member = ProjectorMember(settings, store, member_id=f"projector-{socket.gethostname()}-{os.getpid()}")
+        print(f"ledger projector: folding {settings.events_topic} into {store.path} (Kafka {settings.bootstrap})",
+              flush=True)
+        await _until(stop, asyncio.create_task(member.run()))
+    finally:
+        store.close()
 
 
 def _metrics_server(worker: Worker, host: str, port: int) -> HttpServer:

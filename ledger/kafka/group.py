@@ -13,6 +13,7 @@ from ledger.kafka.records import DeadLetterSink, log_dead_letter
 from ledger.settings import Settings
 
 PartitionsCallback = Callable[[set[int]], Awaitable[None]]
+StartsCallback = Callable[[set[int]], Awaitable[dict[int, int]]]
 
 
 async def _nothing(partitions: set[int]) -> None:
@@ -34,7 +35,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = {tp.partition for tp in assigned}
-        await self._member.start_where_committed(assigned)
+        await self._member.start_reading(assigned)
         self._member.own(partitions)
         await self._assigned(partitions)
 
@@ -43,7 +44,9 @@ class GroupConsumer(DecodingConsumer):
     """Owns a share of the partitions; resumes each from the group's committed offset.
 
     Nothing is committed automatically: the owner commits the offset below which every event's
-    effects are durable, so a member that dies hands over without losing a transition.
+    effects are durable, so a member that dies hands over without losing a transition. An owner that
+    keeps its offsets elsewhere (the projectors, in their database) says where each newly assigned
+    partition starts with ``starts``.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class GroupConsumer(DecodingConsumer):
         *,
         on_assigned: PartitionsCallback = _nothing,
         on_revoked: PartitionsCallback = _nothing,
+        starts: StartsCallback | None = None,
         codec: Codec | None = None,
         dead_letters: DeadLetterSink = log_dead_letter,
         client_id: str | None = None,
@@ -68,6 +72,7 @@ class GroupConsumer(DecodingConsumer):
         )
         super().__init__(settings, options, codec, dead_letters, max_records)
         self._listener = _Listener(self, on_assigned, on_revoked)
+        self._starts = starts
         self._owned: set[int] = set()
 
     async def start(self) -> None:
@@ -82,18 +87,23 @@ class GroupConsumer(DecodingConsumer):
         # owner that has not set the partition up yet would drop its records, and read on past them.
         return partition in self._owned
 
-    async def start_where_committed(self, assigned: set[TopicPartition]) -> None:
-        """On a broker that can serve a later batch before an earlier one, read each newly assigned
-        partition from its committed offset (0 when none: ledger's topics are never truncated) with
-        that offset known, so that the first fetch is checked for holes like every later one. Without
-        it, a first fetch that began past a batch not yet readable skipped that batch for good (a task
-        created there never reached a worker)."""
-        if self.profile is None or self.profile.serves_batches_in_order:
-            return
-        starts = {tp: await self._consumer.committed(tp) or 0 for tp in assigned}
-        for tp, start in starts.items():  # together, with no await between: nothing fetched in between
-            self._consumer.seek(tp, start)
-            self._positions[tp.partition] = start
+    async def start_reading(self, assigned: set[TopicPartition]) -> None:
+        """Read each newly assigned partition from where the owner's ``starts`` says; without it, on a
+        broker that can serve a later batch before an earlier one, from its committed offset (0 when
+        none: ledger's topics are never truncated) with that offset known, so that the first fetch is
+        checked for holes like every later one. Without that, a first fetch that began past a batch
+        not yet readable skipped that batch for good (a task created there never reached a worker)."""
+        if self._starts is not None:
+            self.rewind(await self._starts({tp.partition for tp in assigned}))
+        elif self.profile is not None and not self.profile.serves_batches_in_order:
+            self.rewind({tp.partition: await self._consumer.committed(tp) or 0 for tp in assigned})
+
+    def rewind(self, starts: Mapping[int, int]) -> None:
+        """Read each partition of ``starts`` again from its offset (together, with no await between:
+        nothing is fetched in between)."""
+        for partition, start in starts.items():
+            self._consumer.seek(TopicPartition(self.topic, partition), start)
+            self._positions[partition] = start
 
     def own(self, partitions: set[int]) -> None:
         """Hand out records of ``partitions`` from now on (called just before ``on_assigned``, whose

@@ -118,3 +118,18 @@ _codec = Codec()
 def written(partition: int, offset: int, event: TaskEvent) -> LogRecord:
     """``event`` as a reader hands it out from ``partition`` at ``offset``: with its bytes as written."""
     return LogRecord(partition, offset, event, _codec.encode(event))
+
+
+def plan_trip(task_id: str) -> list:
+    return [
+        sample(TaskCreated, task_id, tool="plan_trip", arguments_json='{"destination":"Rome"}', protocol="2025-11-25"),
+        sample(TaskStarted, task_id),
+        sample(ElicitationRequested, task_id, elicitation_id="dates", sequence=0, message="When do you want to go?"),
+        sample(RequestRejected, task_id, elicitation_id="dates", reason="content does not match the requested schema"),
+        sample(ResponseSubmitted, task_id, elicitation_id="dates", content_json='{"nights":4}',
+               protocol="2026-07-28/tasks"),
+        sample(ElicitationRequested, task_id, elicitation_id="confirm", sequence=1, message="Book 4 nights?"),
+        sample(ResponseSubmitted, task_id, elicitation_id="confirm", content_json='{"confirm":true}',
+               protocol="2026-07-28/mrtr"),
+        sample(TaskCompleted, task_id, result_json='{"content":[{"type":"text","text":"booked Rome for 4 nights"}]}'),
+    ]
