@@ -3,6 +3,7 @@
     python bench/start.py                                   # 500,000 and 1,000,000 events, embedded broker
     python bench/start.py --events 5000000 --open 10000     # the size the start-time goal is set for
     python bench/start.py --broker kafka
+    python bench/start.py --database                        # servers on the shared store (PostgreSQL)
 
 For each size: a fresh broker, a log seeded with approve_expense tasks (five events for a finished
 one: created, started, asked, answered, completed; three for an open one, still waiting for its
@@ -13,17 +14,23 @@ then and its peak; a ``tasks/get`` and a
 ``task_history`` of the log's first finished task through it; then ``ledger worker`` timed from
 launch to "all partitions read to its claims", with its RSS; then ``ledger replay`` of the same log
 into a new store, the rate a role's catch-up is held to. One row per size.
+
+``--database``: a PostgreSQL cluster of its own (Debian's package, fsync on) holds the shared
+projection store; ``ledger replay --database`` builds it from the seeded log (the replay timed), and
+the server starts with ``LEDGER_DATABASE_URL`` pointing at it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +44,7 @@ from ledger.kafka.appender import EventLog  # noqa: E402
 from ledger.kafka.broker import free_port  # noqa: E402
 from ledger.kafka.topics import ensure_topics  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
+from tests.support.postgres import postgres  # noqa: E402
 from tests.support.raw_http import ModernClient  # noqa: E402
 from tests.support.spawn import LEDGER, drain, role_environment  # noqa: E402
 
@@ -111,14 +119,21 @@ async def read_first(url: str) -> tuple[str, int]:
     return task["status"], len(history["structuredContent"]["history"])
 
 
-def measure(broker: str, events: int, open_tasks: int) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="bench-start-") as folder, fresh_broker(broker) as (bootstrap, _):
+def measure(broker: str, events: int, open_tasks: int, database: bool) -> dict[str, object]:
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-start-"))
+        bootstrap, _ = stack.enter_context(fresh_broker(broker))
         tokens = Path(folder) / "tokens"
         tokens.write_text(f"{TOKEN} alice\n")
         settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"start-{uuid.uuid4().hex[:8]}",
                                      tokens_file=str(tokens))
         asyncio.run(ensure_topics(settings))
         tasks = asyncio.run(seed(settings, events, open_tasks))
+        if database:
+            settings = replace(settings, database_url=stack.enter_context(postgres()))
+            replay_s = timed_replay(settings, "--database")
+        else:
+            replay_s = timed_replay(settings, "--store", f"{folder}/replayed.db")
         server, server_s = start_server(settings, port := free_port())
         try:
             server_rss, server_peak = rss_mb(server.pid), peak_rss_mb(server.pid)
@@ -132,13 +147,16 @@ def measure(broker: str, events: int, open_tasks: int) -> dict[str, object]:
         finally:
             worker.terminate()
             worker.wait(60)
-        started = time.monotonic()
-        subprocess.run(LEDGER + ["replay", "--store", f"{folder}/replayed.db"], cwd=ROOT, check=True,
-                       capture_output=True, env=role_environment(settings))
-        replay_s = time.monotonic() - started
     return {"events": events, "tasks": tasks, "open": open_tasks, "server_s": server_s, "server_rss": server_rss,
             "server_peak": server_peak, "first_task": f"{status}, {entries} entries", "worker_s": worker_s,
             "worker_rss": worker_rss, "worker_peak": worker_peak, "replay_s": replay_s}
+
+
+def timed_replay(settings: Settings, *into: str) -> float:
+    started = time.monotonic()
+    subprocess.run(LEDGER + ["replay", *into], cwd=ROOT, check=True, capture_output=True,
+                   env=role_environment(settings))
+    return time.monotonic() - started
 
 
 def main() -> None:
@@ -146,9 +164,12 @@ def main() -> None:
     parser.add_argument("--events", default="500000,1000000", help="log sizes, comma-separated")
     parser.add_argument("--open", type=int, default=10_000, help="tasks left waiting for an answer")
     parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded")
+    parser.add_argument("--database", action="store_true",
+                        help="serve from the shared projection store in PostgreSQL, built by `ledger replay --database`")
     args = parser.parse_args()
-    rows = [measure(args.broker, int(size), args.open) for size in args.events.split(",")]
-    print(f"\n{args.broker} broker; a fresh server and worker, no local state\n")
+    rows = [measure(args.broker, int(size), args.open, args.database) for size in args.events.split(",")]
+    where = "the shared store (PostgreSQL)" if args.database else "no local state"
+    print(f"\n{args.broker} broker; a fresh server and worker, {where}\n")
     print("| events | tasks (open) | server ready | server RSS (peak) | first task through it | worker ready | "
           "worker RSS (peak) | `ledger replay` |\n|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -18,7 +18,7 @@ import psycopg
 
 from ledger.contract.codec import Codec
 from projections.history import Entry, Recorded, render
-from projections.status import TaskRow
+from projections.status import TaskRow, transition
 from projections.store import (
     EVERYONE,
     INDEXES,
@@ -176,6 +176,34 @@ class PostgresStore(Store):
 
     def checkpoint(self) -> dict[int, int]:
         return dict(self._all("SELECT partition, next_offset FROM checkpoint"))
+
+    def snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
+        """The checkpoint and the partitions' owners as of it, read together (one writer's commit
+        cannot fall between them)."""
+        with self._lock, self._db.transaction():
+            self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            checkpoint = dict(self._db.execute("SELECT partition, next_offset FROM checkpoint").fetchall())
+            owners = dict(self._db.execute("SELECT partition, actor FROM owners").fetchall())
+        return checkpoint, owners
+
+    def rows_before(self, positions: Mapping[str, tuple[int, int]]) -> dict[str, TaskRow]:
+        """Each task's row as it was just before its (partition, offset) in ``positions``: its history
+        entries before that place, folded (the entries a fold ignored changed nothing, and a fold is
+        deterministic). Exact whatever this database has read since: a server folding the log behind
+        the projectors starts a task's row from here."""
+        if not positions:
+            return {}
+        query = ("SELECT task_id, position, record FROM history WHERE task_id = ANY(%s) "
+                 "AND ignored_because IS NULL ORDER BY position")
+        rows: dict[str, TaskRow] = {}
+        decode = self._codec.decode
+        for task_id, position, record in self._all(query, (list(positions),)):
+            partition, offset = positions[task_id]
+            if position < (partition << OFFSET_BITS) | offset:
+                row = transition(rows.get(task_id), decode(record))
+                if row is not None:
+                    rows[task_id] = row
+        return rows
 
     def owners(self) -> dict[int, str]:
         return dict(self._all("SELECT partition, actor FROM owners"))

@@ -43,9 +43,11 @@ from ledger.mcp.wire import (
 from ledger.metrics import Metrics
 from ledger.service.live_view import LiveView
 from ledger.service.queries import ReadSide
+from ledger.service.shared_view import SharedView
 from ledger.service.tasks import TaskService
 from ledger.settings import Settings
-from projections.store import ProjectionStore
+from projections.postgres import PostgresStore
+from projections.store import ProjectionStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,17 @@ log = logging.getLogger(__name__)
 # metadata) it is never published or compared, so it names nothing real.
 TOKEN_ISSUER = "https://issuer.invalid"
 MIN_BODY_LIMIT = 1 << 20
+
+
+def _projections(settings: Settings, metrics: Metrics) -> tuple[Store, LiveView]:
+    """The store the read side reads, and the view that follows the log: with ``LEDGER_DATABASE_URL``,
+    the shared store the projectors keep and a view that starts where it stands; else a store of the
+    server's own (``LEDGER_STORE``) that its view writes."""
+    if settings.database_url:
+        database = PostgresStore(settings.database_url)
+        return database, SharedView(settings, database, metrics)
+    store = ProjectionStore(settings.store, rebuild_outdated=True)
+    return store, LiveView(settings, store, metrics)
 
 
 def create_app(app: App, settings: Settings, instance: str | None = None, *, host: str = "127.0.0.1",
@@ -68,8 +81,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     metrics = Metrics()
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics)
     health = LogHealth(settings, event_log)
-    store = ProjectionStore(settings.store, rebuild_outdated=True)
-    view = LiveView(settings, store, metrics)
+    store, view = _projections(settings, metrics)
     metrics.watch(store.count_by_status, view.lag, view.dead_letters)
     metrics.registry.register(event_log.series())
     service = TaskService(app, settings, event_log, view, actor=f"server:{instance}", metrics=metrics)

@@ -150,7 +150,7 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         except TaskNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except Refused as exc:
-            row = view.get(task_id)
+            row = await view.load(task_id)
             pending = row.pending_elicitation(elicitation_id) if row is not None else None
             fields = field_errors(pending.requested_schema_json, content) if pending and action == "accept" else {}
             return JSONResponse({"error": str(exc), "fields": fields}, status_code=400)

@@ -113,7 +113,7 @@ class TaskListeners:
         """Read the log as it is now once, if a task is not in this server's view yet (another server may
         have created it a moment ago)."""
         view = self.service.view
-        if any(view.get(task_id) is None for task_id in task_ids):
+        if any([await view.load(task_id) is None for task_id in task_ids]):
             await view.settle(self.service.settings.read_timeout_ms / 1000)
 
     def _own(self, task_ids: list[str], principal: str | None) -> list[TaskRow]:

@@ -319,7 +319,7 @@ class Adapter:
     async def list_tasks(self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
         legacy_only(ctx, "tasks/list", "the tasks extension has no listing")
         with service_errors():
-            rows, next_cursor = self.service.page(principal_of(ctx), params.cursor)
+            rows, next_cursor = await self.service.page(principal_of(ctx), params.cursor)
         result: dict[str, Any] = {"tasks": [task_json(row) for row in rows]}
         if next_cursor is not None:
             result["nextCursor"] = next_cursor

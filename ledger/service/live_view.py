@@ -93,12 +93,15 @@ class LiveView:
             self._projector.fence.owners.update(self.store.owners())
             for principal, created_at, task_id in sorted(self.store.keys(), key=lambda k: (k[1], k[2])):
                 self._listing.setdefault(principal, []).append((created_at, task_id))
-        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
-                                 checkpoint=self._applied)
-        await self._reader.start()
-        self._follower = asyncio.create_task(self._follow(), name="live view")
+        await self._follow_from(self._applied)
         if self.store is not None:
             self._flushing = asyncio.create_task(self._flush_forever(), name="projection store")
+
+    async def _follow_from(self, checkpoint: dict[int, int]) -> None:
+        self._applied = dict(checkpoint)
+        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
+        await self._reader.start()
+        self._follower = asyncio.create_task(self._follow(), name="live view")
 
     async def stop(self) -> None:
         for task in (self._follower, self._flushing):
@@ -112,6 +115,10 @@ class LiveView:
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.projection.get(task_id)
+
+    async def load(self, task_id: str) -> TaskRow | None:
+        """``get``, and where this view holds only some rows, the task's row read from where the rest are."""
+        return self.get(task_id)
 
     def not_ready(self) -> str | None:
         """Why this view cannot answer reads yet (None when it can): not caught up, or not following."""
@@ -175,7 +182,7 @@ class LiveView:
                     if not watchers:
                         del self._watchers[task_id]
 
-    def page(self, principal: str | None, after: ListKey | None, limit: int) -> list[TaskRow]:
+    async def page(self, principal: str | None, after: ListKey | None, limit: int) -> list[TaskRow]:
         """Up to ``limit`` of the principal's tasks in creation order, starting after ``after``."""
         keys = self._listing.get(principal, [])
         start = 0 if after is None else bisect_right(keys, after)
@@ -197,7 +204,9 @@ class LiveView:
                 await asyncio.sleep(0.5)
                 continue
             if records:
+                await self._before_applying(records)
                 self._apply(records)
+                self._after_applying()
             positions = self._reader.positions()
             if positions != self._applied:
                 self._applied = positions
@@ -248,8 +257,7 @@ class LiveView:
             pending = before.pending_elicitation(event.elicitation_id)
             if pending is not None:
                 self.metrics.elicitation_wait.observe(max(0, event.occurred_at - pending.requested_at) / 1000)
-        if before is None and after is not None:
-            insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
+        self._applied_record(record, before, after)
         if before is after or not self.caught_up.is_set():
             return  # a repeat, an event the fence ignored, or catch-up
         for listener in self._listeners:
@@ -262,6 +270,16 @@ class LiveView:
                 event_listener(event)
             except Exception:
                 log.exception("live view: listener %r failed on task %s", event_listener, event.task_id)
+
+    async def _before_applying(self, records: list[LogRecord]) -> None:
+        """What a fetch's records need before they are folded (nothing, here)."""
+
+    def _applied_record(self, record: LogRecord, before: TaskRow | None, after: TaskRow | None) -> None:
+        if before is None and after is not None:
+            insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
+
+    def _after_applying(self) -> None:
+        """What follows a fetch's fold (nothing, here)."""
 
     async def _flush_forever(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from ledger.contract.events import iso, now_ms
 from ledger.service.cursors import decode_cursor, encode_cursor
 from ledger.service.errors import TaskNotFound
 from projections.status import PendingElicitation, TaskRow
-from projections.store import EVERYONE, ProjectionStore
+from projections.store import EVERYONE, Store
 
 PAGE_SIZE = 50
 
@@ -45,7 +45,7 @@ class ReadSide:
     """``current`` gives a task's row as the server sees it now; the store (written in batches a
     moment later) answers the rest, after ``written`` wrote what the server has seen so far."""
 
-    def __init__(self, store: ProjectionStore, auditors: Iterable[str] = (),
+    def __init__(self, store: Store, auditors: Iterable[str] = (),
                  current: Callable[[str], TaskRow | None] | None = None,
                  written: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store

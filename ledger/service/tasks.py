@@ -109,7 +109,7 @@ class TaskService:
         """``get``, except that a task this server has not seen yet, or whose row does not yet show
         what ``knows`` asks for, is looked for once more after the view has read the log as it is
         now (another server may have written it a moment ago)."""
-        row = self.view.get(task_id)
+        row = await self.view.load(task_id)
         if row is None or not knows(row):
             await self.view.settle(self.settings.read_timeout_ms / 1000)
         return self.get(task_id, principal)
@@ -203,6 +203,7 @@ class TaskService:
                 return row
             positions = await self.log.append_many(events)
             await self.view.reached(positions[-1], self.settings.read_timeout_ms / 1000)
+            await self.view.load(task_id)
             row = self.get(task_id, principal)
             if not ignore_stale:
                 # Another server may have taken another answer a moment before: the log decides.
@@ -257,10 +258,11 @@ class TaskService:
             raise Refused(f"Cannot cancel task: already in terminal status '{row.status}'")
         return row
 
-    def page(self, principal: str | None, cursor: str | None, limit: int = PAGE_SIZE) -> tuple[list[TaskRow], str | None]:
+    async def page(self, principal: str | None, cursor: str | None,
+                   limit: int = PAGE_SIZE) -> tuple[list[TaskRow], str | None]:
         """One page of the principal's tasks, and the cursor of the next page (None at the end)."""
         after = None if cursor is None else decode_cursor(cursor)
-        rows = self.view.page(principal, after, limit + 1)
+        rows = await self.view.page(principal, after, limit + 1)
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
@@ -269,7 +271,7 @@ class TaskService:
     async def _append(self, event: TaskEvent) -> TaskRow:
         position = await self.log.append(event)
         await self.view.reached(position, self.settings.read_timeout_ms / 1000)
-        row = self.view.get(event.task_id)
+        row = await self.view.load(event.task_id)
         assert row is not None, "an applied event of an existing task leaves its row"
         return row
 

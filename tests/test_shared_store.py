@@ -1,0 +1,122 @@
+"""A server on the shared projection store: it starts where the database stands and folds on from there,
+and what it holds equals a replay of the log from offset 0, row by row and entry by entry. The
+server, tasks-extension and read-side tests run here again on a server of the shared store, with a
+projector keeping its database current: one contract, both ways of keeping the projections."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from ledger.kafka.appender import EventLog
+from ledger.kafka.reader import LogReader
+from ledger.kafka.records import LogRecord
+from ledger.service.replay import replay
+from ledger.service.shared_view import SharedView
+from ledger.settings import Settings
+from projections.postgres import PostgresStore
+from projections.projector import Projector
+from projections.status import TaskRow
+from projections.store import ProjectionStore
+from tests import test_modern, test_readside, test_server
+from tests.support.factories import plan_trip
+from tests.support.postgres import new_database
+from tests.support.stack import until
+from tests.test_projectors import assert_same, member
+
+
+@pytest.fixture(scope="module")
+def stack_settings(postgres_cluster: str) -> dict[str, Any]:
+    return {**test_modern.stack_settings.__wrapped__(), "database_url": new_database(postgres_cluster)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def projecting(stack: tuple[str, Settings]) -> AsyncIterator[None]:
+    """A projector for the module's stack, keeping its database current."""
+    _, settings = stack
+    async with member(settings, settings.database_url, "projector"):
+        yield
+
+
+# The contract: every test of these modules that runs on the module's stack.
+for _module in (test_server, test_modern, test_readside):
+    globals().update({name: test for name, test in vars(_module).items()
+                      if name.startswith("test_") and "stack" in inspect.signature(test).parameters})
+
+
+def begun(first: int, last: int) -> list:
+    """Trips ``first`` to ``last - 1``, each stopped at another step."""
+    return [event for i in range(first, last) for event in plan_trip(f"trip-{i}")[: 1 + i % 7]]
+
+
+def finished(first: int, last: int) -> list:
+    """The rest of the events of ``begun``'s trips: answers, questions and ends of tasks created before."""
+    return [event for i in range(first, last) for event in plan_trip(f"trip-{i}")[1 + i % 7:]]
+
+
+async def fold_from_zero(settings: Settings) -> dict[tuple[int, int], TaskRow | None]:
+    """Each record's task's row just after it, folding the log from offset 0 in memory."""
+    projector, rows = Projector(), {}
+    async with LogReader(settings) as reader:
+        while not reader.caught_up() or not rows:
+            for record in await reader.fetch(timeout_ms=200):
+                rows[record.partition, record.offset] = projector.apply(record)[1]
+    return rows
+
+
+@pytest.mark.parametrize("projectors", ["behind the view", "ahead of the view"])
+async def test_a_view_restored_from_the_database_and_following_the_log_equals_a_replay_from_zero(
+        settings: Settings, topics: dict, database_url: str, projectors: str) -> None:
+    settings = replace(settings, cached_rows=4)  # most rows leave memory once the database has them
+    database = PostgresStore(database_url)
+    async with EventLog(settings) as log:
+        await log.append_many(begun(0, 40))
+        await replay(settings, database, to_offset=12)  # the database, partway through
+        await log.append_many(finished(0, 20) + begun(40, 60))  # behind the database's checkpoint
+        restored = PostgresStore(database_url)
+        if projectors == "ahead of the view":
+            # The projectors fold everything between the view's reading the checkpoint and its first
+            # fetch: every row the view then needs is further on in the database than the view is.
+            then = restored.snapshot()
+            async with member(settings, database_url, "projector"):
+                await until(lambda: sum(database.checkpoint().values()) == len(begun(0, 60) + finished(0, 20)), 60)
+            restored.snapshot = lambda: then
+        view = SharedView(settings, restored)
+        folded: dict[tuple[int, int], TaskRow | None] = {}
+        keep = view._applied_record
+
+        def applied(record: LogRecord, before: TaskRow | None, after: TaskRow | None) -> None:
+            folded[record.partition, record.offset] = after
+            keep(record, before, after)
+
+        view._applied_record = applied
+        await view.start()
+        try:
+            async with member(settings, database_url, "projector"):
+                await log.append_many(finished(20, 60))
+                replayed = ProjectionStore()
+                await replay(settings, replayed)
+                end = replayed.checkpoint()
+                await until(lambda: view._reader.positions() == end, 60,
+                            lambda: f"the view reached {view._reader.positions()}, the log {end}")
+                await until(lambda: database.checkpoint() == end, 60)
+                await asyncio.sleep(0.6)  # the view learns the database's checkpoint and lets rows go
+                view._after_applying()
+            truth = await fold_from_zero(settings)
+            assert folded and all(after == truth[position] for position, after in folded.items())
+            held = dict(view.projection.rows)
+            assert 0 < len(held) <= 4
+            for task_id, row in held.items():
+                assert row == replayed.row(task_id), task_id
+            for row in replayed.rows():  # every task, through the view: held, or read from the database
+                assert await view.load(row.task_id) == row, row.task_id
+            assert_same(database, replayed)
+            page = await view.page(None, None, 100)
+            assert [r.task_id for r in page] == [r.task_id for r in replayed.tasks(limit=100)]
+        finally:
+            await view.stop()
