@@ -11,12 +11,13 @@ believe they own a partition during a rebalance cannot both write it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import psycopg
 
 from ledger.contract.codec import Codec
+from ledger.kafka.records import LogRecord
 from projections.history import Entry, Recorded, render
 from projections.status import TaskRow, transition
 from projections.store import (
@@ -34,6 +35,9 @@ from projections.store import (
 )
 
 SCHEMA = TABLES.format(integer="BIGINT", bytes="BYTEA")
+# A worker given a partition reads its open tasks' history (``open_tasks``).
+OPEN_TASKS_INDEX = ("CREATE INDEX IF NOT EXISTS tasks_open ON tasks (task_id) "
+                    "WHERE status IN ('working', 'input_required')")
 SCHEMA_NAME = "ledger"  # the tables' PostgreSQL schema
 BUILDING_SCHEMA = "ledger_building"  # where ``ledger replay`` builds them, to take ``SCHEMA_NAME``'s place
 TABLE_NAMES = ("tasks", "history", "checkpoint", "owners", "meta")
@@ -106,6 +110,7 @@ class PostgresStore(Store):
         with self._lock, self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self._db.execute(INDEXES)
+            self._db.execute(OPEN_TASKS_INDEX)
             if self.building:
                 self._db.execute("ANALYZE tasks")
 
@@ -185,6 +190,26 @@ class PostgresStore(Store):
             checkpoint = dict(self._db.execute("SELECT partition, next_offset FROM checkpoint").fetchall())
             owners = dict(self._db.execute("SELECT partition, actor FROM owners").fetchall())
         return checkpoint, owners
+
+    def open_tasks(self, partitions: Collection[int]) -> tuple[dict[int, int], dict[int, str], list[LogRecord]]:
+        """What a worker given ``partitions`` restores, read together: their checkpoint, their owners as of
+        it, and the history records (as written) of their tasks still open then, in log order, without
+        the records a fold ignored."""
+        query = ("SELECT h.position, h.record FROM tasks t JOIN history h ON h.task_id = t.task_id "
+                 "WHERE t.status IN ('working', 'input_required') AND h.ignored_because IS NULL "
+                 f"AND h.position >> {OFFSET_BITS} = ANY(%s) ORDER BY h.position")
+        wanted = list(partitions)
+        with self._lock, self._db.transaction():
+            self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            checkpoint = dict(self._db.execute("SELECT partition, next_offset FROM checkpoint WHERE partition = "
+                                               "ANY(%s)", (wanted,)).fetchall())
+            owners = dict(self._db.execute("SELECT partition, actor FROM owners WHERE partition = ANY(%s)",
+                                           (wanted,)).fetchall())
+            found = self._db.execute(query, (wanted,)).fetchall()
+        decode = self._codec.decode
+        records = [LogRecord(position >> OFFSET_BITS, position & OFFSET_MASK, decode(record), record)
+                   for position, record in found]
+        return checkpoint, owners, records
 
     def rows_before(self, positions: Mapping[str, tuple[int, int]]) -> dict[str, TaskRow]:
         """Each task's row as it was just before its (partition, offset) in ``positions``: its history

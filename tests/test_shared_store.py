@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from examples.demo import app as demo
+from ledger.contract.events import PartitionClaimed
+from ledger.engine.worker import Worker
 from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord
+from ledger.kafka.topics import ensure_topics
 from ledger.service.replay import replay
 from ledger.service.shared_view import SharedView
 from ledger.settings import Settings
@@ -26,7 +31,8 @@ from projections.store import ProjectionStore
 from tests import test_modern, test_readside, test_server
 from tests.support.factories import plan_trip
 from tests.support.postgres import new_database
-from tests.support.stack import until
+from tests.support.raw_http import ModernClient
+from tests.support.stack import answer_through_tasks, in_status, running, serving, until, working
 from tests.test_projectors import assert_same, member
 
 
@@ -120,3 +126,40 @@ async def test_a_view_restored_from_the_database_and_following_the_log_equals_a_
             assert [r.task_id for r in page] == [r.task_id for r in replayed.tasks(limit=100)]
         finally:
             await view.stop()
+
+
+async def test_a_worker_restores_a_task_left_open_across_a_long_history_from_the_database(
+        bootstrap: str, postgres_cluster: str) -> None:
+    settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
+                                 session_timeout_ms=6_000, database_url=new_database(postgres_cluster))
+    await ensure_topics(settings)
+    database = PostgresStore(settings.database_url)
+    async with member(settings, settings.database_url, "projector"), serving(demo, settings) as url, \
+            ModernClient(url) as client:
+        async with working(demo, settings, "first"):
+            waiting = (await client.result("tools/call", {"name": "approve_expense", "arguments": {
+                "amount": 7, "description": "train"}}))["taskId"]
+            await in_status(client, waiting, "input_required")
+        async with EventLog(settings) as log:  # the history grows while the task waits: 2,400 events
+            await log.append_many([event for i in range(300) for event in plan_trip(f"trip-{i}")])
+        replayed = ProjectionStore()
+        await replay(settings, replayed)
+        await until(lambda: database.checkpoint() == replayed.checkpoint(), 60)
+        worker = Worker(demo, settings, worker_id="second")
+        read: list[LogRecord] = []
+        handle = worker._handle
+
+        async def counted(records: list[LogRecord]) -> None:
+            read.extend(records)
+            await handle(records)
+
+        worker._handle = counted
+        async with running(worker):
+            partition = next(p for p, journals in worker._journals.items() if waiting in journals)
+            assert worker._journals[partition][waiting].waiting
+            await answer_through_tasks(client, waiting, {"approved": True})
+            await in_status(client, waiting, "completed")
+    # What it read of the log: its claims, and the answer and what followed it; none of the history before.
+    assert read and all(isinstance(r.event, PartitionClaimed) or r.event.task_id == waiting for r in read), \
+        [type(r.event).__name__ for r in read]
+    database.close()

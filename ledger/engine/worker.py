@@ -7,7 +7,10 @@ hot window so an answer resumes it in place; after that it is dropped and the an
 tool with the journal answering what was already asked (``ledger.engine.context``).
 
 The committed offset of a partition never passes the created event of a task that has not ended,
-so whoever owns the partition next reads every event of every unfinished task.
+so whoever owns the partition next reads every event of every unfinished task. With the shared
+projection store (``LEDGER_DATABASE_URL``) a worker given a partition instead restores the journals
+of its open tasks from the database's history records and reads the log on from the database's
+checkpoint: one question left open for a month costs its own few records, not a month of log.
 
 Which partitions' writes count is decided on the log by claims (``ledger.engine.claims``): a worker
 starts nothing on a partition before it has read up to its own claim there, and stops at once when
@@ -51,6 +54,7 @@ from ledger.kafka.group import GroupConsumer
 from ledger.kafka.records import LogRecord
 from ledger.settings import Settings
 from projections.fence import Fence
+from projections.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +271,15 @@ class Worker:
             group_id=f"{settings.topic_prefix}.workers",
             on_assigned=self._assigned,
             on_revoked=self._revoked,
+            starts=self._restore if settings.database_url else None,
             client_id=f"{settings.client_id}-{self.worker_id}",
             # Each partition has one owner in the group, so each undecodable record is copied once.
             dead_letters=self._log.record_dead_letter,
         )
         self._journals: dict[int, dict[str, Journal]] = {}
         self._fence = Fence()
+        self._database: PostgresStore | None = None  # with LEDGER_DATABASE_URL: where journals are restored from
+        self._restored: dict[int, tuple[str | None, list[LogRecord]]] = {}  # partition -> (owner, records)
         self._claims = Claims(self.actor, self.worker_id, lambda claim: self._log.append(claim, claim.partition),
                               self._consumer.position, RETRY_AFTER_S)
         self._catching_up = self._claims.catching_up
@@ -302,6 +309,8 @@ class Worker:
 
         ``ready`` is set once the group has given this worker its first partitions.
         """
+        if self.settings.database_url:
+            self._database = await asyncio.to_thread(PostgresStore, self.settings.database_url)
         await self._log.start()
         try:
             self._ready_signal = ready
@@ -320,6 +329,8 @@ class Worker:
                 await self._consumer.stop()
         finally:
             await self._log.stop()
+            if self._database is not None:
+                self._database.close()
 
     def owned_partitions(self) -> set[int]:
         return set(self._journals)
@@ -436,7 +447,9 @@ class Worker:
         asked_at = journal.last_asked_at() if journal.rounds and journal.waiting else None
         return None if asked_at is None else asked_at + self.settings.request_state_ttl_ms
 
-    def _fold(self, record: LogRecord) -> Journal | None:
+    def _fold(self, record: LogRecord, *, restoring: bool = False) -> Journal | None:
+        """Fold ``record`` into its task's journal; ``restoring``: a record the database kept, which the fence
+        of its time admitted."""
         journals = self._journals.get(record.partition)
         if journals is None:
             return None
@@ -444,7 +457,7 @@ class Worker:
         if isinstance(event, PartitionClaimed):
             self._read_claim(record)
             return None
-        if not self._fence.admits(record):
+        if not restoring and not self._fence.admits(record):
             return None
         journal = journals.get(event.task_id)
         if journal is None:
@@ -650,11 +663,28 @@ class Worker:
         if committing.done() and not committing.cancelled() and committing.exception() is None:
             self._committed.update(changed)
 
+    async def _restore(self, partitions: set[int]) -> dict[int, int]:
+        """Read from the database the open tasks of ``partitions`` as of its checkpoint (``_assigned`` makes
+        their journals); the log is read on from that checkpoint, however old the oldest open task."""
+        assert self._database is not None
+        checkpoint, owners, records = await asyncio.to_thread(self._database.open_tasks, partitions)
+        for partition in partitions:
+            self._restored[partition] = (owners.get(partition), [])
+        for record in records:
+            self._restored[record.partition][1].append(record)
+        return {partition: checkpoint.get(partition, 0) for partition in partitions}
+
     async def _assigned(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._journals.setdefault(partition, {})
             self._fence.forget(partition)
         self._claims.take(partitions)
+        for partition in partitions & self._restored.keys():
+            owner, records = self._restored.pop(partition)
+            if owner is not None:
+                self._fence.owners[partition] = owner
+            for record in records:
+                self._fold(record, restoring=True)
         log.info("worker %s owns partitions %s", self.worker_id, sorted(self._journals))
         if self._ready_signal is not None:
             self._ready_signal.set()

@@ -45,7 +45,13 @@ async def serving(app: App, settings: Settings, instance: str = "test") -> Async
 
 @asynccontextmanager
 async def working(app: App, settings: Settings, worker_id: str = "w0") -> AsyncIterator[Worker]:
-    worker = Worker(app, settings, worker_id=worker_id)
+    async with running(Worker(app, settings, worker_id=worker_id)) as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """``worker`` running until the block ends, once the group has given it partitions."""
     ready = asyncio.Event()
     task = asyncio.create_task(worker.run(ready))
     try:
