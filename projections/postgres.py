@@ -111,8 +111,8 @@ class PostgresStore(Store):
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self._db.execute(INDEXES)
             self._db.execute(OPEN_TASKS_INDEX)
-            if self.building:
-                self._db.execute("ANALYZE tasks")
+            if self.building:  # the planner's statistics, before anyone plans on a table it has not seen
+                self._db.execute("ANALYZE tasks, history")
 
     def close(self) -> None:
         self._db.close()

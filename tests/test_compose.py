@@ -52,21 +52,32 @@ def test_the_file_is_valid_compose_with_the_cluster_it_promises() -> None:
         assert "healthcheck" in broker
     assert set(services["topics"]["depends_on"]) == {"kafka-1", "kafka-2", "kafka-3"}
     ledger_services = {name: s for name, s in services.items() if s.get("command", [""])[0] == "ledger"}
-    assert sorted(ledger_services) == ["server-1", "server-2", "topics", "worker-1", "worker-2"]
+    assert sorted(ledger_services) == ["projector-1", "projector-2", "server-1", "server-2", "topics", "worker-1",
+                                       "worker-2"]
     for name, service in ledger_services.items():
         assert service["environment"]["LEDGER_REPLICATION_FACTOR"] == "3", name
         if name != "topics":
             assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
     assert {c["condition"] for c in services["entry"]["depends_on"].values()} == {"service_healthy"}
     assert all("healthcheck" in services[f"{role}-{n}"] for n in (1, 2) for role in ("server", "worker"))
+    database = services["postgres"]["environment"]
+    for name, service in ledger_services.items():
+        if name != "topics":  # every role shares the database the projectors keep
+            assert interpolate(service["environment"]["LEDGER_DATABASE_URL"]) == (
+                f"postgresql://{database['POSTGRES_USER']}:{interpolate(database['POSTGRES_PASSWORD'])}"
+                f"@postgres:5432/{database['POSTGRES_DB']}"), name
+            assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
 
 
 def local(service: dict[str, Any], bootstrap: str, prefix: str, scratch: Path,
-          secrets: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """The service's command and environment, made to run here: Kafka is the session's broker, secrets
-    and volumes are local files, and the HTTP port a free one."""
+          secrets: dict[str, Any], database_url: str) -> tuple[list[str], dict[str, str]]:
+    """The service's command and environment, made to run here: Kafka is the session's broker, the
+    database one of the session's PostgreSQL, secrets and volumes are local files, and the HTTP port a
+    free one."""
     environment = {key: interpolate(str(value)) for key, value in service["environment"].items()}
     environment["LEDGER_BOOTSTRAP"] = bootstrap
+    if "LEDGER_DATABASE_URL" in environment:
+        environment["LEDGER_DATABASE_URL"] = database_url
     environment["LEDGER_TOPIC_PREFIX"] = prefix  # the session's broker is shared with other tests
     for key, value in environment.items():
         if value.startswith("/run/secrets/"):
@@ -81,25 +92,26 @@ def local(service: dict[str, Any], bootstrap: str, prefix: str, scratch: Path,
 
 
 @pytest.fixture
-def cluster(bootstrap: str, tmp_path: Path) -> Iterator[list[str]]:
+def cluster(bootstrap: str, tmp_path: Path, database_url: str) -> Iterator[list[str]]:
     """Every ledger service of the file running as a local process; yields the servers' URLs."""
     spec = compose()
     services = spec["services"]
     prefix = f"compose-{uuid.uuid4().hex[:8]}"
     with ExitStack() as running:
-        command, environment = local(services["topics"], bootstrap, prefix, tmp_path, spec["secrets"])
+        command, environment = local(services["topics"], bootstrap, prefix, tmp_path, spec["secrets"], database_url)
         created = subprocess.run(LEDGER + command[1:], env={**os.environ, **environment}, capture_output=True,
                                  text=True, timeout=120)
         assert created.returncode == 0, created.stderr
         urls = []
-        for name in ("worker-1", "worker-2", "server-1", "server-2"):
+        for name in ("projector-1", "projector-2", "worker-1", "worker-2", "server-1", "server-2"):
             scratch = tmp_path / name
             scratch.mkdir()
-            command, environment = local(services[name], bootstrap, prefix, scratch, spec["secrets"])
+            command, environment = local(services[name], bootstrap, prefix, scratch, spec["secrets"], database_url)
             process = subprocess.Popen(LEDGER + command[1:], env={**os.environ, **environment},
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             running.callback(lambda p=process: (p.kill(), p.wait(30)))
-            wait_for_line(process, "serving" if name.startswith("server") else "ledger worker", timeout=90)
+            wait_for_line(process, {"server": "serving", "worker": "ledger worker", "projector": "ledger projector"}[
+                name.split("-")[0]], timeout=90)
             drain(process)
             if name.startswith("server"):
                 urls.append(f"http://127.0.0.1:{command[command.index('--port') + 1]}")

@@ -667,7 +667,10 @@ class Worker:
         """Read from the database the open tasks of ``partitions`` as of its checkpoint (``_assigned`` makes
         their journals); the log is read on from that checkpoint, however old the oldest open task."""
         assert self._database is not None
+        began = time.perf_counter()
         checkpoint, owners, records = await asyncio.to_thread(self._database.open_tasks, partitions)
+        log.info("worker %s: %d history records of open tasks read from %s in %.2f s", self.worker_id,
+                 len(records), self._database.path, time.perf_counter() - began)
         for partition in partitions:
             self._restored[partition] = (owners.get(partition), [])
         for record in records:
