@@ -53,6 +53,10 @@ class DatabaseUnavailable(RuntimeError):
 class ForeignDatabase(RuntimeError):
     """The database holds the fold of another topic (a recreated topic, another deployment's)."""
 
+    def __init__(self, where: str, topic: str) -> None:
+        super().__init__(f"the projection database {where} holds the fold of another {topic}; rebuild it with "
+                         "`ledger replay --database`")
+
 
 class CheckpointMoved(RuntimeError):
     """Another writer moved a partition's checkpoint since this one read it: it no longer owns it."""
@@ -73,7 +77,7 @@ class PostgresStore(Store):
         self.schema = schema
         self.building = building
         try:
-            self._db = psycopg.connect(url, autocommit=True, application_name="ledger")
+            self._db = self._connect()
         except psycopg.ProgrammingError as exc:
             raise DatabaseUnavailable(f"the projection database's URL is not a PostgreSQL connection string: "
                              f"{_first_line(exc)}") from None
@@ -85,6 +89,18 @@ class PostgresStore(Store):
         self._create(rebuild_outdated)
         if not building:
             self.index()
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, application_name="ledger")
+
+    @property
+    def _live(self) -> psycopg.Connection:
+        """The connection, made again if the last one broke (the database restarted, the network
+        dropped): the next call after an error finds the database again, or raises."""
+        if self._db.closed or self._db.broken:
+            self._db = self._connect()
+            self._db.execute(f"SET search_path TO {self.schema}")
+        return self._db
 
     def _create(self, rebuild_outdated: bool) -> None:
         with self._db.transaction():
@@ -107,7 +123,7 @@ class PostgresStore(Store):
         return int(found[0]) if found else None
 
     def index(self) -> None:
-        with self._lock, self._db.transaction():
+        with self._lock, self._live.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self._db.execute(INDEXES)
             self._db.execute(OPEN_TASKS_INDEX)
@@ -120,7 +136,7 @@ class PostgresStore(Store):
     def take_place_of(self, schema: str = SCHEMA_NAME) -> None:
         """Put this store's tables where ``schema``'s are, in one transaction: readers of ``schema`` see
         the old tables or these, never a mix, and go on reading these."""
-        with self._lock, self._db.transaction():
+        with self._lock, self._live.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self._db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             self._db.execute(f"ALTER SCHEMA {self.schema} RENAME TO {schema}")
@@ -129,7 +145,7 @@ class PostgresStore(Store):
 
     def clear(self) -> None:
         with self._lock:
-            self._db.execute(f"TRUNCATE {', '.join(t for t in TABLE_NAMES if t != 'meta')}")
+            self._live.execute(f"TRUNCATE {', '.join(t for t in TABLE_NAMES if t != 'meta')}")
             self._db.execute("DELETE FROM meta WHERE key <> 'format'")
 
     # writing
@@ -138,7 +154,7 @@ class PostgresStore(Store):
               owners: Mapping[int, str] | None = None, expect: Mapping[int, int] | None = None) -> None:
         """As ``ProjectionStore.write``; with ``expect`` (each partition's checkpoint as this writer last
         wrote or read it) ``CheckpointMoved`` if another writer has moved one since, and nothing is written."""
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
+        with self._lock, self._live.transaction(), self._db.cursor() as cur:
             if expect:
                 self._take_over(cur, expect)
             cur.executemany(
@@ -170,7 +186,7 @@ class PostgresStore(Store):
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            self._live.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                              (key, value))
 
     def meta(self, key: str) -> str | None:
@@ -185,7 +201,7 @@ class PostgresStore(Store):
     def snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
         """The checkpoint and the partitions' owners as of it, read together (one writer's commit
         cannot fall between them)."""
-        with self._lock, self._db.transaction():
+        with self._lock, self._live.transaction():
             self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             checkpoint = dict(self._db.execute("SELECT partition, next_offset FROM checkpoint").fetchall())
             owners = dict(self._db.execute("SELECT partition, actor FROM owners").fetchall())
@@ -199,7 +215,7 @@ class PostgresStore(Store):
                  "WHERE t.status IN ('working', 'input_required') AND h.ignored_because IS NULL "
                  f"AND h.position >> {OFFSET_BITS} = ANY(%s) ORDER BY h.position")
         wanted = list(partitions)
-        with self._lock, self._db.transaction():
+        with self._lock, self._live.transaction():
             self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             checkpoint = dict(self._db.execute("SELECT partition, next_offset FROM checkpoint WHERE partition = "
                                                "ANY(%s)", (wanted,)).fetchall())
@@ -277,11 +293,11 @@ class PostgresStore(Store):
 
     def _one(self, query: str, values: Any = ()) -> Any:
         with self._lock:
-            return self._db.execute(query, values).fetchone()
+            return self._live.execute(query, values).fetchone()
 
     def _all(self, query: str, values: Any = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(query, values).fetchall()
+            return self._live.execute(query, values).fetchall()
 
 
 def _without_password(url: str) -> str:

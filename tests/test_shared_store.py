@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 import pytest
 
 from examples.demo import app as demo
@@ -19,12 +20,12 @@ from ledger.contract.events import PartitionClaimed
 from ledger.engine.worker import Worker
 from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
-from ledger.kafka.records import LogRecord
+from ledger.kafka.records import LogRecord, Position
 from ledger.kafka.topics import ensure_topics
 from ledger.service.replay import replay
 from ledger.service.shared_view import SharedView
 from ledger.settings import Settings
-from projections.postgres import PostgresStore
+from projections.postgres import ForeignDatabase, PostgresStore
 from projections.projector import Projector
 from projections.status import TaskRow
 from projections.store import ProjectionStore
@@ -63,6 +64,13 @@ def begun(first: int, last: int) -> list:
 def finished(first: int, last: int) -> list:
     """The rest of the events of ``begun``'s trips: answers, questions and ends of tasks created before."""
     return [event for i in range(first, last) for event in plan_trip(f"trip-{i}")[1 + i % 7:]]
+
+
+async def until_applied(view: SharedView, end: dict[int, int]) -> None:
+    """Until ``view`` has applied every record before ``end``."""
+    for partition, offset in end.items():
+        if offset:
+            await view.reached(Position(partition, offset - 1), 60)
 
 
 async def fold_from_zero(settings: Settings) -> dict[tuple[int, int], TaskRow | None]:
@@ -108,8 +116,7 @@ async def test_a_view_restored_from_the_database_and_following_the_log_equals_a_
                 replayed = ProjectionStore()
                 await replay(settings, replayed)
                 end = replayed.checkpoint()
-                await until(lambda: view._reader.positions() == end, 60,
-                            lambda: f"the view reached {view._reader.positions()}, the log {end}")
+                await until_applied(view, end)
                 await until(lambda: database.checkpoint() == end, 60)
                 await asyncio.sleep(0.6)  # the view learns the database's checkpoint and lets rows go
                 view._after_applying()
@@ -163,3 +170,38 @@ async def test_a_worker_restores_a_task_left_open_across_a_long_history_from_the
     assert read and all(isinstance(r.event, PartitionClaimed) or r.event.task_id == waiting for r in read), \
         [type(r.event).__name__ for r in read]
     database.close()
+
+
+async def test_a_view_rides_out_its_database_connection_dropping(settings: Settings, topics: dict,
+                                                                database_url: str) -> None:
+    async with EventLog(settings) as log:
+        await log.append_many(begun(0, 20))
+        await replay(settings, PostgresStore(database_url))
+        view = SharedView(settings, PostgresStore(database_url))
+        await view.start()
+        try:
+            with psycopg.connect(database_url, autocommit=True) as admin:  # what a database restart does
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            await log.append_many(finished(0, 20))  # rows the view makes from the database's history
+            replayed = ProjectionStore()
+            await replay(settings, replayed)
+            end = replayed.checkpoint()
+            await until_applied(view, end)
+            for row in replayed.rows():
+                assert view.get(row.task_id) == row, row.task_id
+        finally:
+            await view.stop()
+
+
+async def test_a_view_refuses_a_database_folded_from_another_topic(settings: Settings, topics: dict,
+                                                                  database_url: str) -> None:
+    async with EventLog(settings) as log:
+        await log.append_many(begun(0, 4))
+    await replay(settings, PostgresStore(database_url))
+    other = replace(settings, topic_prefix=f"{settings.topic_prefix}-other")
+    await ensure_topics(other)
+    async with EventLog(other) as log:
+        await log.append_many(begun(10, 14))
+    with pytest.raises(ForeignDatabase, match=f"holds the fold of another {other.events_topic}; rebuild it with"):
+        await SharedView(other, PostgresStore(database_url)).start()

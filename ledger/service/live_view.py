@@ -148,7 +148,7 @@ class LiveView:
 
     async def reached(self, position: Position, timeout: float) -> None:
         """Return once the event at ``position`` is applied; ``ReadTimeout`` after ``timeout`` seconds."""
-        if self._reader.positions().get(position.partition, 0) > position.offset:
+        if self._applied.get(position.partition, 0) > position.offset:
             return
         waiter = asyncio.get_running_loop().create_future()
         heapq.heappush(self._offset_waiters.setdefault(position.partition, []),
@@ -341,9 +341,8 @@ class LiveView:
         self._round_waiters = waiting
 
     def _release_offset_waiters(self) -> None:
-        positions = self._reader.positions()
         for partition, waiters in self._offset_waiters.items():
-            applied = positions.get(partition, 0)
+            applied = self._applied.get(partition, 0)
             while waiters and waiters[0][0] < applied:
                 _, _, waiter = heapq.heappop(waiters)
                 if not waiter.done():

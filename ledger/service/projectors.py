@@ -46,8 +46,7 @@ class ProjectorMember:
         """Fold the group's partitions into the store until cancelled; ``ready`` is set once this member
         is part of the group."""
         if not await store_matches_topic(self.store, self.settings):
-            raise ForeignDatabase(f"the projection database {self.store.path} holds the fold of another "
-                                  f"{self.settings.events_topic}; rebuild it with `ledger replay --database`")
+            raise ForeignDatabase(self.store.path, self.settings.events_topic)
         await self._consumer.start()
         try:
             if ready is not None:

@@ -21,12 +21,14 @@ import asyncio
 import logging
 from collections import OrderedDict
 
+import psycopg
+
 from ledger.contract.events import TaskCreated
 from ledger.kafka.records import LogRecord
 from ledger.metrics import Metrics
-from ledger.service.live_view import ListKey, LiveView
+from ledger.service.live_view import ListKey, LiveView, store_matches_topic
 from ledger.settings import Settings
-from projections.postgres import PostgresStore
+from projections.postgres import ForeignDatabase, PostgresStore
 from projections.projector import Projector
 from projections.status import StatusProjection, TaskRow
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_POLL_S = 0.25  # how often the database's checkpoint is read, for what may leave memory
 SYNC_POLL_S = 0.005  # how often a read waiting for the database asks again
+DATABASE_RETRY_S = 1.0
 
 
 class SharedView(LiveView):
@@ -52,6 +55,8 @@ class SharedView(LiveView):
         self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if not await store_matches_topic(self.database, self.settings):
+            raise ForeignDatabase(self.database.path, self.settings.events_topic)
         checkpoint, owners = await asyncio.to_thread(self.database.snapshot)
         self._database_at = dict(checkpoint)
         self._projector.fence.owners.update(owners)
@@ -112,8 +117,14 @@ class SharedView(LiveView):
             if task_id not in held and task_id not in wanted and type(record.event) is not TaskCreated:
                 wanted[task_id] = (record.partition, record.offset)
         self._before.clear()
-        if wanted:
-            self._before.update(await asyncio.to_thread(self.database.rows_before, wanted))
+        while wanted:
+            try:
+                self._before.update(await asyncio.to_thread(self.database.rows_before, wanted))
+                return
+            except psycopg.Error as exc:  # the fold cannot go on without those rows: it waits for the database
+                log.warning("live view: cannot read the projection database (%s); trying again in %.0f s",
+                            exc, DATABASE_RETRY_S)
+                await asyncio.sleep(DATABASE_RETRY_S)
 
     def _applied_record(self, record: LogRecord, before: TaskRow | None, after: TaskRow | None) -> None:
         task_id = record.event.task_id
