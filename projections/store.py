@@ -8,6 +8,7 @@ offset 0. One connection, used from one thread at a time (callers serialize); WA
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ledger.contract.codec import Codec
+from ledger.kafka.reader import LogReader
+from ledger.settings import Settings
 from projections.history import Entry, Recorded, compact_json, render
 from projections.status import TERMINAL, Answer, PendingElicitation, TaskRow
 
@@ -60,7 +63,8 @@ PAGE_SIZE = 16_384
 # faster than a (partition, offset) key (4.0 -> 2.8 us a row), and a replay inserts a million.
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
-BUILDING_LOCK_WAIT_S = 120  # the processes of a parallel replay take turns writing
+BUILDING_LOCK_WAIT_S = 120
+FIRST_RECORDS_BYTES = 64 * 1024  # what a check of each partition's first record fetches of it  # the processes of a parallel replay take turns writing
 
 PENDING_AT, ANSWERS_AT = TaskRow._fields.index("pending"), TaskRow._fields.index("answers")
 
@@ -309,3 +313,28 @@ def row_from_json(text: str) -> TaskRow:
     fields[PENDING_AT] = tuple(PendingElicitation(*p) for p in fields[PENDING_AT])
     fields[ANSWERS_AT] = tuple(Answer(*a) for a in fields[ANSWERS_AT])
     return TaskRow(*fields)
+
+
+async def store_matches_topic(store: Store, settings: Settings) -> bool:
+    """Whether ``store`` was built from this topic: its first event of each partition is the topic's.
+
+    A store left from another topic of the same name (a recreated topic, an embedded broker that
+    restarted empty) must be rebuilt, not read on from its checkpoint.
+    """
+    checkpoint = await asyncio.to_thread(store.checkpoint)
+    expected = await asyncio.to_thread(lambda: {p: store.first_event(p) for p, offset in checkpoint.items()
+                                                if offset > 0})
+    if not expected:
+        return True
+    found: dict[int, str] = {}
+    # Only the head of each partition: a long log is not read for its first records.
+    async with LogReader(settings, partitions=expected, client_id=f"{settings.client_id}-store-check",
+                         partition_fetch_bytes=FIRST_RECORDS_BYTES) as reader:
+        deadline = asyncio.get_running_loop().time() + settings.read_timeout_ms / 1000
+        while len(found) < len(expected) and asyncio.get_running_loop().time() < deadline:
+            for record in await reader.fetch():
+                if record.partition in expected and record.offset == 0:
+                    found[record.partition] = record.event.event_id
+            if reader.caught_up():
+                break
+    return all(found.get(p) == event_id for p, event_id in expected.items())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -33,6 +34,7 @@ from tests import test_modern, test_readside, test_server
 from tests.support.factories import plan_trip
 from tests.support.postgres import new_database
 from tests.support.raw_http import ModernClient
+from tests.support.spawn import LEDGER, role_environment
 from tests.support.stack import answer_through_tasks, in_status, running, serving, until, working
 from tests.test_projectors import assert_same, member
 
@@ -205,3 +207,10 @@ async def test_a_view_refuses_a_database_folded_from_another_topic(settings: Set
         await log.append_many(begun(10, 14))
     with pytest.raises(ForeignDatabase, match=f"holds the fold of another {other.events_topic}; rebuild it with"):
         await SharedView(other, PostgresStore(database_url)).start()
+    for role in ("server", "worker"):  # the roles say so in one sentence, before they serve or work
+        refused = subprocess.run(LEDGER + [role, "examples/demo.py"], capture_output=True, text=True, timeout=60,
+                                 env={**role_environment(other), "LEDGER_DATABASE_URL": database_url})
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith("ledger: the projection database postgresql://"), \
+            refused.stderr
+        assert f"holds the fold of another {other.events_topic}" in refused.stderr

@@ -30,7 +30,8 @@ from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
 from ledger.kafka.topics import ensure_topics
 from ledger.service.projectors import ProjectorMember
 from ledger.settings import Settings
-from projections.postgres import PostgresStore
+from projections.postgres import ForeignDatabase, PostgresStore
+from projections.store import store_matches_topic
 
 
 class HttpServer(uvicorn.Server):
@@ -90,6 +91,8 @@ async def serve(app: App, settings: Settings, host: str, port: int) -> None:
 
 async def _server_role(app: App, settings: Settings, host: str, port: int) -> None:
     await ensure_topics(settings)
+    if settings.database_url:
+        await _check_database(settings)
     server = _http_server(app, settings, host, port)
     serving = asyncio.create_task(_serve(server))
     try:
@@ -104,6 +107,16 @@ async def _server_role(app: App, settings: Settings, host: str, port: int) -> No
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+async def _check_database(settings: Settings) -> None:
+    """Refuse, in one sentence and before serving, a shared store folded from another topic."""
+    database = await asyncio.to_thread(PostgresStore, settings.database_url)
+    try:
+        if not await store_matches_topic(database, settings):
+            raise ForeignDatabase(database.path, settings.events_topic)
+    finally:
+        database.close()
 
 
 async def _started(server: HttpServer, serving: asyncio.Task[None]) -> None:

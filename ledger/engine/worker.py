@@ -54,7 +54,8 @@ from ledger.kafka.group import GroupConsumer
 from ledger.kafka.records import LogRecord
 from ledger.settings import Settings
 from projections.fence import Fence
-from projections.postgres import PostgresStore
+from projections.postgres import ForeignDatabase, PostgresStore
+from projections.store import store_matches_topic
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,9 @@ class Worker:
         """
         if self.settings.database_url:
             self._database = await asyncio.to_thread(PostgresStore, self.settings.database_url)
+            if not await store_matches_topic(self._database, self.settings):
+                self._database.close()
+                raise ForeignDatabase(self._database.path, self.settings.events_topic)
         await self._log.start()
         try:
             self._ready_signal = ready

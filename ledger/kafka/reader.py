@@ -31,11 +31,12 @@ class LogReader(DecodingConsumer):
         dead_letters: DeadLetterSink = log_dead_letter,
         client_id: str | None = None,
         max_records: int = 5_000,
+        partition_fetch_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         options = dict(
             client_id=client_id or f"{settings.client_id}-reader",
             group_id=None,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=partition_fetch_bytes,
             fetch_max_bytes=32 * 1024 * 1024,
         )
         super().__init__(settings, options, codec, dead_letters, max_records)

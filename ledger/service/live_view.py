@@ -24,7 +24,7 @@ from ledger.pauses import settles_on_waking
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow
-from projections.store import ProjectionStore
+from projections.store import ProjectionStore, store_matches_topic
 
 log = logging.getLogger(__name__)
 
@@ -347,25 +347,3 @@ class LiveView:
                 _, _, waiter = heapq.heappop(waiters)
                 if not waiter.done():
                     waiter.set_result(None)
-
-
-async def store_matches_topic(store: ProjectionStore, settings: Settings) -> bool:
-    """Whether ``store`` was built from this topic: its first event of each partition is the topic's.
-
-    A store left from another topic of the same name (a recreated topic, an embedded broker that
-    restarted empty) must be rebuilt, not read on from its checkpoint.
-    """
-    checkpoint = store.checkpoint()
-    expected = {p: store.first_event(p) for p, offset in checkpoint.items() if offset > 0}
-    if not expected:
-        return True
-    found: dict[int, str] = {}
-    async with LogReader(settings, client_id=f"{settings.client_id}-store-check") as reader:
-        deadline = asyncio.get_running_loop().time() + settings.read_timeout_ms / 1000
-        while len(found) < len(expected) and asyncio.get_running_loop().time() < deadline:
-            for record in await reader.fetch():
-                if record.partition in expected and record.offset == 0:
-                    found[record.partition] = record.event.event_id
-            if reader.caught_up():
-                break
-    return all(found.get(p) == event_id for p, event_id in expected.items())

@@ -19,10 +19,10 @@ from aiokafka.errors import KafkaError
 
 from ledger.kafka.group import GroupConsumer
 from ledger.kafka.records import LogRecord
-from ledger.service.live_view import store_matches_topic
 from ledger.settings import Settings
 from projections.postgres import CheckpointMoved, ForeignDatabase, PostgresStore
 from projections.projector import REMEMBERED_EVENT_IDS, Projector
+from projections.store import store_matches_topic
 
 log = logging.getLogger(__name__)
 

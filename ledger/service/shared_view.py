@@ -26,11 +26,12 @@ import psycopg
 from ledger.contract.events import TaskCreated
 from ledger.kafka.records import LogRecord
 from ledger.metrics import Metrics
-from ledger.service.live_view import ListKey, LiveView, store_matches_topic
+from ledger.service.live_view import ListKey, LiveView
 from ledger.settings import Settings
 from projections.postgres import ForeignDatabase, PostgresStore
 from projections.projector import Projector
 from projections.status import StatusProjection, TaskRow
+from projections.store import store_matches_topic
 
 log = logging.getLogger(__name__)
 
