@@ -284,9 +284,11 @@ class PostgresStore(Store):
                  "FROM history WHERE task_id = %s ORDER BY position")
         return [render(stored, self._codec) for stored in self._all(query, (task_id,))]
 
-    def first_event(self, partition: int) -> str | None:
-        found = self._one("SELECT record FROM history WHERE position = %s", (partition << OFFSET_BITS,))
-        return self._codec.decode(found[0]).event_id if found else None
+    def first_event(self, partition: int) -> tuple[int, str] | None:
+        found = self._one(f"SELECT position & {OFFSET_MASK}, record FROM history WHERE position >= %s "
+                          "AND position < %s ORDER BY position LIMIT 1",
+                          (partition << OFFSET_BITS, (partition + 1) << OFFSET_BITS))
+        return (found[0], self._codec.decode(found[1]).event_id) if found else None
 
     def history_size(self) -> int:
         return self._one("SELECT count(*) FROM history")[0]

@@ -265,11 +265,13 @@ class ProjectionStore(Store):
         return [render(stored, self._codec) for stored in self._db.execute(query, (task_id,))]
 
     @_locked
-    def first_event(self, partition: int) -> str | None:
-        """The id of the event at offset 0 of ``partition``, as this store saw it."""
-        found = self._db.execute(f"SELECT record FROM history WHERE position = ? << {OFFSET_BITS}",
-                                 (partition,)).fetchone()
-        return self._codec.decode(found[0]).event_id if found else None
+    def first_event(self, partition: int) -> tuple[int, str] | None:
+        """The offset and event id of the first history entry of ``partition`` (a claim, which has none,
+        may come before it)."""
+        found = self._db.execute(f"SELECT position & {OFFSET_MASK}, record FROM history WHERE position >= ? "
+                                 "AND position < ? ORDER BY position LIMIT 1",
+                                 (partition << OFFSET_BITS, (partition + 1) << OFFSET_BITS)).fetchone()
+        return (found[0], self._codec.decode(found[1]).event_id) if found else None
 
     @_locked
     def history_size(self) -> int:
@@ -316,14 +318,16 @@ def row_from_json(text: str) -> TaskRow:
 
 
 async def store_matches_topic(store: Store, settings: Settings) -> bool:
-    """Whether ``store`` was built from this topic: its first event of each partition is the topic's.
+    """Whether ``store`` was built from this topic: the first event of each partition it holds is at its
+    place on the topic.
 
     A store left from another topic of the same name (a recreated topic, an embedded broker that
     restarted empty) must be rebuilt, not read on from its checkpoint.
     """
     checkpoint = await asyncio.to_thread(store.checkpoint)
-    expected = await asyncio.to_thread(lambda: {p: store.first_event(p) for p, offset in checkpoint.items()
-                                                if offset > 0})
+    firsts = await asyncio.to_thread(lambda: {p: store.first_event(p) for p, offset in checkpoint.items()
+                                              if offset > 0})
+    expected = {p: first for p, first in firsts.items() if first is not None}
     if not expected:
         return True
     found: dict[int, str] = {}
@@ -333,8 +337,8 @@ async def store_matches_topic(store: Store, settings: Settings) -> bool:
         deadline = asyncio.get_running_loop().time() + settings.read_timeout_ms / 1000
         while len(found) < len(expected) and asyncio.get_running_loop().time() < deadline:
             for record in await reader.fetch():
-                if record.partition in expected and record.offset == 0:
+                if record.offset == expected[record.partition][0]:
                     found[record.partition] = record.event.event_id
             if reader.caught_up():
                 break
-    return all(found.get(p) == event_id for p, event_id in expected.items())
+    return all(found.get(p) == event_id for p, (_, event_id) in expected.items())
