@@ -331,14 +331,17 @@ async def store_matches_topic(store: Store, settings: Settings) -> bool:
     if not expected:
         return True
     found: dict[int, str] = {}
-    # Only the head of each partition: a long log is not read for its first records.
-    async with LogReader(settings, partitions=expected, client_id=f"{settings.client_id}-store-check",
+    # From each first entry's offset, and each partition held once it is found: a long log is read for
+    # a record a partition, not from its start.
+    async with LogReader(settings, checkpoint={p: offset for p, (offset, _) in expected.items()},
+                         partitions=expected, client_id=f"{settings.client_id}-store-check",
                          partition_fetch_bytes=FIRST_RECORDS_BYTES) as reader:
         deadline = asyncio.get_running_loop().time() + settings.read_timeout_ms / 1000
         while len(found) < len(expected) and asyncio.get_running_loop().time() < deadline:
             for record in await reader.fetch():
                 if record.offset == expected[record.partition][0]:
                     found[record.partition] = record.event.event_id
+                    reader.hold(record.partition, True)
             if reader.caught_up():
                 break
     return all(found.get(p) == event_id for p, (_, event_id) in expected.items())
