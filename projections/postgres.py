@@ -18,6 +18,7 @@ import psycopg
 
 from ledger.contract.codec import Codec
 from ledger.kafka.records import LogRecord
+from ledger.settings import Settings
 from projections.history import Entry, Recorded, render
 from projections.status import TaskRow, transition
 from projections.store import (
@@ -32,6 +33,7 @@ from projections.store import (
     filters,
     row_from_json,
     row_json,
+    store_matches_topic,
 )
 
 SCHEMA = TABLES.format(integer="BIGINT", bytes="BYTEA")
@@ -56,6 +58,23 @@ class ForeignDatabase(RuntimeError):
     def __init__(self, where: str, topic: str) -> None:
         super().__init__(f"the projection database {where} holds the fold of another {topic}; rebuild it with "
                          "`ledger replay --database`")
+
+
+async def refuse_foreign(database: PostgresStore, settings: Settings) -> None:
+    """Raise ``ForeignDatabase`` unless ``database`` was folded from this deployment's topic.
+
+    Once per process for a database and topic: ``ledger server`` checks before it serves (an error in
+    one sentence), and the view that ``create_app`` builds checks for anyone else who calls it.
+    """
+    checked = (database.path, settings.events_topic)
+    if checked in _MATCHING:
+        return
+    if not await store_matches_topic(database, settings):
+        raise ForeignDatabase(*checked)
+    _MATCHING.add(checked)
+
+
+_MATCHING: set[tuple[str, str]] = set()  # (database, topic) found to match in this process
 
 
 class CheckpointMoved(RuntimeError):

@@ -30,8 +30,7 @@ from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
 from ledger.kafka.topics import ensure_topics
 from ledger.service.projectors import ProjectorMember
 from ledger.settings import Settings
-from projections.postgres import ForeignDatabase, PostgresStore
-from projections.store import store_matches_topic
+from projections.postgres import PostgresStore, refuse_foreign
 
 
 class HttpServer(uvicorn.Server):
@@ -113,8 +112,7 @@ async def _check_database(settings: Settings) -> None:
     """Refuse, in one sentence and before serving, a shared store folded from another topic."""
     database = await asyncio.to_thread(PostgresStore, settings.database_url)
     try:
-        if not await store_matches_topic(database, settings):
-            raise ForeignDatabase(database.path, settings.events_topic)
+        await refuse_foreign(database, settings)
     finally:
         database.close()
 

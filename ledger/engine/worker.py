@@ -54,8 +54,7 @@ from ledger.kafka.group import GroupConsumer
 from ledger.kafka.records import LogRecord
 from ledger.settings import Settings
 from projections.fence import Fence
-from projections.postgres import ForeignDatabase, PostgresStore
-from projections.store import store_matches_topic
+from projections.postgres import ForeignDatabase, PostgresStore, refuse_foreign
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +311,11 @@ class Worker:
         """
         if self.settings.database_url:
             self._database = await asyncio.to_thread(PostgresStore, self.settings.database_url)
-            if not await store_matches_topic(self._database, self.settings):
+            try:
+                await refuse_foreign(self._database, self.settings)
+            except ForeignDatabase:
                 self._database.close()
-                raise ForeignDatabase(self._database.path, self.settings.events_topic)
+                raise
         await self._log.start()
         try:
             self._ready_signal = ready

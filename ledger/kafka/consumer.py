@@ -163,8 +163,7 @@ class DecodingConsumer:
             return self.settings.idle_fetch_wait_ms
         wait = max(fetch_wait_ms(time.monotonic() - self._last_event, self.settings.fetch_max_wait_ms,
                                  self.settings.idle_fetch_wait_ms), self._starved_wait)
-        # aiokafka takes the wait from this attribute for every fetch request it builds; it has no setter.
-        self._consumer._fetcher._fetch_max_wait_ms = wait
+        set_fetch_wait(self._consumer, wait)
         return wait
 
     def _without_holes(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> list[ConsumerRecord]:
@@ -196,6 +195,12 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """
     cluster = await consumer._client.fetch_all_metadata()
     return cluster.partitions_for_topic(topic) or set()
+
+
+def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+    """How long the broker may hold ``consumer``'s fetches from now on."""
+    # aiokafka takes the wait from this attribute for every fetch request it builds; it has no setter.
+    consumer._fetcher._fetch_max_wait_ms = wait_ms
 
 
 def fetch_wait_ms(quiet_s: float, flowing_ms: int, idle_ms: int) -> int:

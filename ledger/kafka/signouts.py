@@ -18,13 +18,17 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ledger.kafka.consumer import topic_partitions
+from ledger.kafka.consumer import set_fetch_wait, topic_partitions
 from ledger.kafka.topics import TopicError
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FORGET_EVERY = 1_000  # sign-outs applied between two sweeps of the expired ones
+# The first read ends at the high watermark, which an empty fetch brings; the embedded broker holds an
+# empty fetch for its whole wait (500 ms held a server's start for a second).
+READ_WAIT_MS = 20
+FOLLOW_WAIT_MS = 500
 
 
 class SignOuts:
@@ -46,7 +50,7 @@ class SignOuts:
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, client_id=self._client_id,
                                           acks="all", request_timeout_ms=settings.produce_timeout_ms)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, client_id=self._client_id,
-                                          group_id=None, enable_auto_commit=False, fetch_max_wait_ms=500,
+                                          group_id=None, enable_auto_commit=False, fetch_max_wait_ms=READ_WAIT_MS,
                                           metadata_max_age_ms=2_000)
         await self._producer.start()
         await self._consumer.start()
@@ -56,7 +60,8 @@ class SignOuts:
         await self._consumer.seek_to_beginning(self._partition)
         while (highwater := self._consumer.highwater(self._partition)) is None or \
                 await self._consumer.position(self._partition) < highwater:
-            self._apply(await self._consumer.getmany(self._partition, timeout_ms=500))
+            self._apply(await self._consumer.getmany(self._partition, timeout_ms=READ_WAIT_MS))
+        set_fetch_wait(self._consumer, FOLLOW_WAIT_MS)
         self._following = asyncio.create_task(self._follow(), name="sign-outs")
 
     async def stop(self) -> None:

@@ -20,9 +20,8 @@ from aiokafka.errors import KafkaError
 from ledger.kafka.group import GroupConsumer
 from ledger.kafka.records import LogRecord
 from ledger.settings import Settings
-from projections.postgres import CheckpointMoved, ForeignDatabase, PostgresStore
+from projections.postgres import CheckpointMoved, PostgresStore, refuse_foreign
 from projections.projector import REMEMBERED_EVENT_IDS, Projector
-from projections.store import store_matches_topic
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,13 @@ class ProjectorMember:
                                        client_id=f"{settings.client_id}-{member_id}", max_records=FETCH_RECORDS)
         self._projector = self._new_projector({})
         self._written: dict[int, int] = {}  # each owned partition's checkpoint, as this member last wrote it
+        self._owners_at_start: dict[int, str] = {}  # the owners as of the checkpoint last read
         self.events = 0  # folded since start
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Fold the group's partitions into the store until cancelled; ``ready`` is set once this member
         is part of the group."""
-        if not await store_matches_topic(self.store, self.settings):
-            raise ForeignDatabase(self.store.path, self.settings.events_topic)
+        await refuse_foreign(self.store, self.settings)
         await self._consumer.start()
         try:
             if ready is not None:
@@ -92,14 +91,15 @@ class ProjectorMember:
             log.info("projector: could not commit the group's offsets (%s)", exc)
 
     async def _starts(self, partitions: set[int]) -> dict[int, int]:
-        """Where ``partitions`` stand in the database: where this member reads them from."""
-        checkpoint = await asyncio.to_thread(self.store.checkpoint)
+        """Where ``partitions`` stand in the database: where this member reads them from. The owners are
+        read with the checkpoint, so the fold resumes with the owners as of the offsets it resumes at."""
+        checkpoint, self._owners_at_start = await asyncio.to_thread(self.store.snapshot)
         starts = {p: checkpoint.get(p, 0) for p in partitions}
         self._written.update(starts)
         return starts
 
     async def _assigned(self, partitions: set[int]) -> None:
-        self._projector = self._new_projector(await asyncio.to_thread(self.store.owners))
+        self._projector = self._new_projector(self._owners_at_start)
         log.info("projector: folding partitions %s from offsets %s", sorted(partitions),
                  {p: self._written[p] for p in sorted(partitions)})
 
@@ -113,7 +113,7 @@ class ProjectorMember:
     async def _resume(self, partitions: set[int]) -> None:
         """Start ``partitions`` again from the database's checkpoint, with nothing folded held."""
         starts = await self._starts(partitions)
-        self._projector = self._new_projector(await asyncio.to_thread(self.store.owners))
+        self._projector = self._new_projector(self._owners_at_start)
         self._consumer.rewind(starts)
 
     def _new_projector(self, owners: dict[int, str]) -> Projector:

@@ -28,10 +28,9 @@ from ledger.kafka.records import LogRecord
 from ledger.metrics import Metrics
 from ledger.service.live_view import ListKey, LiveView
 from ledger.settings import Settings
-from projections.postgres import ForeignDatabase, PostgresStore
+from projections.postgres import PostgresStore, refuse_foreign
 from projections.projector import Projector
 from projections.status import StatusProjection, TaskRow
-from projections.store import store_matches_topic
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,7 @@ class SharedView(LiveView):
         self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if not await store_matches_topic(self.database, self.settings):
-            raise ForeignDatabase(self.database.path, self.settings.events_topic)
+        await refuse_foreign(self.database, self.settings)
         checkpoint, owners = await asyncio.to_thread(self.database.snapshot)
         self._database_at = dict(checkpoint)
         self._projector.fence.owners.update(owners)
