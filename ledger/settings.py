@@ -89,11 +89,12 @@ class Settings:
         "LEDGER_READ_TIMEOUT_MS",
         "Longest a server waits for its projection to show an event it just appended (read-your-writes).",
     )
-    store: str = _setting(
-        ":memory:",
+    store: str | None = _setting(
+        None,
         "LEDGER_STORE",
         "SQLite file a server keeps its projections in (task rows, history, the offsets they reach), to "
-        "resume from after a restart; give each server its own. :memory: keeps them in memory only.",
+        "resume from after a restart; give each server its own. Unset: a temporary file, deleted when the "
+        "server stops. :memory: keeps them in memory (which then grows with the history).",
     )
     database_url: str | None = _setting(
         None,

@@ -271,9 +271,6 @@ class PostgresStore(Store):
     def rows(self) -> list[TaskRow]:
         return [row_from_json(text) for (text,) in self._all("SELECT row_json FROM tasks")]
 
-    def keys(self) -> list[tuple[str | None, int, str]]:
-        return self._all("SELECT principal, created_at, task_id FROM tasks")
-
     def row(self, task_id: str) -> TaskRow | None:
         found = self._one("SELECT row_json FROM tasks WHERE task_id = %s", (task_id,))
         return row_from_json(found[0]) if found else None

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sqlite3
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -53,6 +55,7 @@ SCHEMA = TABLES.format(integer="INTEGER", bytes="BLOB")
 INDEXES = """
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_principal ON tasks (principal, created_at, task_id);
 CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id);
 """
 # Raised whenever the tables change. A store of another format is rebuilt from the log by a server
@@ -121,8 +124,10 @@ class ProjectionStore(Store):
     or with ``rebuild_outdated=True`` is emptied, to be built again from the log.
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, building: bool = False, rebuild_outdated: bool = False) -> None:
+    def __init__(self, path: str | Path = ":memory:", *, building: bool = False, rebuild_outdated: bool = False,
+                 synced: bool = True) -> None:
         self.path = str(path)
+        self._folder: Path | None = None  # a temporary store's, deleted with it
         if self.path != ":memory:" and not Path(self.path).parent.is_dir():
             raise FileNotFoundError(f"cannot keep a projection store at {self.path}: the directory "
                                     f"{Path(self.path).parent} does not exist (create it, or choose another path)")
@@ -133,7 +138,7 @@ class ProjectionStore(Store):
             # hundred bytes, and with 16 KiB pages a replay inserts them 15 % faster.
             self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'OFF' if building else 'NORMAL'}")
+        self._db.execute(f"PRAGMA synchronous={'NORMAL' if synced and not building else 'OFF'}")
         self._create(rebuild_outdated)
         if not building:
             self._db.executescript(INDEXES)
@@ -169,8 +174,20 @@ class ProjectionStore(Store):
         """Create the query indexes a store opened with ``building=True`` left out."""
         self._db.executescript(INDEXES)
 
+    @classmethod
+    def temporary(cls) -> ProjectionStore:
+        """A store in a new file, written without syncs, that ``close`` deletes: a server with no store of
+        its own folds into it rather than into memory, so its memory is bounded whatever the history's
+        length (``:memory:`` grows with it)."""
+        folder = Path(tempfile.mkdtemp(prefix="ledger-view-"))
+        store = cls(folder / "projections.sqlite", synced=False)
+        store._folder = folder
+        return store
+
     def close(self) -> None:
         self._db.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     @_locked
     def clear(self) -> None:
@@ -224,11 +241,6 @@ class ProjectionStore(Store):
     @_locked
     def rows(self) -> list[TaskRow]:
         return [row_from_json(text) for (text,) in self._db.execute("SELECT row_json FROM tasks")]
-
-    @_locked
-    def keys(self) -> list[tuple[str | None, int, str]]:
-        """(principal, created_at, task_id) of every task: the server's listing index."""
-        return self._db.execute("SELECT principal, created_at, task_id FROM tasks").fetchall()
 
     @_locked
     def row(self, task_id: str) -> TaskRow | None:

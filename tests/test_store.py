@@ -197,11 +197,26 @@ async def test_a_bounded_view_keeps_few_rows_in_memory_and_reads_the_rest_from_t
         assert view.get("t0").status == "working"  # answered after it had left the cache
         assert all(view.get(f"t{i}").status == "input_required" for i in range(1, 30))
         assert view.task_count() == 30
+        listed, after = [], None  # lists are read from the store, each row as the view holds it
+        while page := await view.page(view.get("t1").principal, after, 7):
+            listed += page
+            after = (page[-1].created_at, page[-1].task_id)
+        assert sorted(row.task_id for row in listed) == sorted(f"t{i}" for i in range(30))
+        assert next(row for row in listed if row.task_id == "t0").status == "working"
     finally:
         await view.stop()
     replayed = ProjectionStore()
     await replay(settings, replayed)
     assert sorted(replayed.rows(), key=lambda r: r.task_id) == sorted(store.rows(), key=lambda r: r.task_id)
+
+
+def test_a_temporary_store_is_a_file_deleted_when_closed() -> None:
+    store = ProjectionStore.temporary()  # a server's without LEDGER_STORE: its rows are not held in memory
+    path = Path(store.path)
+    projected([sample(TaskCreated, "t")], store)
+    assert path.is_file() and store.row("t") is not None
+    store.close()
+    assert not path.parent.exists()
 
 
 def test_a_store_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -388,7 +388,7 @@ def run_replay(args: argparse.Namespace) -> int:
         if not target:
             raise SettingsError("--database needs a URL, or LEDGER_DATABASE_URL set")
     else:
-        target = args.store or (Path(settings.store) if settings.store != ":memory:" else Path("ledger.sqlite"))
+        target = args.store or Path(settings.store if settings.store not in (None, ":memory:") else "ledger.sqlite")
         if not target.parent.is_dir():
             raise FileNotFoundError(f"cannot build a projection store at {target}: the directory {target.parent} "
                                     "does not exist (create it, or choose another --store)")

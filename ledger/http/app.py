@@ -60,11 +60,11 @@ MIN_BODY_LIMIT = 1 << 20
 def _projections(settings: Settings, metrics: Metrics) -> tuple[Store, LiveView]:
     """The store the read side reads, and the view that follows the log: with ``LEDGER_DATABASE_URL``,
     the shared store the projectors keep and a view that starts where it stands; else a store of the
-    server's own (``LEDGER_STORE``) that its view writes."""
+    server's own (``LEDGER_STORE``, or a temporary file) that its view writes."""
     if settings.database_url:
         database = PostgresStore(settings.database_url)
         return database, SharedView(settings, database, metrics)
-    store = ProjectionStore(settings.store, rebuild_outdated=True)
+    store = ProjectionStore(settings.store, rebuild_outdated=True) if settings.store else ProjectionStore.temporary()
     return store, LiveView(settings, store, metrics)
 
 

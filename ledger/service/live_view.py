@@ -11,7 +11,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-from bisect import bisect_right, insort
 from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
@@ -63,7 +62,8 @@ class LiveView:
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._offset_waiters: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
         self._tiebreak = itertools.count()
-        self._listing: dict[str | None, list[ListKey]] = {}
+        self._tasks = 0  # in the store or held, for /healthz
+        self.reads = store  # where lists and rows let go of are read
         self._listeners: list[Callable[[TaskRow | None, TaskRow | None], None]] = []
         self._event_listeners: list[Callable[[TaskEvent], None]] = []
         self.caught_up = asyncio.Event()
@@ -91,8 +91,7 @@ class LiveView:
                 self.store.clear()
             self._applied = self._flushed = self.store.checkpoint()
             self._projector.fence.owners.update(self.store.owners())
-            for principal, created_at, task_id in sorted(self.store.keys(), key=lambda k: (k[1], k[2])):
-                self._listing.setdefault(principal, []).append((created_at, task_id))
+            self._tasks = self.store.count()
         await self._follow_from(self._applied)
         if self.store is not None:
             self._flushing = asyncio.create_task(self._flush_forever(), name="projection store")
@@ -144,7 +143,7 @@ class LiveView:
                 "lag": self.lag(), "fetch_rounds": self._rounds}
 
     def task_count(self) -> int:
-        return sum(map(len, self._listing.values()))
+        return self._tasks
 
     async def reached(self, position: Position, timeout: float) -> None:
         """Return once the event at ``position`` is applied; ``ReadTimeout`` after ``timeout`` seconds."""
@@ -183,15 +182,11 @@ class LiveView:
                         del self._watchers[task_id]
 
     async def page(self, principal: str | None, after: ListKey | None, limit: int) -> list[TaskRow]:
-        """Up to ``limit`` of the principal's tasks in creation order, starting after ``after``."""
-        keys = self._listing.get(principal, [])
-        start = 0 if after is None else bisect_right(keys, after)
-        rows = []
-        for _, task_id in keys[start:start + limit]:
-            row = self.get(task_id)
-            if row is not None:
-                rows.append(row)
-        return rows
+        """Up to ``limit`` of the principal's tasks in creation order, starting after ``after``: read
+        from the store once it holds what this view has applied, each as this view holds it now."""
+        await self.flush()
+        rows = await asyncio.to_thread(self.reads.tasks, principal=principal, after=after, limit=limit)
+        return [self.get(row.task_id) or row for row in rows]
 
     async def _follow(self) -> None:
         while True:
@@ -276,7 +271,7 @@ class LiveView:
 
     def _applied_record(self, record: LogRecord, before: TaskRow | None, after: TaskRow | None) -> None:
         if before is None and after is not None:
-            insort(self._listing.setdefault(after.principal, []), (after.created_at, after.task_id))
+            self._tasks += 1
 
     def _after_applying(self) -> None:
         """What follows a fetch's fold (nothing, here)."""

@@ -26,7 +26,7 @@ import psycopg
 from ledger.contract.events import TaskCreated
 from ledger.kafka.records import LogRecord
 from ledger.metrics import Metrics
-from ledger.service.live_view import ListKey, LiveView
+from ledger.service.live_view import LiveView
 from ledger.settings import Settings
 from projections.postgres import PostgresStore, refuse_foreign
 from projections.projector import Projector
@@ -44,7 +44,7 @@ class SharedView(LiveView):
 
     def __init__(self, settings: Settings, store: PostgresStore, metrics: Metrics | None = None) -> None:
         super().__init__(settings, None, metrics)
-        self.database = store
+        self.database = self.reads = store
         self._before: dict[str, TaskRow] = {}  # rows made for the fetch being folded
         self._projector = Projector(StatusProjection(lookup=self._before.get), history=False)
         self.projection = self._projector.projection
@@ -83,11 +83,6 @@ class SharedView(LiveView):
 
     def task_count(self) -> int:
         return len(self.projection.rows)
-
-    async def page(self, principal: str | None, after: ListKey | None, limit: int) -> list[TaskRow]:
-        await self.flush()
-        rows = await asyncio.to_thread(self.database.tasks, principal=principal, after=after, limit=limit)
-        return [self.get(row.task_id) or row for row in rows]
 
     async def flush(self) -> None:
         """Return once the database holds everything this view has applied (at most the read timeout;

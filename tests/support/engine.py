@@ -16,6 +16,7 @@ from ledger.service.live_view import LiveView
 from ledger.service.tasks import TaskService
 from ledger.settings import Settings
 from projections.status import TaskRow
+from projections.store import ProjectionStore
 
 WAIT = 30.0
 
@@ -51,7 +52,7 @@ class Engine:
 @asynccontextmanager
 async def running_engine(app: App, settings: Settings, workers: int = 1) -> AsyncIterator[Engine]:
     async with EventLog(settings) as log:
-        view = LiveView(settings)
+        view = LiveView(settings, ProjectionStore())
         await view.start()
         engine = Engine(app, settings, TaskService(app, settings, log, view, "server:test"))
         try:
