@@ -23,6 +23,7 @@ from projections.history import Entry, Recorded, render
 from projections.status import TaskRow, transition
 from projections.store import (
     EVERYONE,
+    INDEX_NAMES,
     INDEXES,
     OFFSET_BITS,
     OFFSET_MASK,
@@ -148,6 +149,13 @@ class PostgresStore(Store):
             self._db.execute(OPEN_TASKS_INDEX)
             if self.building:  # the planner's statistics, before anyone plans on a table it has not seen
                 self._db.execute("ANALYZE tasks, history")
+
+    def unindex(self) -> None:
+        """Drop the query indexes until ``index()``, as the SQLite store's ``unindex``."""
+        with self._lock, self._live.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            for name in (*INDEX_NAMES, "tasks_open"):
+                self._db.execute(f"DROP INDEX IF EXISTS {name}")
 
     def close(self) -> None:
         self._db.close()

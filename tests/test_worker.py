@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from examples.demo import app as demo
 from ledger.contract.events import (
     TERMINAL_EVENTS,
     ElicitationRequested,
@@ -24,11 +25,15 @@ from ledger.contract.events import (
     TaskStarted,
 )
 from ledger.engine.app import InvalidArguments
+from ledger.engine.worker import Worker
+from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
+from ledger.kafka.records import LogRecord
 from ledger.settings import Settings
 from tests.support.apps.engine_app import app
 from tests.support.engine import history, running_engine
-from tests.support.stack import until
+from tests.support.factories import plan_trip
+from tests.support.stack import running, until
 
 
 def result_text(row) -> str:
@@ -269,3 +274,24 @@ async def _records(settings: Settings):
         async for batch in reader.catch_up():
             for record in batch:
                 yield record
+
+
+async def test_a_worker_catching_up_holds_only_the_tasks_still_open(settings: Settings, topics: dict) -> None:
+    async with EventLog(settings) as log:  # one task waiting for its answer, then 300 that finished
+        await log.append_many(plan_trip("waiting")[:3] + [e for i in range(300) for e in plan_trip(f"done-{i}")])
+    worker = Worker(demo, settings, worker_id="fresh")
+    held: list[int] = []
+    handle = worker._handle
+
+    async def counted(records: list[LogRecord]) -> None:
+        await handle(records)
+        if worker._catching_up:
+            held.append(sum(map(len, worker._journals.values())))
+
+    worker._handle = counted
+    async with running(worker):
+        await until(lambda: not worker._catching_up, 30, lambda: "the worker never read to its claims")
+        partition = next(p for p, journals in worker._journals.items() if "waiting" in journals)
+        assert worker._journals[partition]["waiting"].waiting
+    # A finished task leaves as its end is read, not when the whole catch-up is over.
+    assert held and max(held) <= 10, held

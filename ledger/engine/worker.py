@@ -482,6 +482,12 @@ class Worker:
                 self.metrics.elicitation_wait.observe(max(0, event.occurred_at - asked_at) / 1000)
         if isinstance(event, TERMINAL_EVENTS):
             journal.end_read = True
+            if record.partition in self._catching_up and event.task_id not in self._runs:
+                # Nothing is left to do for it: what a catch-up holds is bounded by the open tasks,
+                # not by the history it reads (every task since the oldest open one's first event).
+                del journals[event.task_id]
+                self._remember_ended(event.task_id)
+                return None
             return journal
         return journal if changed else None
 

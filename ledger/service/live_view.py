@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from aiokafka.errors import KafkaError
 
@@ -20,6 +21,7 @@ from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
 from ledger.metrics import Metrics
 from ledger.pauses import settles_on_waking
+from ledger.service.replay import no_collections
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow
@@ -68,6 +70,8 @@ class LiveView:
         self._event_listeners: list[Callable[[TaskEvent], None]] = []
         self.caught_up = asyncio.Event()
         self._catch_up_read = 0
+        self._catch_up_pauses = ExitStack()  # what a catch-up suspends until it ends
+        self._indexing = False  # the store's query indexes wait for the end of the catch-up
         self._catch_up_started: float | None = None
         self._catch_up_reported = 0.0
         self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
@@ -92,17 +96,23 @@ class LiveView:
             self._applied = self._flushed = self.store.checkpoint()
             self._projector.fence.owners.update(self.store.owners())
             self._tasks = self.store.count()
+            if not self._applied:  # the whole log to fold, into a new store: the indexes are made after it
+                self._indexing = True
+                await asyncio.to_thread(self.store.unindex)
         await self._follow_from(self._applied)
         if self.store is not None:
             self._flushing = asyncio.create_task(self._flush_forever(), name="projection store")
 
     async def _follow_from(self, checkpoint: dict[int, int]) -> None:
         self._applied = dict(checkpoint)
+        # A catch-up makes no cycles, and each collection walks every row held (as in a replay).
+        self._catch_up_pauses.enter_context(no_collections())
         self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
         await self._reader.start()
         self._follower = asyncio.create_task(self._follow(), name="live view")
 
     async def stop(self) -> None:
+        self._catch_up_pauses.close()
         for task in (self._follower, self._flushing):
             if task is not None:
                 task.cancel()
@@ -213,15 +223,21 @@ class LiveView:
             self._rounds += 1
             self._release_round_waiters()
             if not self.caught_up.is_set():
-                self._catching_up(len(records))
+                await self._catching_up(len(records))
 
-    def _catching_up(self, read: int) -> None:
+    async def _catching_up(self, read: int) -> None:
         """Count what catch-up read, say every few seconds how far it is, and mark its end."""
         now = asyncio.get_running_loop().time()
         self._catch_up_read += read
         if self._catch_up_started is None:
             self._catch_up_started = self._catch_up_reported = now
         if self._reader.caught_up():
+            if self._indexing:
+                await self.flush()
+                await asyncio.to_thread(self.store.index)
+                self._indexing = False
+            self._catch_up_pauses.close()
+            now = asyncio.get_running_loop().time()
             self.caught_up.set()
             if self._catch_up_read:
                 log.info("live view: caught up with the log: %d events read in %.1f s", self._catch_up_read,
