@@ -13,7 +13,6 @@ import itertools
 import logging
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
@@ -22,7 +21,7 @@ from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
 from ledger.metrics import Metrics
 from ledger.pauses import settles_on_waking
-from ledger.service.replay import PARALLEL_FROM_EVENTS, Progress, build_store, no_collections
+from ledger.service.replay import no_collections
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow
@@ -73,7 +72,6 @@ class LiveView:
         self._catch_up_read = 0
         self._catch_up_pauses = ExitStack()  # what a catch-up suspends until it ends
         self._indexing = False  # the store's query indexes wait for the end of the catch-up
-        self._may_replay = False  # a new store, until the first fetch shows whether the log is long
         self._catch_up_started: float | None = None
         self._catch_up_reported = 0.0
         self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
@@ -99,7 +97,7 @@ class LiveView:
             self._projector.fence.owners.update(self.store.owners())
             self._tasks = self.store.count()
             if not self._applied:  # the whole log to fold, into a new store: the indexes are made after it
-                self._indexing = self._may_replay = True
+                self._indexing = True
                 await asyncio.to_thread(self.store.unindex)
         await self._follow_from(self._applied)
         if self.store is not None:
@@ -107,10 +105,10 @@ class LiveView:
 
     async def _follow_from(self, checkpoint: dict[int, int]) -> None:
         self._applied = dict(checkpoint)
-        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
-        await self._reader.start()
         # A catch-up makes no cycles, and each collection walks every row held (as in a replay).
         self._catch_up_pauses.enter_context(no_collections())
+        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
+        await self._reader.start()
         self._follower = asyncio.create_task(self._follow(), name="live view")
 
     async def stop(self) -> None:
@@ -198,8 +196,7 @@ class LiveView:
         from the store once it holds what this view has applied, each as this view holds it now."""
         await self.flush()
         rows = await asyncio.to_thread(self.reads.tasks, principal=principal, after=after, limit=limit)
-        held = self.projection.get  # newer than the store's where it differs; a task not held is not looked up
-        return [held(row.task_id, look_up=False) or row for row in rows]
+        return [self.get(row.task_id) or row for row in rows]
 
     async def _follow(self) -> None:
         while True:
@@ -210,8 +207,6 @@ class LiveView:
             except Exception:
                 log.exception("live view: fetch failed; retrying")
                 await asyncio.sleep(0.5)
-                continue
-            if records and self._may_replay and await self._filled_by_replay(records):
                 continue
             if records:
                 await self._before_applying(records)
@@ -229,46 +224,6 @@ class LiveView:
             self._release_round_waiters()
             if not self.caught_up.is_set():
                 await self._catching_up(len(records))
-
-    async def _filled_by_replay(self, first: list[LogRecord]) -> bool:
-        """Whether the new store was filled as ``ledger replay`` fills one (in processes, the indexes
-        after), the view then following the log from where the replay ended: what a fresh server does
-        on a log of ``PARALLEL_FROM_EVENTS`` or more, judged by its first fetch (the records fetched and
-        the lag the fetch showed), so that it catches up at the replay's rate. ``first`` is not folded:
-        the replay folds it."""
-        self._may_replay = False
-        store = self.store
-        events = len(first) + self._reader.lag()
-        if not isinstance(store, ProjectionStore) or store.path == ":memory:" or events < PARALLEL_FROM_EVENTS:
-            return False
-        log.info("live view: %d events on the log; replaying them into the new store %s first", events, store.path)
-        self._catch_up_started = self._catch_up_reported = asyncio.get_running_loop().time()
-        async with self._flush_lock:  # nothing of the view's own is written while the replay writes
-            await self._reader.stop()
-            try:
-                summary = await build_store(self.settings, Path(store.path), progress=self._replaying)
-            except Exception:
-                log.exception("live view: the replay into the new store failed; folding the log here instead")
-                await asyncio.to_thread(store.clear)
-                self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint={})
-                await self._reader.start()
-                return True
-            self._indexing = False  # the replay made them
-            self._applied = self._flushed = store.checkpoint()
-            self._projector.fence.owners.update(store.owners())
-            self._tasks = store.count()
-            self._catch_up_read = summary.events
-            self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
-                                     checkpoint=self._applied)
-            await self._reader.start()
-        log.info("live view: replayed %d events into the store in %.1f s (%.0f events/s); following the log",
-                 summary.events, summary.seconds, summary.rate)
-        return True
-
-    @staticmethod
-    def _replaying(progress: Progress) -> None:
-        log.info("live view: replaying into the new store: %d events, %.0f/s, %d to go", progress.events,
-                 progress.rate, progress.lag)
 
     async def _catching_up(self, read: int) -> None:
         """Count what catch-up read, say every few seconds how far it is, and mark its end."""
