@@ -105,10 +105,10 @@ class LiveView:
 
     async def _follow_from(self, checkpoint: dict[int, int]) -> None:
         self._applied = dict(checkpoint)
-        # A catch-up makes no cycles, and each collection walks every row held (as in a replay).
-        self._catch_up_pauses.enter_context(no_collections())
         self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
         await self._reader.start()
+        # A catch-up makes no cycles, and each collection walks every row held (as in a replay).
+        self._catch_up_pauses.enter_context(no_collections())
         self._follower = asyncio.create_task(self._follow(), name="live view")
 
     async def stop(self) -> None:
@@ -196,7 +196,8 @@ class LiveView:
         from the store once it holds what this view has applied, each as this view holds it now."""
         await self.flush()
         rows = await asyncio.to_thread(self.reads.tasks, principal=principal, after=after, limit=limit)
-        return [self.get(row.task_id) or row for row in rows]
+        held = self.projection.get  # newer than the store's where it differs; a task not held is not looked up
+        return [held(row.task_id, look_up=False) or row for row in rows]
 
     async def _follow(self) -> None:
         while True:
