@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
 import subprocess
@@ -35,7 +37,7 @@ from projections.postgres import CheckpointMoved, DatabaseUnavailable, PostgresS
 from projections.projector import Projector, flush
 from projections.status import TaskRow
 from projections.store import STORE_FORMAT, OutdatedStore, ProjectionStore, Store
-from tests.support.factories import histories, sample, written
+from tests.support.factories import histories, plan_trip, sample, written
 from tests.support.spawn import LEDGER
 from tests.support.stack import until
 
@@ -208,6 +210,31 @@ async def test_a_bounded_view_keeps_few_rows_in_memory_and_reads_the_rest_from_t
     replayed = ProjectionStore()
     await replay(settings, replayed)
     assert sorted(replayed.rows(), key=lambda r: r.task_id) == sorted(store.rows(), key=lambda r: r.task_id)
+
+
+async def test_a_new_store_for_a_long_log_is_filled_by_replay_then_followed(
+        settings: Settings, topics: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    for module in ("ledger.service.live_view", "ledger.service.replay"):  # 480 events stand for a long log
+        monkeypatch.setattr(f"{module}.PARALLEL_FROM_EVENTS", 100)
+    store = ProjectionStore.temporary()
+    async with EventLog(settings) as log:
+        await log.append_many([event for i in range(60) for event in plan_trip(f"trip-{i}")])
+        view = LiveView(settings, store)
+        with caplog.at_level(logging.INFO, logger="ledger.service.live_view"):
+            await view.start()
+            try:
+                await asyncio.wait_for(view.caught_up.wait(), 60)
+                await view.reached(await log.append(sample(TaskCreated, "after")), 30)  # followed from the replay's end
+            finally:
+                await view.stop()
+    assert "replayed 480 events into the store" in caplog.text, caplog.text
+    replayed = ProjectionStore()
+    await replay(settings, replayed)
+    assert sorted(store.rows(), key=lambda r: r.task_id) == sorted(replayed.rows(), key=lambda r: r.task_id)
+    for task_id in ["after", *(f"trip-{i}" for i in range(60))]:
+        assert store.history(task_id) == replayed.history(task_id), task_id
+    assert store.checkpoint() == replayed.checkpoint()
+    store.close()
 
 
 def test_a_temporary_store_is_a_file_deleted_when_closed() -> None:

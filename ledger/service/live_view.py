@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
@@ -21,7 +22,7 @@ from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
 from ledger.metrics import Metrics
 from ledger.pauses import settles_on_waking
-from ledger.service.replay import no_collections
+from ledger.service.replay import PARALLEL_FROM_EVENTS, Progress, build_store, log_size, no_collections
 from ledger.settings import Settings
 from projections.projector import REMEMBERED_EVENT_IDS, Projector, flush
 from projections.status import StatusProjection, TaskRow
@@ -72,6 +73,7 @@ class LiveView:
         self._catch_up_read = 0
         self._catch_up_pauses = ExitStack()  # what a catch-up suspends until it ends
         self._indexing = False  # the store's query indexes wait for the end of the catch-up
+        self._may_replay = False  # a new store: filled by a replay when the log is long
         self._catch_up_started: float | None = None
         self._catch_up_reported = 0.0
         self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
@@ -97,7 +99,7 @@ class LiveView:
             self._projector.fence.owners.update(self.store.owners())
             self._tasks = self.store.count()
             if not self._applied:  # the whole log to fold, into a new store: the indexes are made after it
-                self._indexing = True
+                self._indexing = self._may_replay = True
                 await asyncio.to_thread(self.store.unindex)
         await self._follow_from(self._applied)
         if self.store is not None:
@@ -200,6 +202,8 @@ class LiveView:
         return [held(row.task_id, look_up=False) or row for row in rows]
 
     async def _follow(self) -> None:
+        if self._may_replay:
+            await self._fill_by_replay()
         while True:
             try:
                 records = await self._reader.fetch()
@@ -225,6 +229,48 @@ class LiveView:
             self._release_round_waiters()
             if not self.caught_up.is_set():
                 await self._catching_up(len(records))
+
+    async def _fill_by_replay(self) -> None:
+        """Fill a new store on a long log (``PARALLEL_FROM_EVENTS`` events or more) as ``ledger replay``
+        fills one (processes sharing the partitions, the indexes after), and follow the log from where
+        the replay ended: a fresh server catches up at the replay's rate. A fill that fails or is
+        stopped is cleared (it has no indexes to resume with), and the view folds the log itself."""
+        store = self.store
+        if not isinstance(store, ProjectionStore) or store.path == ":memory:":
+            return
+        _, events = await log_size(self.settings)
+        if events < PARALLEL_FROM_EVENTS:
+            return
+        log.info("live view: catching up with the log: %d events; replaying them into the new store %s first",
+                 events, store.path)
+        self._catch_up_started = self._catch_up_reported = asyncio.get_running_loop().time()
+        async with self._flush_lock:  # nothing of the view's own is written while the replay writes
+            await self._reader.stop()
+            try:
+                summary = await build_store(self.settings, Path(store.path), progress=self._replaying)
+            except asyncio.CancelledError:
+                store.clear()
+                raise
+            except Exception:
+                log.exception("live view: the replay into the new store failed; folding the log here instead")
+                await asyncio.to_thread(store.clear)
+            else:
+                self._indexing = False  # the replay made them
+                self._applied = self._flushed = store.checkpoint()
+                self._projector.fence.owners.update(store.owners())
+                self._tasks = store.count()
+                self._catch_up_read = summary.events
+                self._catch_up_reported = asyncio.get_running_loop().time()
+                log.info("live view: replayed %d events into the store in %.1f s (%.0f events/s); following the log",
+                         summary.events, summary.seconds, summary.rate)
+            self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
+                                     checkpoint=self._applied)
+            await self._reader.start()
+
+    @staticmethod
+    def _replaying(progress: Progress) -> None:
+        log.info("live view: catching up with the log: replaying into the new store: %d events, %.0f/s, %d to go",
+                 progress.events, progress.rate, progress.lag)
 
     async def _catching_up(self, read: int) -> None:
         """Count what catch-up read, say every few seconds how far it is, and mark its end."""

@@ -21,6 +21,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -147,9 +148,7 @@ async def build_store(settings: Settings, target: Target, *, processes: int | No
     ``PARALLEL_FROM_EVENTS`` events.
     """
     if processes is None or processes > 1:
-        async with LogReader(settings, client_id=f"{settings.client_id}-replay", max_records=1) as reader:
-            await reader.fetch(timeout_ms=1_000)  # learns each partition's high watermark
-            partitions, events = reader.partitions(), reader.lag()
+        partitions, events = await log_size(settings)
         if processes is None:
             processes = len(os.sched_getaffinity(0)) if events >= PARALLEL_FROM_EVENTS else 1
         if processes > 1 and len(partitions) > 1:
@@ -163,14 +162,28 @@ async def build_store(settings: Settings, target: Target, *, processes: int | No
     return summary
 
 
+async def log_size(settings: Settings) -> tuple[list[int], int]:
+    """The topic's partitions and about how many events they hold, from one small fetch."""
+    async with LogReader(settings, client_id=f"{settings.client_id}-replay", max_records=1) as reader:
+        await reader.fetch(timeout_ms=1_000)  # learns the high watermarks of the partitions it reached
+        # The listed ends are exact on Kafka, where one fetch may reach one broker's partitions only;
+        # on Tansu the fetch's watermarks are (see profiles).
+        positions, ends = reader.positions(), await reader.end_offsets()
+        listed = sum(max(0, end - positions[partition]) for partition, end in ends.items())
+        return reader.partitions(), max(reader.lag(), listed)
+
+
 async def _replay_in_processes(settings: Settings, target: Target, partitions: list[int], processes: int,
                                progress: Callable[[Progress], None] | None,
                                options: dict[str, Any]) -> ReplaySummary:
     started = time.perf_counter()
     shares = [partitions[i::processes] for i in range(min(processes, len(partitions)))]
-    # Forked, on Linux: a spawned process imports ledger again first (0.7 s each, a tenth of a
-    # million-event replay); the child resets the signals it inherits (see _replay_share).
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # Forked, on Linux, from a process of one thread (ledger replay): a spawned process imports ledger
+    # again first (0.7 s each, a tenth of a million-event replay); the child resets the signals it
+    # inherits (see _replay_share). A process with other threads (a server filling its store) spawns:
+    # a child forked from it can inherit a lock another thread held and wait for it forever.
+    forks = sys.platform == "linux" and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if forks else "spawn")
     counts = context.Array("q", 2 * len(shares), lock=False)  # events, lag of each share
     results = context.Queue()
     children = [context.Process(target=_replay_share, name=f"ledger-replay-{i}",

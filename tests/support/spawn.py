@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,15 +22,18 @@ DEMO = "examples/demo.py"
 
 def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 30) -> list[str]:
     lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not printed; got {lines}")
+    # A process that goes silent would hold readline past any deadline: at the deadline it is killed,
+    # which ends the read.
+    deadline = threading.Timer(timeout, process.kill)
+    deadline.start()
+    try:
+        for line in iter(process.stdout.readline, ""):
+            lines.append(line)
+            if needle in line:
+                return lines
+    finally:
+        deadline.cancel()
+    raise AssertionError(f"{needle!r} not printed in {timeout} s; got {lines}")
 
 
 def role_environment(settings: Settings) -> dict[str, str]:
