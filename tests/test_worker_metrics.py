@@ -75,10 +75,13 @@ async def test_the_worker_serves_every_series_after_a_demo_run(dev_with_metrics:
     async with httpx.AsyncClient() as http:
         # A server can read a TaskCompleted off the log before the worker that wrote it has its
         # acknowledgement and counts the run: scrape until the worker has counted both.
+        last: dict[str, float] = {}
+
         async def counted_both_runs() -> dict[str, float] | None:
-            scraped = series((await http.get(worker_metrics)).text)
-            return scraped if scraped.get('ledger_worker_runs_finished_total{outcome="completed"}', 0) >= 2 else None
-        scraped = await until(counted_both_runs, 30)
+            last.update(series((await http.get(worker_metrics)).text))
+            return last if last.get('ledger_worker_runs_finished_total{outcome="completed"}', 0) >= 2 else None
+        scraped = await until(counted_both_runs, 30, failure=lambda: "runs counted: " + repr(
+            {sample: count for sample, count in last.items() if sample.startswith("ledger_worker_runs_")}))
         health = await http.get(worker_metrics.replace("/metrics", "/healthz"))
     names = {sample.split("{", 1)[0] for sample in scraped}
     assert set(WORKER_SERIES) <= names, set(WORKER_SERIES) - names

@@ -531,7 +531,9 @@ class Worker:
                                                                         name=f"end {journal.task_id}")
             return
         if journal.ended:
-            if run is not None:
+            # The end read may be the run's own, read back before its append was acknowledged: that
+            # run is let finish, so it counts as the run that completed the task.
+            if run is not None and not journal.ending:
                 run.stop()
             if journal.end_read:
                 del self._journals[journal.partition][journal.task_id]
