@@ -247,7 +247,7 @@ class LiveView:
         async with self._flush_lock:  # nothing of the view's own is written while the replay writes
             await self._reader.stop()
             try:
-                summary = await build_store(self.settings, Path(store.path), progress=self._replaying)
+                summary = await build_store(self.settings, Path(store.path), progress=self._replaying, fork=False)
             except asyncio.CancelledError:
                 store.clear()
                 raise

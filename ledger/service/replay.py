@@ -21,7 +21,6 @@ import os
 import queue
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -139,10 +138,14 @@ async def _replay(settings: Settings, store: Store, partitions: Collection[int] 
 
 
 async def build_store(settings: Settings, target: Target, *, processes: int | None = None,
-                      progress: Callable[[Progress], None] | None = None, **options: Any) -> ReplaySummary:
+                      progress: Callable[[Progress], None] | None = None, fork: bool = True,
+                      **options: Any) -> ReplaySummary:
     """Replay into a new store (``building``: a file, or a database's building schema) with ``processes``
     processes (at most one a partition), each folding a share of the partitions; ``options`` as for
     ``replay``. The store gets its query indexes once every share is in.
+
+    ``fork=False`` spawns the processes: what a caller with threads at work (a server) needs, since a
+    child forked from it can inherit a lock one of them held and wait for it forever.
 
     ``processes=None`` chooses: the CPUs this process may use, or one for a topic of fewer than
     ``PARALLEL_FROM_EVENTS`` events.
@@ -152,7 +155,7 @@ async def build_store(settings: Settings, target: Target, *, processes: int | No
         if processes is None:
             processes = len(os.sched_getaffinity(0)) if events >= PARALLEL_FROM_EVENTS else 1
         if processes > 1 and len(partitions) > 1:
-            return await _replay_in_processes(settings, target, partitions, processes, progress, options)
+            return await _replay_in_processes(settings, target, partitions, processes, progress, fork, options)
     store = building(target)
     try:
         summary = await replay(settings, store, progress=progress, **options)
@@ -174,16 +177,14 @@ async def log_size(settings: Settings) -> tuple[list[int], int]:
 
 
 async def _replay_in_processes(settings: Settings, target: Target, partitions: list[int], processes: int,
-                               progress: Callable[[Progress], None] | None,
+                               progress: Callable[[Progress], None] | None, fork: bool,
                                options: dict[str, Any]) -> ReplaySummary:
     started = time.perf_counter()
     shares = [partitions[i::processes] for i in range(min(processes, len(partitions)))]
-    # Forked, on Linux, from a process of one thread (ledger replay): a spawned process imports ledger
-    # again first (0.7 s each, a tenth of a million-event replay); the child resets the signals it
-    # inherits (see _replay_share). A process with other threads (a server filling its store) spawns:
-    # a child forked from it can inherit a lock another thread held and wait for it forever.
-    forks = sys.platform == "linux" and threading.active_count() == 1
-    context = multiprocessing.get_context("fork" if forks else "spawn")
+    # Forked, on Linux, unless the caller has threads at work (see build_store): a spawned process
+    # imports ledger again first (0.7 s each, a tenth of a million-event replay); the child resets the
+    # signals it inherits (see _replay_share).
+    context = multiprocessing.get_context("fork" if fork and sys.platform == "linux" else "spawn")
     counts = context.Array("q", 2 * len(shares), lock=False)  # events, lag of each share
     results = context.Queue()
     children = [context.Process(target=_replay_share, name=f"ledger-replay-{i}",
