@@ -36,6 +36,7 @@ from bench.log import approve_expense_flow  # noqa: E402
 from ledger.contract.codec import Codec  # noqa: E402
 from ledger.kafka.appender import EventLog  # noqa: E402
 from ledger.kafka.records import decode_records  # noqa: E402
+from ledger.kafka.security import connection  # noqa: E402
 from ledger.kafka.topics import ensure_topics  # noqa: E402
 from ledger.service.live_view import LiveView  # noqa: E402
 from ledger.service.replay import no_collections  # noqa: E402
@@ -109,7 +110,7 @@ def replay(settings: Settings, store: Path, processes: int) -> tuple[float, str]
 async def stage_rate(settings: Settings, partitions: int, events: int, stage: str) -> float:
     """events/s of the first stages of a replay alone, in this process: ``read`` (aiokafka only),
     ``decode`` (+ Avro into events), ``fold`` (+ status rows and history entries, no store)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**connection(settings), enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     try:

@@ -62,6 +62,11 @@ class Settings:
     session_timeout_ms: int = _setting(
         10_000, "LEDGER_SESSION_TIMEOUT_MS", "Group session timeout: how soon a dead worker's partitions move."
     )
+    kafka_config: str | None = _setting(
+        None, "LEDGER_KAFKA_CONFIG", "File of Kafka client properties (security.protocol, sasl.*, ssl.*: the "
+        "keys librdkafka and kcat read, listed below); each key can also be set as LEDGER_KAFKA_<KEY>, which "
+        "wins over the file. Unset: plaintext, no authentication."
+    )
     client_id: str = _setting("ledger", "LEDGER_CLIENT_ID", "Kafka client id prefix.")
     worker_concurrency: int = _setting(
         64, "LEDGER_WORKER_CONCURRENCY", "Tool runs a worker executes at once (waiting tasks do not count)."

@@ -26,9 +26,9 @@ async def test_refuses_a_partition_count_that_differs_from_the_topic(settings: S
 
 async def test_without_a_count_the_broker_decides_and_an_existing_topic_keeps_its_own(settings: Settings) -> None:
     unset = replace(settings, partitions=None)
-    default = (await broker_profile(settings.bootstrap)).default_partitions
+    default = (await broker_profile(settings)).default_partitions
     assert (await ensure_topics(unset))[settings.events_topic] == default == {"kafka": 8, "tansu": 32}[
-        (await broker_profile(settings.bootstrap)).name]
+        (await broker_profile(settings)).name]
     other = replace(settings, topic_prefix=f"{settings.topic_prefix}-six", partitions=6)
     await ensure_topics(other)
     assert (await ensure_topics(replace(other, partitions=None)))[other.events_topic] == 6

@@ -24,6 +24,7 @@ from ledger.cli.loading import AppNotFound, default_app_path, load_app
 from ledger.kafka import cluster as local_cluster  # for its options: ~3 ms, no third-party module
 from ledger.kafka.broker import DEFAULT_PORT, MEMORY_STORAGE, BrokerFailed, BrokerUnavailable, EmbeddedBroker, PortTaken
 from ledger.kafka.profiles import KafkaUnreachable, NotKafka
+from ledger.kafka.security import KafkaConfigError, KafkaSecurityError, describe_properties
 from ledger.kafka.topics import TopicError, ensure_topics
 from ledger.service.replay import PARALLEL_FROM_EVENTS, ReplayFailed
 from ledger.settings import Settings, SettingsError, describe
@@ -40,16 +41,20 @@ Every task transition is an Avro event on the <prefix>.task-events topic; projec
 log answer tasks/get, and workers resume waiting tools from it."""
 
 EXPECTED_ERRORS = (SettingsError, BrokerUnavailable, BrokerFailed, TopicError, KafkaError, AppNotFound, PortTaken,
-                   NotKafka, KafkaUnreachable, reads.NoSuchTask, FileNotFoundError, ReplayFailed,
+                   NotKafka, KafkaUnreachable, KafkaSecurityError, KafkaConfigError, reads.NoSuchTask, FileNotFoundError, ReplayFailed,
                    mcp_client.ClientError, OutdatedStore, DatabaseUnavailable, ForeignDatabase,
                    psycopg.OperationalError)
+
+
+def settings_help() -> str:
+    return f"{describe()}\n\n{describe_properties()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger",
         description=DESCRIPTION,
-        epilog=describe(),
+        epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -59,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the embedded Kafka broker (Tansu) for development",
         description="Start the embedded Kafka-compatible broker, create the ledger topics, and run "
         "until interrupted (Ctrl-C or SIGTERM). Point other processes at it with LEDGER_BOOTSTRAP.",
-        epilog=describe(),
+        epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "database's checkpoint on. Build the store once with `ledger replay --database`, or let a "
                     "projector fold the log from offset 0; run two or more, and one takes over a partition "
                     "where another stopped.",
-        epilog=describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     projector.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (default: LEDGER_BOOTSTRAP)")
     projector.add_argument("--database", metavar="URL", help="the PostgreSQL database (default: LEDGER_DATABASE_URL)")
     projector.set_defaults(run=run_projector)
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the embedded Kafka broker, a server and a worker in one process, serving APP "
         "(default: the demo tools in examples/demo.py) at http://HOST:PORT/mcp. Events are kept in "
         "memory and lost on exit.",
-        epilog=describe(),
+        epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dev.add_argument("app", nargs="?", metavar="APP", help="module:attribute or path/to/file.py[:attribute] "
@@ -256,7 +261,7 @@ def _read_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _read_parser(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=summary, description=text, epilog=describe(),
+    parser = commands.add_parser(name, help=summary, description=text, epilog=settings_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (default: LEDGER_BOOTSTRAP)")
     return parser
@@ -269,7 +274,7 @@ def _store_and_json(parser: argparse.ArgumentParser) -> None:
 
 
 def _role_parser(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
-    role = commands.add_parser(name, help=summary, description=text, epilog=describe(),
+    role = commands.add_parser(name, help=summary, description=text, epilog=settings_help(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     role.add_argument("app", metavar="APP", help="the application: module:attribute, or path/to/file.py[:attribute] "
                       "(attribute defaults to `app`)")

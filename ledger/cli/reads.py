@@ -20,9 +20,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.contract.events import TaskStarted
 from ledger.kafka.consumer import topic_partitions
-from ledger.kafka.profiles import broker_profile
+from ledger.kafka.profiles import broker_profile, check_bootstrap
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord
+from ledger.kafka.security import connection
 from ledger.service.queries import row_json
 from ledger.service.replay import Progress, ReplaySummary, Target, build_store, building, replay
 from ledger.settings import Settings
@@ -239,7 +240,8 @@ async def describe_topics(settings: Settings, *, show_all: bool = False,
     committed offsets and the open tasks after them (waiting for people, running, not started)."""
     described: dict[str, dict[int, tuple[int, int | None]]] = {}
     group = f"{settings.topic_prefix}.workers"
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False,
+    await check_bootstrap(settings)
+    consumer = AIOKafkaConsumer(**connection(settings), group_id=group, enable_auto_commit=False,
                                 client_id=f"{settings.client_id}-topics")
     await consumer.start()
     try:
@@ -318,12 +320,12 @@ async def _open_tasks(settings: Settings, committed: dict[int, int]) -> dict[int
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """End offsets: as the broker lists them where they are exact, else from the high watermarks that
     fetches report (the embedded broker's ListOffsets under-reports)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**connection(settings), enable_auto_commit=False,
                                 client_id=f"{settings.client_id}-topics", max_partition_fetch_bytes=1024)
     await consumer.start()
     try:
         assigned = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
-        if (await broker_profile(settings.bootstrap)).exact_end_offsets:
+        if (await broker_profile(settings)).exact_end_offsets:
             return {tp.partition: offset for tp, offset in (await consumer.end_offsets(assigned)).items()}
         consumer.assign(assigned)
         for tp in assigned:

@@ -96,6 +96,8 @@ async def _server_role(app: App, settings: Settings, host: str, port: int) -> No
     serving = asyncio.create_task(_serve(server))
     try:
         await _started(server, serving)
+        if (refused := getattr(server.config.app.state, "refused", None)) is not None:
+            raise refused
         if server.started:
             print(f"ledger server: listening on http://{host}:{port}, reading the log", flush=True)
             await _caught_up(server, serving)

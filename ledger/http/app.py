@@ -33,6 +33,7 @@ from ledger.http.login import BearerOrSession, WebSessions
 from ledger.http.ui import ui_routes
 from ledger.kafka.appender import EventLog
 from ledger.kafka.health import LogHealth
+from ledger.kafka.security import KafkaSecurityError
 from ledger.kafka.signouts import SignOuts
 from ledger.mcp.extension_tasks import ModernAdapter
 from ledger.mcp.server import build_mcp_server, request_state_security, sessions_per_principal, timed
@@ -104,7 +105,12 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         # The server listens while its view catches up with the log (health checks answer, /mcp says
         # to come back, a stop signal stops it); MCP requests are served once it has caught up.
-        await event_log.start()
+        try:
+            await event_log.start()
+        except KafkaSecurityError as exc:  # said by the role in one sentence, never as a startup traceback
+            starlette.state.refused = exc
+            yield
+            return
         try:
             await health.start()
             if sign_outs is not None:

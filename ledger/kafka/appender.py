@@ -27,6 +27,7 @@ from ledger.contract.codec import Codec
 from ledger.contract.events import TaskEvent
 from ledger.kafka.profiles import broker_profile
 from ledger.kafka.records import DeadLetter, Position
+from ledger.kafka.security import AUTHORIZATION_ERRORS, connection, not_allowed
 from ledger.metrics import Metrics
 from ledger.pauses import settles_on_waking
 from ledger.settings import Settings
@@ -89,9 +90,9 @@ class EventLog:
         self._producer = await self._started_producer()
 
     async def _started_producer(self) -> AIOKafkaProducer:
-        profile = await broker_profile(self.settings.bootstrap)
+        profile = await broker_profile(self.settings)
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
+            **connection(self.settings),
             client_id=self._client_id,
             acks="all",
             # Where the broker has it, retries are de-duplicated by the broker; events are also
@@ -103,6 +104,9 @@ class EventLog:
         )
         try:
             await producer.start()
+        except AUTHORIZATION_ERRORS:
+            await producer.stop()
+            raise not_allowed(self.settings, f"write to {self.settings.events_topic}") from None
         except BaseException:
             await producer.stop()
             raise

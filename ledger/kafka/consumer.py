@@ -14,6 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from ledger.contract.codec import Codec
 from ledger.kafka.profiles import BrokerProfile, broker_profile
 from ledger.kafka.records import DeadLetterSink, LogRecord, decode_records
+from ledger.kafka.security import connection
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class DecodingConsumer:
         self._last_event = time.monotonic()
 
     async def start(self) -> None:
-        self.profile = await broker_profile(self.settings.bootstrap)
+        self.profile = await broker_profile(self.settings)
         wait = self.settings.fetch_max_wait_ms
         if self.profile.answers_fetch_early:
             wait = self.settings.idle_fetch_wait_ms
@@ -78,7 +79,7 @@ class DecodingConsumer:
         # coordinator holds a JoinGroup that long).
         options = {"request_timeout_ms": self.settings.produce_timeout_ms + self.settings.idle_fetch_wait_ms,
                    "metadata_max_age_ms": METADATA_MAX_AGE_MS, **self._options}
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, fetch_max_wait_ms=wait,
+        self._consumer = AIOKafkaConsumer(**connection(self.settings), fetch_max_wait_ms=wait,
                                           enable_auto_commit=False, auto_offset_reset="earliest", **options)
         await self._consumer.start()
 

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ledger.kafka.appender import EventLog
 from ledger.kafka.profiles import broker_profile
+from ledger.kafka.security import connection
 from ledger.kafka.topics import min_insync_replicas
 from ledger.settings import Settings
 
@@ -38,9 +39,9 @@ class LogHealth:
 
     async def start(self) -> None:
         """Learn the topic's min.insync.replicas (once, at start, while the brokers answer)."""
-        if (await broker_profile(self.settings.bootstrap)).name != "kafka":
+        if (await broker_profile(self.settings)).name != "kafka":
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap,
+        admin = AIOKafkaAdminClient(**connection(self.settings),
                                     client_id=f"{self.settings.client_id}-health")
         try:
             await admin.start()

@@ -13,11 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.protocol.admin import ApiVersionRequest
+
+from ledger.kafka.security import KafkaClientConfig, KafkaSecurityError, client_config, connection, ssl_context
+from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ TANSU = BrokerProfile(
     default_partitions=32,
 )
 
-_known: dict[str, BrokerProfile] = {}
+_known: dict[tuple[str, KafkaClientConfig], BrokerProfile] = {}
 
 
 def profile_for(advertised_apis: set[int]) -> BrokerProfile:
@@ -67,55 +75,122 @@ class KafkaUnreachable(ConnectionError):
     """Nothing accepts connections at any bootstrap address."""
 
 
-async def check_bootstrap(bootstrap: str) -> None:
+async def check_bootstrap(settings: Settings) -> None:
     """Fail within seconds, saying what answered, when LEDGER_BOOTSTRAP names something that is not
-    Kafka (the Kafka client would wait ~40 s for an answer that never comes). An address that
+    Kafka (the Kafka client would wait ~40 s for an answer that never comes), or a broker that does not
+    speak the client's protocol (TLS or not) or whose certificate it does not trust. An address that
     refuses connections is left to the client, which says it cannot reach Kafka."""
-    if bootstrap in _known:
+    bootstrap, config = settings.bootstrap, client_config(settings)
+    if (bootstrap, config) in _known:
         return
+    context = ssl_context(config) if config.uses_tls else None
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
-        verdict = await asyncio.to_thread(_probe, host.strip("[]"), int(port))
+        verdict = await asyncio.to_thread(_probe, host.strip("[]"), int(port), context)
         if verdict == "":
+            if config.uses_sasl:
+                await _sasl_refusal(address.strip(), config)
             return
         if verdict is not None:
-            raise NotKafka(f"{address.strip()} {verdict}; check LEDGER_BOOTSTRAP")
+            raise NotKafka(f"{address.strip()} {verdict}")
     raise KafkaUnreachable(f"cannot reach Kafka at {bootstrap}: nothing accepts connections there; start a broker "
                            "(`ledger broker`, or `compose/local-cluster` for Apache Kafka) or set LEDGER_BOOTSTRAP")
 
 
-def _probe(host: str, port: int) -> str | None:
-    """'' when a Kafka broker answers; why not otherwise; None when nothing listens there."""
+def _probe(host: str, port: int, context: ssl.SSLContext | None) -> str | None:
+    """'' when a Kafka broker answers (over TLS when ``context``); why not otherwise; None when
+    nothing listens there."""
     client_id = b"ledger-probe"
     correlation_id = 0x1ED6E3
     request = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id  # ApiVersions v0
     try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as conn:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as raw:
+            conn = raw if context is None else context.wrap_socket(raw, server_hostname=host)
             conn.sendall(struct.pack(">i", len(request)) + request)
             try:
                 answer = conn.recv(256)
             except TimeoutError:
                 return (f"accepted a connection but did not answer a Kafka request within {PROBE_TIMEOUT_S:g} s: "
-                        "it is not a Kafka broker (or not its plaintext listener)")
+                        f"it is not a Kafka broker, or not a {'TLS' if context else 'plaintext'} listener "
+                        "(check LEDGER_BOOTSTRAP and security.protocol)")
+    except ssl.SSLCertVerificationError as exc:
+        raise KafkaSecurityError(_untrusted(host, port, exc)) from None
+    except ssl.SSLError as exc:
+        raise KafkaSecurityError(f"{host}:{port} did not complete a TLS handshake ({exc.reason or exc}): it is not "
+                                 "a TLS listener, or it wants a client certificate; check security.protocol "
+                                 "(SSL and SASL_SSL speak TLS) and ssl.certificate.location") from None
     except OSError:
         return None
     if len(answer) >= 8 and struct.unpack(">i", answer[4:8])[0] == correlation_id:
         return ""
-    shown = answer[:60].decode("ascii", "replace").splitlines()[0] if answer else "nothing, and closed the connection"
-    return f"answered, but not as a Kafka broker (it sent {shown!r})"
+    if context is None and (answer[:2] == b"\x15\x03" or not answer):
+        # A TLS listener answers a plaintext request with a TLS alert, or closes the connection.
+        return ("closed the connection on a plaintext Kafka request: if it is a TLS or SASL listener, set "
+                "security.protocol (SSL, SASL_SSL or SASL_PLAINTEXT) in LEDGER_KAFKA_CONFIG or "
+                "LEDGER_KAFKA_SECURITY_PROTOCOL; else check LEDGER_BOOTSTRAP")
+    shown = answer[:60].decode("ascii", "replace").splitlines()[0]
+    return f"answered, but not as a Kafka broker (it sent {shown!r}); check LEDGER_BOOTSTRAP"
 
 
-async def broker_profile(bootstrap: str) -> BrokerProfile:
-    """The profile of the broker at ``bootstrap``: asked once per process (an ApiVersions request)."""
-    if (known := _known.get(bootstrap)) is not None:
+def _untrusted(host: str, port: int, exc: ssl.SSLCertVerificationError) -> str:
+    reason = exc.verify_message or str(exc)
+    if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
+        return (f"the TLS certificate of {host}:{port} does not name {host} ({reason}): connect by a name the "
+                "certificate holds, or set ssl.endpoint.identification.algorithm=none")
+    if "expired" in reason.lower():
+        return f"the TLS certificate of {host}:{port} has expired ({reason}): the broker needs a new one"
+    return (f"the TLS certificate of {host}:{port} is not trusted ({reason}): set ssl.ca.location to the CA "
+            "certificate that signed it")
+
+
+async def broker_profile(settings: Settings) -> BrokerProfile:
+    """The profile of the broker ``settings`` name: asked once per process (an ApiVersions request)."""
+    key = (settings.bootstrap, client_config(settings))
+    if (known := _known.get(key)) is not None:
         return known
-    await check_bootstrap(bootstrap)
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="ledger-profile")
+    await check_bootstrap(settings)
+    client = AIOKafkaClient(**connection(settings), client_id="ledger-profile")
     try:
-        await client.bootstrap()
+        with _connect_errors_unlogged():  # one sentence says why below, not a line per broker first
+            await client.bootstrap()
         response = await client.send(client.get_random_node(), ApiVersionRequest())
     finally:
         await client.close()
-    profile = _known[bootstrap] = profile_for({api_key for api_key, *_ in response.api_versions})
-    log.info("broker at %s: %s", bootstrap, profile.description)
+    profile = _known[key] = profile_for({api_key for api_key, *_ in response.api_versions})
+    log.info("broker at %s: %s", settings.bootstrap, profile.description)
     return profile
+
+
+@contextmanager
+def _connect_errors_unlogged() -> Iterator[None]:
+    aiokafka_log = logging.getLogger("aiokafka")
+    unlogged = _Unlogged()
+    aiokafka_log.addFilter(unlogged)
+    try:
+        yield
+    finally:
+        aiokafka_log.removeFilter(unlogged)
+
+
+class _Unlogged(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable connect to")
+
+
+async def _sasl_refusal(address: str, config: KafkaClientConfig) -> None:
+    """Raise why the broker at ``address`` refuses ``config``'s SASL login, if it does: a client's
+    bootstrap would only say it could not connect, and log the broker's reason once per broker."""
+    host, _, port = address.rpartition(":")
+    try:
+        conn = await create_conn(host.strip("[]"), int(port), client_id="ledger-probe", request_timeout_ms=5_000,
+                                 **config.options())
+    except SaslAuthenticationFailed:
+        raise KafkaSecurityError(f"the broker at {address} refused the SASL login of {config.username} with "
+                                 f"{config.mechanism}: the user does not exist there or sasl.password is wrong") from None
+    except UnsupportedSaslMechanismError:
+        raise KafkaSecurityError(f"the broker at {address} does not enable SASL mechanism {config.mechanism} on "
+                                 "this listener: set sasl.mechanism to one it does (your provider names it: "
+                                 "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)") from None
+    except Exception:  # any other cause: the client's own error says it
+        return
+    conn.close()

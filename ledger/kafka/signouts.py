@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger.kafka.consumer import set_fetch_wait, topic_partitions
+from ledger.kafka.security import connection
 from ledger.kafka.topics import TopicError
 from ledger.settings import Settings
 
@@ -47,9 +48,9 @@ class SignOuts:
     async def start(self) -> None:
         """Read every sign-out on the topic, then follow it."""
         settings = self._settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, client_id=self._client_id,
+        self._producer = AIOKafkaProducer(**connection(settings), client_id=self._client_id,
                                           acks="all", request_timeout_ms=settings.produce_timeout_ms)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, client_id=self._client_id,
+        self._consumer = AIOKafkaConsumer(**connection(settings), client_id=self._client_id,
                                           group_id=None, enable_auto_commit=False, fetch_max_wait_ms=READ_WAIT_MS,
                                           metadata_max_age_ms=2_000)
         await self._producer.start()

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ledger.kafka.profiles import broker_profile, check_bootstrap
+from ledger.kafka.security import connection, not_allowed
 from ledger.settings import WEB_SESSION_S, Settings
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,18 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     Returns once every broker knows the topics and each partition has a leader, so that any
     client started next finds them.
     """
-    await check_bootstrap(settings.bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin")
+    await check_bootstrap(settings)
+    admin = AIOKafkaAdminClient(**connection(settings), client_id=f"{settings.client_id}-admin")
     await admin.start()
     try:
         brokers = [broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]]
         replicas = settings.replication_factor or await _default_replicas(admin, settings, brokers)
-        partitions = settings.partitions or (await broker_profile(settings.bootstrap)).default_partitions
+        partitions = settings.partitions or (await broker_profile(settings)).default_partitions
         specs = topic_specs(settings, replicas, partitions)
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
-            await _create(admin, replicas, missing)
+            await _create(admin, settings, replicas, missing)
         await _visible_everywhere(admin, brokers, specs)
         found = await _verify(admin, specs, settings.partitions)
         if len(brokers) > 1:
@@ -80,7 +82,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
 
 async def _default_replicas(admin: AIOKafkaAdminClient, settings: Settings, brokers: list[int]) -> int:
     """The brokers' default.replication.factor on Kafka; min(3, brokers) where it cannot be asked."""
-    if (await broker_profile(settings.bootstrap)).name == "kafka":
+    if (await broker_profile(settings)).name == "kafka":
         response = (await admin.describe_configs(
             [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]), {"default.replication.factor": None})]))[0]
         for _, _, _, _, configs in response.resources:
@@ -90,10 +92,13 @@ async def _default_replicas(admin: AIOKafkaAdminClient, settings: Settings, brok
     return min(3, len(brokers))
 
 
-async def _create(admin: AIOKafkaAdminClient, replicas: int, specs: list[TopicSpec]) -> None:
+async def _create(admin: AIOKafkaAdminClient, settings: Settings, replicas: int, specs: list[TopicSpec]) -> None:
     response = await admin.create_topics([NewTopic(s.name, s.partitions, replicas, topic_configs=s.configs)
                                           for s in specs])
     for name, code, message in response.topic_errors:
+        if code == TopicAuthorizationFailedError.errno:
+            raise not_allowed(settings, f"create topic {name} (a principal that may can make them beforehand: "
+                                        "ledger topics --create)")
         if code not in (0, TOPIC_ALREADY_EXISTS):  # another process may have created it meanwhile
             raise TopicError(f"could not create topic {name}: Kafka error {code} ({message})")
         if code == 0:
