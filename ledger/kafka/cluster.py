@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ledger.kafka.broker import answers_metadata, die_with_parent, free_port, freeze, port_is_free
+from ledger.kafka.secured_cluster import PRINCIPALS, ClusterSecurity
 
 HOST = "127.0.0.1"
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
@@ -47,6 +48,7 @@ REPLICA_COUNTS = ("default.replication.factor", "offsets.topic.replication.facto
                   "transaction.state.log.replication.factor")
 REPLICA_MINIMUMS = ("min.insync.replicas", "transaction.state.log.min.isr")
 STOP_TIMEOUT_S = 30.0
+SECURITY = ("plaintext", "sasl_ssl")
 
 
 class ClusterError(RuntimeError):
@@ -176,15 +178,18 @@ class Layout:
     cluster_id: str
     version: str
     nodes: tuple[Node, ...]
+    security: str = "plaintext"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({"cluster_id": self.cluster_id, "version": self.version,
-                                    "nodes": [asdict(node) for node in self.nodes]}, indent=2) + "\n")
+                                    "nodes": [asdict(node) for node in self.nodes], "security": self.security},
+                                   indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Layout:
         data = json.loads(path.read_text())
-        return cls(data["cluster_id"], data["version"], tuple(Node(**node) for node in data["nodes"]))
+        return cls(data["cluster_id"], data["version"], tuple(Node(**node) for node in data["nodes"]),
+                   data.get("security", "plaintext"))
 
 
 class LocalCluster:
@@ -196,11 +201,14 @@ class LocalCluster:
     """
 
     def __init__(self, directory: Path | str, brokers: int = 3, *, quiet: bool = True,
-                 overrides: dict[str, str] | None = None) -> None:
+                 overrides: dict[str, str] | None = None, security: str = "plaintext") -> None:
         if brokers < 1:
             raise ClusterError(f"a cluster needs at least one broker, not {brokers}")
+        if security not in SECURITY:
+            raise ClusterError(f"--security must be one of {', '.join(SECURITY)}, not {security!r}")
         self.directory = Path(directory).resolve()
         self.brokers = brokers
+        self.security = security
         self.quiet = quiet
         self.overrides = dict(overrides or {})  # broker properties over cluster.env's (benchmarks)
         self.version = kafka_version()
@@ -208,6 +216,14 @@ class LocalCluster:
         self._java = java_command()
         self._libs: Path | None = None
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        # The SASL_SSL listener's certificates, users and ACLs (secured_cluster), else None.
+        self.secured: ClusterSecurity | None = None
+        if security == "sasl_ssl":
+            self.secured = ClusterSecurity(self.directory)
+            try:
+                self.secured.prepare()
+            except (RuntimeError, OSError) as exc:
+                raise ClusterError(f"cannot make the cluster's certificates and users: {exc}") from None
 
     @property
     def bootstrap(self) -> str:
@@ -237,6 +253,9 @@ class LocalCluster:
             if layout.version != self.version:
                 raise ClusterError(f"{self.directory} holds data of Apache Kafka {layout.version}, but compose runs "
                                    f"{self.version}; remove the folder or use another --dir")
+            if layout.security != self.security:
+                raise ClusterError(f"{self.directory} holds a {layout.security} cluster; use --security "
+                                   f"{layout.security} or another --dir")
             return layout
         self.directory.mkdir(parents=True, exist_ok=True)
         ports = set()
@@ -244,18 +263,21 @@ class LocalCluster:
             ports.add(free_port(HOST))
         ports_in_order = sorted(ports)
         nodes = tuple(Node(i + 1, ports_in_order[2 * i], ports_in_order[2 * i + 1]) for i in range(self.brokers))
-        layout = Layout(read_env_file(compose_dir() / "kafka" / "cluster.env")["CLUSTER_ID"], self.version, nodes)
+        layout = Layout(read_env_file(compose_dir() / "kafka" / "cluster.env")["CLUSTER_ID"], self.version, nodes,
+                        self.security)
         layout.save(path)
         return layout
 
     def properties(self, node: Node) -> dict[str, str]:
         voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.layout.nodes)
+        listener = "PLAINTEXT" if self.secured is None else "CLIENT"
         return {
             **shared_properties(self.brokers),
             **LOCAL_PROPERTIES,
+            **(self.secured.broker_properties() if self.secured is not None else {}),
             "node.id": str(node.node_id),
-            "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+            "listeners": f"{listener}://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            "advertised.listeners": f"{listener}://{HOST}:{node.port}",
             "controller.quorum.voters": voters,
             "log.dirs": str(self.data_dir(node.node_id)),
             **self.overrides,
@@ -277,7 +299,8 @@ class LocalCluster:
         if not (folder / "data" / "meta.properties").exists():
             formatted = subprocess.run(
                 self._jvm("kafka.tools.StorageTool") + ["format", "--ignore-formatted", "-t",
-                                                        self.layout.cluster_id, "-c", str(config)],
+                                                        self.layout.cluster_id, "-c", str(config),
+                                                        *(self.secured.format_arguments() if self.secured else [])],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if formatted.returncode != 0:
                 log = folder / "format.log"
@@ -324,12 +347,17 @@ class LocalCluster:
                 if process is None or process.poll() is not None:
                     raise ClusterError(f"broker {node_id} exited while starting; see "
                                        f"{self._node_dir(self.node(node_id)) / 'broker.log'}")
-                if answers_metadata(HOST, self.node(node_id).port, expect_brokers=len(self.running())):
+                if self._answers(self.node(node_id).port, len(self.running())):
                     waiting.remove(node_id)
             if waiting and time.monotonic() > deadline:
                 raise ClusterError(f"brokers {waiting} did not answer within {timeout:.0f} s")
             if waiting:
                 time.sleep(0.2)
+
+    def _answers(self, port: int, expect_brokers: int) -> bool:
+        if self.secured is not None:
+            return self.secured.answers(f"{HOST}:{port}", expect_brokers)
+        return answers_metadata(HOST, port, expect_brokers=expect_brokers)
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one broker, as a crash would."""
@@ -420,6 +448,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--brokers", type=int, default=3, metavar="N", help="number of brokers (default: %(default)s)")
     parser.add_argument("--dir", default=Path(".local-cluster"), type=Path, metavar="DIR",
                         help="folder for the cluster's data, kept across restarts (default: %(default)s)")
+    parser.add_argument("--security", choices=SECURITY, default="plaintext",
+                        help="plaintext (default), or sasl_ssl: clients authenticate with SCRAM over TLS, and ACLs "
+                             "give a server, a worker and a read-only auditor principal what each needs on the "
+                             "topics of LEDGER_TOPIC_PREFIX (it prints their client properties files)")
     parser.add_argument("--fetch-only", action="store_true",
                         help="only fetch the broker's jars into the cache (what CI installs), then exit")
 
@@ -443,11 +475,19 @@ def run(options: argparse.Namespace, name: str = "local-cluster") -> int:
             version = kafka_version()
             print(f"{name}: Apache Kafka {version} jars in {fetch_jars(version)}", flush=True)
             return 0
-        cluster = LocalCluster(options.dir, options.brokers, quiet=False)
+        cluster = LocalCluster(options.dir, options.brokers, quiet=False, security=options.security)
         print(f"{name}: starting {options.brokers} Apache Kafka {cluster.version} brokers in "
               f"{cluster.directory}", flush=True)
         cluster.start()
         print(f"export LEDGER_BOOTSTRAP={cluster.bootstrap}", flush=True)
+        if cluster.secured is not None:
+            prefix = os.environ.get("LEDGER_TOPIC_PREFIX") or "ledger"
+            cluster.secured.grant(cluster.bootstrap, prefix)
+            print(f"{name}: SASL_SSL (SCRAM) with ACLs on the topics and groups {prefix}.*; each principal's "
+                  f"client properties (passwords inside, readable by you alone):", flush=True)
+            for role, principal in PRINCIPALS.items():
+                print(f"export LEDGER_KAFKA_CONFIG={cluster.secured.client_file(role)}   # {principal}: a "
+                      f"ledger {role}", flush=True)
         for line in cluster.describe():
             print(line, flush=True)
         print(f"{name}: running; press Ctrl-C to stop every broker", flush=True)

@@ -1,0 +1,121 @@
+"""ledger on a secured Kafka: the local cluster with its SASL_SSL listener, SCRAM users and ACLs
+(``ledger cluster --security sasl_ssl``), the roles each connecting as their own principal, the
+auditor replaying without the right to append, and each everyday mistake said in one sentence."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ledger.kafka.broker import free_port
+from ledger.kafka.cluster import LocalCluster
+from ledger.settings import Settings
+from tests.support.raw_http import ModernClient
+from tests.support.spawn import DEMO, LEDGER, role_environment, spawned
+from tests.support.stack import in_status
+
+
+@pytest.fixture(scope="module")
+def secured(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    if broker_kind != "kafka":
+        pytest.skip("starts Apache Kafka brokers of its own: runs with --broker kafka")
+    cluster = LocalCluster(tmp_path_factory.mktemp("secured"), brokers=3, security="sasl_ssl")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def as_role(cluster: LocalCluster, role: str, prefix: str, **changes: str) -> Settings:
+    """Settings of a ``role`` principal on topics named ``prefix``.*, granted its ACLs there."""
+    cluster.secured.grant(cluster.bootstrap, prefix)
+    settings = Settings(bootstrap=cluster.bootstrap, topic_prefix=prefix,
+                        kafka_config=str(cluster.secured.client_file(role)))
+    return replace(settings, **changes)
+
+
+def ledger(args: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(LEDGER + args, capture_output=True, text=True, timeout=60, env=role_environment(settings))
+
+
+async def test_the_roles_run_a_task_and_the_auditor_replays_it(secured: LocalCluster, tmp_path: Path) -> None:
+    prefix = f"secured-{uuid.uuid4().hex[:8]}"
+    server = as_role(secured, "server", prefix)
+    port = free_port()
+    with spawned(["server", DEMO, "--port", str(port)], server, "ledger server: serving"), \
+            spawned(["worker", DEMO], as_role(secured, "worker", prefix), "all 8 partitions read"):
+        async with ModernClient(f"http://127.0.0.1:{port}/mcp") as client:
+            created = await client.result("tools/call", {"name": "approve_expense",
+                                                         "arguments": {"amount": 12, "description": "keys"}})
+            [key] = (await in_status(client, created["taskId"], "input_required"))["inputRequests"]
+            await client.result("tasks/update", {"taskId": created["taskId"], "inputResponses": {
+                key: {"action": "accept", "content": {"approved": True}}}})
+            await in_status(client, created["taskId"], "completed")
+
+    auditor = as_role(secured, "auditor", prefix)
+    replayed = ledger(["replay", "--store", str(tmp_path / "audit.sqlite")], auditor)
+    assert replayed.returncode == 0 and "1 task" in replayed.stdout, replayed
+    listed = ledger(["tasks"], auditor)
+    assert created["taskId"] in listed.stdout and "completed" in listed.stdout, listed
+
+    refused = ledger(["server", DEMO, "--port", str(port + 1)], auditor)  # reads, never appends
+    assert refused.returncode == 2, refused
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last == (f"ledger: the Kafka principal ledger-auditor may not write to {prefix}.task-events: the "
+                    "brokers' ACLs refuse it (docs/operations.md, \"Connect to a managed Kafka\", lists what each "
+                    "role needs)"), refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def _wrong_password(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
+    return {"LEDGER_KAFKA_SASL_PASSWORD": "not-the-password"}
+
+
+def _plaintext(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
+    return {"LEDGER_KAFKA_CONFIG": ""}
+
+
+def _untrusted(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
+    other = tmp_path / "other-ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(tmp_path / "other-ca.key"), "-subj", "/CN=another CA", "-out", str(other)],
+                   check=True, capture_output=True)
+    return {"LEDGER_KAFKA_SSL_CA_LOCATION": str(other)}
+
+
+def _mechanism_not_enabled(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
+    return {"LEDGER_KAFKA_SASL_MECHANISM": "PLAIN"}
+
+
+@pytest.mark.parametrize(("mistake", "said"), [
+    (_wrong_password, "refused the SASL login of ledger-server with SCRAM-SHA-512: the user does not exist "
+                      "there or sasl.password is wrong"),
+    (_plaintext, "closed the connection on a plaintext Kafka request: if it is a TLS or SASL listener, set "
+                 "security.protocol"),
+    (_untrusted, "is not trusted (self-signed certificate in certificate chain): set ssl.ca.location to the CA "
+                 "certificate that signed it"),
+    (_mechanism_not_enabled, "does not enable SASL mechanism PLAIN on this listener"),
+], ids=lambda case: getattr(case, "__name__", "")[1:])
+def test_an_everyday_mistake_is_one_sentence(secured: LocalCluster, tmp_path: Path, mistake, said: str) -> None:
+    settings = as_role(secured, "server", f"secured-{uuid.uuid4().hex[:8]}")
+    environment = {**role_environment(settings), **mistake(secured, tmp_path)}
+    done = subprocess.run(LEDGER + ["topics"], capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
+    password = Path(settings.kafka_config).read_text().split("sasl.password=")[1].split()[0]
+    assert password not in done.stderr + done.stdout
+
+
+def test_a_principal_without_the_acl_is_refused_topic_creation_in_one_sentence(secured: LocalCluster) -> None:
+    settings = as_role(secured, "server", "granted")
+    done = ledger(["topics", "--create"], replace(settings, topic_prefix=f"ungranted-{uuid.uuid4().hex[:8]}"))
+    assert done.returncode == 2, done
+    [line] = done.stderr.strip().splitlines()
+    assert "the Kafka principal ledger-server may not create topic ungranted-" in line, line
