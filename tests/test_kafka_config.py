@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.kafka.security import KafkaClientConfig, KafkaConfigError, client_config
+from ledger.kafka.security import KafkaClientConfig, KafkaConfigError, client_config, kafka_label
 from ledger.settings import Settings
 from tests.support.spawn import LEDGER
 
@@ -20,7 +20,7 @@ def test_a_properties_file_and_the_variables_over_it(tmp_path: Path) -> None:
     ca.write_text("not read until a client connects")
     config = tmp_path / "client.properties"
     config.write_text(f"# a managed cluster\nsecurity.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\n"
-                      f"sasl.username=svc-ledger\nsasl.password={SECRET}\n! another comment\n\n"
+                      f"sasl.username=svc-one\nsasl.password={SECRET}\n! another comment\n\n"
                       f"ssl.ca.location={ca}\n")
     loaded = KafkaClientConfig.load(str(config), {"LEDGER_KAFKA_SASL_USERNAME": "svc-other"})
     assert (loaded.protocol, loaded.mechanism, loaded.username, loaded.password, loaded.ca_location) == (
@@ -28,6 +28,9 @@ def test_a_properties_file_and_the_variables_over_it(tmp_path: Path) -> None:
     assert loaded.check_hostname
     assert SECRET not in repr(loaded) and SECRET not in loaded.describe()
     assert loaded.describe() == "SASL_SSL, SCRAM-SHA-512 as svc-other"
+    assert kafka_label(Settings(bootstrap="k1:9093", kafka_config=str(config))) == \
+        "k1:9093, SASL_SSL, SCRAM-SHA-512 as svc-one"
+    assert kafka_label(Settings(bootstrap="k1:9092")) == "k1:9092"
 
 
 def test_variables_alone_configure_a_client() -> None:

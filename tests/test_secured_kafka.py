@@ -14,6 +14,7 @@ import pytest
 
 from ledger.kafka.broker import free_port
 from ledger.kafka.cluster import LocalCluster
+from ledger.kafka.secured_cluster import CLUSTER, CREATE, DESCRIBE, DESCRIBE_CONFIGS, PRINCIPALS, READ, TOPIC, WRITE
 from ledger.settings import Settings
 from tests.support.raw_http import ModernClient
 from tests.support.spawn import DEMO, LEDGER, role_environment, spawned
@@ -119,3 +120,27 @@ def test_a_principal_without_the_acl_is_refused_topic_creation_in_one_sentence(s
     assert done.returncode == 2, done
     [line] = done.stderr.strip().splitlines()
     assert "the Kafka principal ledger-server may not create topic ungranted-" in line, line
+
+
+def test_a_principal_refused_its_reads_or_its_group_is_told_so_in_one_sentence(secured: LocalCluster) -> None:
+    prefix = f"partly-{uuid.uuid4().hex[:8]}"
+    writes_only = {TOPIC: (CREATE, DESCRIBE, DESCRIBE_CONFIGS, WRITE), CLUSTER: (DESCRIBE_CONFIGS,)}
+    secured.secured.grant(secured.bootstrap, prefix, {
+        "server": writes_only,  # appends, but may not read the log back
+        "worker": {**writes_only, TOPIC: (*writes_only[TOPIC], READ)},  # no group
+        "auditor": {TOPIC: (DESCRIBE,)},  # sees the topics, may not read them
+    })
+    settings = {role: Settings(bootstrap=secured.bootstrap, topic_prefix=prefix,
+                               kafka_config=str(secured.secured.client_file(role))) for role in PRINCIPALS}
+    said = {
+        "server": ledger(["server", DEMO, "--port", str(free_port())], settings["server"]),
+        "worker": ledger(["worker", DEMO], settings["worker"]),
+        "auditor": ledger(["tasks"], settings["auditor"]),
+    }
+    refusals = {"server": f"may not read {prefix}.task-events", "worker": f"may not use the consumer group "
+                f"{prefix}.workers", "auditor": f"may not read {prefix}.task-events"}
+    for role, done in said.items():
+        assert done.returncode == 2, (role, done)
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"ledger: the Kafka principal {PRINCIPALS[role]} {refusals[role]}"), (role, done.stderr)
+        assert "Traceback" not in done.stderr, (role, done.stderr)

@@ -27,6 +27,7 @@ from ledger.http.app import create_app
 from ledger.http.connections import uvicorn_options
 from ledger.http.hosts import HostCheck, transport_security
 from ledger.kafka.broker import EmbeddedBroker, PortTaken, port_is_free
+from ledger.kafka.security import kafka_label
 from ledger.kafka.topics import ensure_topics
 from ledger.service.projectors import ProjectorMember
 from ledger.settings import Settings
@@ -102,7 +103,7 @@ async def _server_role(app: App, settings: Settings, host: str, port: int) -> No
             print(f"ledger server: listening on http://{host}:{port}, reading the log", flush=True)
             await _caught_up(server, serving)
             if not serving.done():
-                print(f"ledger server: serving {app.name} at http://{host}:{port}/mcp (Kafka {settings.bootstrap})",
+                print(f"ledger server: serving {app.name} at http://{host}:{port}/mcp (Kafka {kafka_label(settings)})",
                       flush=True)
         await serving
     finally:
@@ -125,9 +126,14 @@ async def _started(server: HttpServer, serving: asyncio.Task[None]) -> None:
 
 
 async def _caught_up(server: HttpServer, serving: asyncio.Task[None]) -> None:
-    caught_up = asyncio.create_task(server.config.app.state.caught_up.wait())  # the app of create_app
-    await asyncio.wait({caught_up, serving}, return_when=asyncio.FIRST_COMPLETED)
+    state = server.config.app.state  # the app of create_app
+    caught_up = asyncio.create_task(state.caught_up.wait())
+    following = asyncio.ensure_future(state.view.following())
+    await asyncio.wait({caught_up, serving, following}, return_when=asyncio.FIRST_COMPLETED)
     caught_up.cancel()
+    following.cancel()
+    if following.done() and not following.cancelled() and (stopped := following.exception()) is not None:
+        raise stopped  # what stopped the view (an ACL refusing its reads) ends the role
 
 
 async def work(app: App, settings: Settings, metrics_at: tuple[str, int] | None = None) -> None:
@@ -140,7 +146,7 @@ async def work(app: App, settings: Settings, metrics_at: tuple[str, int] | None 
     if metrics_server is not None:
         roles.append(asyncio.create_task(_serve(metrics_server)))
     metrics = f"; metrics at http://{metrics_at[0]}:{metrics_at[1]}/metrics" if metrics_at else ""
-    print(f"ledger worker {worker.worker_id}: running {', '.join(app.tools)} (Kafka {settings.bootstrap}){metrics}",
+    print(f"ledger worker {worker.worker_id}: running {', '.join(app.tools)} (Kafka {kafka_label(settings)}){metrics}",
           flush=True)
     await _until(stop, *roles)
 
@@ -151,7 +157,7 @@ async def project(settings: Settings, url: str) -> None:
     store = await asyncio.to_thread(PostgresStore, url)
     try:
         member = ProjectorMember(settings, store, member_id=f"projector-{socket.gethostname()}-{os.getpid()}")
-        print(f"ledger projector: folding {settings.events_topic} into {store.path} (Kafka {settings.bootstrap})",
+        print(f"ledger projector: folding {settings.events_topic} into {store.path} (Kafka {kafka_label(settings)})",
               flush=True)
         await _until(stop, asyncio.create_task(member.run()))
     finally:

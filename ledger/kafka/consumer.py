@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
 
 from ledger.contract.codec import Codec
 from ledger.kafka.profiles import BrokerProfile, broker_profile
 from ledger.kafka.records import DeadLetterSink, LogRecord, decode_records
-from ledger.kafka.security import connection
+from ledger.kafka.security import AUTHORIZATION_ERRORS, connection, not_allowed
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,13 @@ class DecodingConsumer:
         """One fetch across the assigned partitions; may be empty. ``timeout_ms`` bounds how long this
         call waits; the broker's fetch wait is paced all the same."""
         wait = self._pace()
-        fetched = await self._consumer.getmany(timeout_ms=wait if timeout_ms is None else timeout_ms,
-                                               max_records=self._max_records)
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=wait if timeout_ms is None else timeout_ms,
+                                                   max_records=self._max_records)
+        except AUTHORIZATION_ERRORS as exc:
+            refused = f"use the consumer group {self._options.get('group_id')}" if \
+                isinstance(exc, GroupAuthorizationFailedError) else f"read {self.topic}"
+            raise not_allowed(self.settings, refused) from None
         if fetched:
             self._last_event = time.monotonic()
         elif not self.profile.answers_fetch_early:

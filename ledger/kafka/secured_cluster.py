@@ -19,7 +19,7 @@ import json
 import secrets
 import subprocess
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ TOPIC, GROUP, CLUSTER = 2, 3, 4
 LITERAL, PREFIXED = 3, 4
 READ, WRITE, CREATE, DESCRIBE, DESCRIBE_CONFIGS = 3, 4, 5, 8, 10
 ALLOW = 3
+Grants = Mapping[int, tuple[int, ...]]  # resource type -> operations allowed
 WRITERS = {TOPIC: (CREATE, DESCRIBE, DESCRIBE_CONFIGS, READ, WRITE), GROUP: (READ,), CLUSTER: (DESCRIBE_CONFIGS,)}
 READERS = {TOPIC: (DESCRIBE, DESCRIBE_CONFIGS, READ), GROUP: (DESCRIBE,)}
 GRANTS = {"server": WRITERS, "worker": WRITERS, "auditor": READERS}
@@ -146,15 +147,16 @@ class ClusterSecurity:
                 await client.close()
         return _run(listed())
 
-    def grant(self, bootstrap: str, topic_prefix: str) -> None:
-        """The ACLs of each ledger principal on the topics and groups named ``<topic_prefix>.*``."""
+    def grant(self, bootstrap: str, topic_prefix: str, grants: Mapping[str, Grants] = GRANTS) -> None:
+        """The ACLs of each ledger principal (by role) on the topics and groups named ``<topic_prefix>.*``
+        and on the cluster: ``grants`` maps a role to the operations it may do on each resource."""
         async def created() -> None:
             client = AIOKafkaClient(bootstrap_servers=bootstrap, **self.config().options())
             await client.bootstrap()
             try:
                 node = client.get_random_node()
-                for role, grants in GRANTS.items():
-                    for resource, operations in grants.items():
+                for role, allowed in grants.items():
+                    for resource, operations in allowed.items():
                         name, pattern = ("kafka-cluster", LITERAL) if resource == CLUSTER else \
                             (f"{topic_prefix}.", PREFIXED)
                         for operation in operations:

@@ -176,6 +176,12 @@ def ssl_context(config: KafkaClientConfig) -> ssl.SSLContext:
     return context
 
 
+def kafka_label(settings: Settings) -> str:
+    """The brokers and how this process connects to them, for a banner (never a secret)."""
+    config = client_config(settings)
+    return settings.bootstrap if config.protocol == "PLAINTEXT" else f"{settings.bootstrap}, {config.describe()}"
+
+
 def connection(settings: Settings) -> dict[str, Any]:
     """``bootstrap_servers`` and the security options for an aiokafka client of ``settings``."""
     return {"bootstrap_servers": settings.bootstrap, **client_config(settings).options()}

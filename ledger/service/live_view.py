@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from ledger.contract.events import ResponseSubmitted, TaskEvent
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
+from ledger.kafka.security import KafkaSecurityError
 from ledger.metrics import Metrics
 from ledger.pauses import settles_on_waking
 from ledger.service.replay import PARALLEL_FROM_EVENTS, Progress, build_store, log_size, no_collections
@@ -131,6 +132,10 @@ class LiveView:
         """``get``, and where this view holds only some rows, the task's row read from where the rest are."""
         return self.get(task_id)
 
+    async def following(self) -> None:
+        """Return when this view stops following the log, raising what stopped it."""
+        await asyncio.shield(self._follower)
+
     def not_ready(self) -> str | None:
         """Why this view cannot answer reads yet (None when it can): not caught up, or not following."""
         if self._follower is None or self._follower.done():
@@ -207,7 +212,7 @@ class LiveView:
         while True:
             try:
                 records = await self._reader.fetch()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, KafkaSecurityError):
                 raise
             except Exception:
                 log.exception("live view: fetch failed; retrying")
