@@ -114,7 +114,12 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         try:
             await health.start()
             if sign_outs is not None:
-                await sign_outs.start()
+                try:
+                    await sign_outs.start()
+                except KafkaSecurityError as exc:
+                    starlette.state.refused = exc
+                    yield
+                    return
             await view.start()
             try:
                 async with server.session_manager.run():

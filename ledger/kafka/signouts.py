@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger.kafka.consumer import set_fetch_wait, topic_partitions
-from ledger.kafka.security import connection
+from ledger.kafka.security import AUTHORIZATION_ERRORS, connection, not_allowed
 from ledger.kafka.topics import TopicError
 from ledger.settings import Settings
 
@@ -59,9 +59,12 @@ class SignOuts:
             raise TopicError(f"topic {self._partition.topic} does not exist; create it with `ledger topics --create`")
         self._consumer.assign([self._partition])
         await self._consumer.seek_to_beginning(self._partition)
-        while (highwater := self._consumer.highwater(self._partition)) is None or \
-                await self._consumer.position(self._partition) < highwater:
-            self._apply(await self._consumer.getmany(self._partition, timeout_ms=READ_WAIT_MS))
+        try:
+            while (highwater := self._consumer.highwater(self._partition)) is None or \
+                    await self._consumer.position(self._partition) < highwater:
+                self._apply(await self._consumer.getmany(self._partition, timeout_ms=READ_WAIT_MS))
+        except AUTHORIZATION_ERRORS:
+            raise not_allowed(settings, f"read {self._partition.topic}") from None
         set_fetch_wait(self._consumer, FOLLOW_WAIT_MS)
         self._following = asyncio.create_task(self._follow(), name="sign-outs")
 
