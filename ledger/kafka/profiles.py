@@ -61,6 +61,7 @@ TANSU = BrokerProfile(
 )
 
 _known: dict[tuple[str, KafkaClientConfig], BrokerProfile] = {}
+_checked: set[tuple[str, KafkaClientConfig]] = set()  # bootstraps that answered check_bootstrap
 
 
 def profile_for(advertised_apis: set[int]) -> BrokerProfile:
@@ -81,7 +82,7 @@ async def check_bootstrap(settings: Settings) -> None:
     speak the client's protocol (TLS or not) or whose certificate it does not trust. An address that
     refuses connections is left to the client, which says it cannot reach Kafka."""
     bootstrap, config = settings.bootstrap, client_config(settings)
-    if (bootstrap, config) in _known:
+    if (bootstrap, config) in _checked:
         return
     context = ssl_context(config) if config.uses_tls else None
     for address in bootstrap.split(","):
@@ -90,6 +91,7 @@ async def check_bootstrap(settings: Settings) -> None:
         if verdict == "":
             if config.uses_sasl:
                 await _sasl_refusal(address.strip(), config)
+            _checked.add((bootstrap, config))
             return
         if verdict is not None:
             raise NotKafka(f"{address.strip()} {verdict}")
