@@ -113,6 +113,25 @@ class Settings:
     tokens_file: str | None = _setting(
         None, "LEDGER_TOKENS_FILE", "File of 'TOKEN PRINCIPAL' lines: bearer tokens a server accepts (development)."
     )
+    oauth_issuer: str | None = _setting(
+        None, "LEDGER_OAUTH_ISSUER", "OAuth 2.1 authorization server (its issuer URL) whose access tokens a server "
+        "accepts: it publishes Protected Resource Metadata naming it and checks JWTs against its keys."
+    )
+    oauth_audience: str | None = _setting(
+        None, "LEDGER_OAUTH_AUDIENCE", "The URL clients reach /mcp at, which tokens must be issued for (their "
+        "aud); default http://HOST:PORT/mcp as served, required when serving on a wildcard address."
+    )
+    oauth_scopes: str = _setting(
+        "", "LEDGER_OAUTH_SCOPES", "Space-separated scopes every access token must hold (403 insufficient_scope "
+        "otherwise); published as the scopes clients ask for."
+    )
+    oauth_client_id: str | None = _setting(
+        None, "LEDGER_OAUTH_CLIENT_ID", "The server's own client id at the issuer, for RFC 7662 introspection "
+        "of opaque (non-JWT) access tokens; unset, only JWT access tokens are accepted."
+    )
+    oauth_client_secret: str | None = _setting(
+        None, "LEDGER_OAUTH_CLIENT_SECRET", "The secret of LEDGER_OAUTH_CLIENT_ID.", secret=True
+    )
     allow_unauthenticated: str = _setting(
         "", "LEDGER_ALLOW_UNAUTHENTICATED", "Set to 1 to serve without tokens on a non-loopback address."
     )
@@ -236,6 +255,17 @@ class Settings:
             raise SettingsError(f"LEDGER_TASK_TTL_MS must be at least {MIN_TTL_MS} (ms), got {self.task_ttl_ms}")
         if self.append_timeout_ms is not None and self.append_timeout_ms < 1:
             raise SettingsError(f"LEDGER_APPEND_TIMEOUT_MS must be at least 1, got {self.append_timeout_ms}")
+        if self.oauth_issuer is not None:
+            if self.tokens_file is not None:
+                raise SettingsError("LEDGER_OAUTH_ISSUER and LEDGER_TOKENS_FILE are two ways to authenticate: set one")
+            for env, url in (("LEDGER_OAUTH_ISSUER", self.oauth_issuer), ("LEDGER_OAUTH_AUDIENCE", self.oauth_audience)):
+                if url is not None and not url.startswith(("https://", "http://")):
+                    raise SettingsError(f"{env} must be an http(s) URL, got {url!r}")
+        if "offline_access" in self.oauth_scopes.split():
+            raise SettingsError("LEDGER_OAUTH_SCOPES must not hold offline_access: refresh tokens are the client's "
+                                "business, not something a token needs to reach this server")
+        if (self.oauth_client_id is None) != (self.oauth_client_secret is None):
+            raise SettingsError("LEDGER_OAUTH_CLIENT_ID and LEDGER_OAUTH_CLIENT_SECRET go together: set both or neither")
         if self.max_connections is not None and self.max_connections < 1:
             raise SettingsError(f"LEDGER_MAX_CONNECTIONS must be at least 1, got {self.max_connections}")
         for name in ("worker_concurrency", "produce_timeout_ms", "read_timeout_ms", "request_state_ttl_ms",

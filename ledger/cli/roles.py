@@ -53,7 +53,7 @@ def _stop_on_signal() -> asyncio.Event:
 def _http_server(app: App, settings: Settings, host: str, port: int) -> HttpServer:
     if not port_is_free(host, port):
         raise PortTaken(f"port {port} on {host} is in use; choose another with --port")
-    config = uvicorn.Config(create_app(app, settings, host=host), host=host, port=port, log_level="warning",
+    config = uvicorn.Config(create_app(app, settings, host=host, port=port), host=host, port=port, log_level="warning",
                             lifespan="on", **uvicorn_options(settings))
     return HttpServer(config)
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.provider import TokenVerifier
-from mcp.server.auth.settings import AuthSettings
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,10 +26,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ledger.engine.app import App
-from ledger.http.auth import check_exposure, token_verifier
+from ledger.http.auth import RequireBearer, check_exposure, issuer_unavailable, protected_resource, token_verifier
 from ledger.http.hosts import HostCheck, transport_security
 from ledger.http.intake import Intake
 from ledger.http.login import BearerOrSession, WebSessions
+from ledger.http.oauth import OAuthVerifier
 from ledger.http.ui import ui_routes
 from ledger.kafka.appender import EventLog
 from ledger.kafka.health import LogHealth
@@ -52,9 +53,6 @@ from projections.store import ProjectionStore, Store
 
 log = logging.getLogger(__name__)
 
-# The SDK's AuthSettings names an issuer; with a bare token verifier (no OAuth routes, no resource
-# metadata) it is never published or compared, so it names nothing real.
-TOKEN_ISSUER = "https://issuer.invalid"
 MIN_BODY_LIMIT = 1 << 20
 
 
@@ -70,14 +68,16 @@ def _projections(settings: Settings, metrics: Metrics) -> tuple[Store, LiveView]
 
 
 def create_app(app: App, settings: Settings, instance: str | None = None, *, host: str = "127.0.0.1",
-               verifier: TokenVerifier | None = None) -> Starlette:
+               port: int | None = None, verifier: TokenVerifier | None = None) -> Starlette:
     """The ASGI app of one server instance: ``/mcp``, ``/ui`` and ``/healthz``.
 
-    ``verifier`` (default: the tokens of ``LEDGER_TOKENS_FILE``) authenticates every request but
-    ``/healthz``; ``host`` is the address served, for the DNS-rebinding checks.
+    ``verifier`` (default: ``LEDGER_OAUTH_ISSUER``'s access tokens, else those of ``LEDGER_TOKENS_FILE``)
+    authenticates every request but ``/healthz``; ``host`` and ``port`` are the address served, for the
+    DNS-rebinding checks and the URL tokens are issued for.
     """
     instance = instance or f"{socket.gethostname()}-{os.getpid()}"
-    verifier = verifier or token_verifier(settings)
+    resource = protected_resource(settings, host, port)
+    verifier = verifier or token_verifier(settings, resource)
     check_exposure(settings, host, verifier)
     metrics = Metrics()
     event_log = EventLog(settings, client_id=f"{settings.client_id}-server-{instance}", metrics=metrics)
@@ -94,8 +94,6 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     security = transport_security(settings, host)
     mcp_app = server.streamable_http_app(
         streamable_http_path="/mcp", host=host, transport_security=security,
-        auth=AuthSettings(issuer_url=TOKEN_ISSUER, resource_server_url=None) if verifier else None,
-        token_verifier=verifier,
     )
     sessions_per_principal(server.session_manager, settings.principal_streams)
     sign_outs = SignOuts(settings, client_id=f"{settings.client_id}-sign-outs-{instance}") if verifier else None
@@ -131,6 +129,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
             if sign_outs is not None:
                 await sign_outs.stop()
             await event_log.stop()
+            if isinstance(verifier, OAuthVerifier):
+                await verifier.aclose()
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "instance": instance, "tasks": view.task_count()})
@@ -149,11 +149,14 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text),
-              *ui_routes(read_side, view, service, verifier=verifier, sessions=sessions), Mount("/", app=mcp_app)]
+              *ui_routes(read_side, view, service, verifier=verifier, sessions=sessions),
+              *(resource.routes() if resource else ()), Mount("/", app=mcp_app)]
     middleware = [Middleware(HostCheck, security=security), Middleware(CatchingUp, view=view),
                   Middleware(Intake, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
     if verifier is not None and sessions is not None:
-        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, sessions)))
+        middleware += [Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, sessions),
+                                  on_error=issuer_unavailable),
+                       Middleware(AuthContextMiddleware), Middleware(RequireBearer, resource=resource)]
     starlette = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     starlette.state.caught_up = view.caught_up
     starlette.state.view = view

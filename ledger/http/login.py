@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -23,11 +24,14 @@ from typing import NamedTuple
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
-from starlette.authentication import AuthCredentials, AuthenticationBackend
+from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError
 from starlette.requests import HTTPConnection
 
+from ledger.http.oauth import IssuerUnavailable
 from ledger.kafka.signouts import SignOuts
 from ledger.settings import WEB_SESSION_S
+
+log = logging.getLogger(__name__)
 
 COOKIE = "ledger_ui"
 COOKIE_PATH = "/ui"
@@ -87,7 +91,11 @@ class BearerOrSession(AuthenticationBackend):
 
     async def authenticate(self, conn: HTTPConnection):  # type: ignore[no-untyped-def]
         if "authorization" in conn.headers or not conn.url.path.startswith(COOKIE_PATH):
-            return await self._bearer.authenticate(conn)
+            try:
+                return await self._bearer.authenticate(conn)
+            except IssuerUnavailable as exc:
+                log.warning("no token can be checked now: %s", exc)
+                raise AuthenticationError(f"the token issuer cannot be reached: {exc}") from None
         cookie = conn.cookies.get(COOKIE)
         session = self._sessions.session(cookie) if cookie else None
         if session is None:

@@ -33,7 +33,8 @@ from starlette.routing import Route
 from ledger.contract.elicitation import field_errors
 from ledger.contract.values import problem_in
 from ledger.http.login import COOKIE, COOKIE_PATH, WebSessions
-from ledger.mcp.wire import principal_of_request
+from ledger.http.oauth import IssuerUnavailable
+from ledger.mcp.wire import principal_of_request, principal_of_token
 from ledger.service.errors import InvalidCursor, Refused, TaskNotFound
 from ledger.service.live_view import LiveView
 from ledger.service.queries import ReadSide, row_json
@@ -171,10 +172,14 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS or problem_in(token) is not None:
             return JSONResponse({"error": 'send {"token": "..."} as application/json'}, status_code=400)
-        access = await verifier.verify_token(token)
+        try:
+            access = await verifier.verify_token(token)
+        except IssuerUnavailable as exc:
+            return JSONResponse({"error": f"the token issuer cannot be reached: {exc}"}, status_code=503,
+                                headers={"Retry-After": "5"})
         if access is None or (access.expires_at is not None and access.expires_at < time.time()):
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
-        principal = access.subject or access.client_id
+        principal = principal_of_token(access)
         response = JSONResponse({"principal": principal})
         response.set_cookie(COOKIE, sessions.issue(principal), max_age=WEB_SESSION_S, path=COOKIE_PATH, httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")

@@ -10,6 +10,7 @@ from typing import Any
 
 import mcp_types as types
 from aiokafka.errors import KafkaError
+from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
@@ -53,13 +54,21 @@ def principal_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
 
 
 def principal_of_request(request: Request) -> str | None:
-    """The token's subject, else its client id (the SDK's bearer authentication sets the user)."""
+    """The principal of the request's token (the SDK's bearer authentication sets the user)."""
     if "user" in request.scope:
         user = request.scope["user"]
         if getattr(user, "is_authenticated", False):
             token = getattr(user, "access_token", None)
-            return str(getattr(token, "subject", None) or user.display_name)
+            return principal_of_token(token) if isinstance(token, AccessToken) else str(user.display_name)
     return None
+
+
+def principal_of_token(token: AccessToken) -> str:
+    """The token's subject, else its client id; with the issuer before it when the token names one
+    (``https://id.example.com#alice``), so that two issuers' subjects are two principals."""
+    name = token.subject or token.client_id
+    issuer = (token.claims or {}).get("iss")
+    return f"{issuer}#{name}" if isinstance(issuer, str) else name
 
 
 def tool_call_result(row: TaskRow) -> dict[str, Any]:

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx2 as httpx
 import mcp_types as types
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from pydantic import TypeAdapter
 
 from tests.support.stack import until
@@ -29,15 +31,18 @@ def answers(params: types.ElicitRequestFormParams) -> types.ElicitResult:
 
 
 @asynccontextmanager
-async def connect(url: str, answer: Answer | None = None, seen: list | None = None) -> AsyncIterator[Client]:
-    """A client; with ``answer`` it declares elicitation support and answers relayed elicitations."""
+async def connect(url: str, answer: Answer | None = None, seen: list | None = None,
+                  http: httpx.AsyncClient | None = None) -> AsyncIterator[Client]:
+    """A client; with ``answer`` it declares elicitation support and answers relayed elicitations; with
+    ``http`` it speaks through that HTTP client (one that signs in, say)."""
     async def elicited(ctx: Any, params: types.ElicitRequestFormParams) -> types.ElicitResult:
         if seen is not None:
             seen.append(params)
         return answer(params)
 
     callback = elicited if answer is not None else None
-    async with Client(url, mode="legacy", elicitation_callback=callback, read_timeout_seconds=60) as client:
+    target = streamable_http_client(url, http_client=http) if http is not None else url
+    async with Client(target, mode="legacy", elicitation_callback=callback, read_timeout_seconds=60) as client:
         yield client
 
 

@@ -26,7 +26,7 @@ from ledger.settings import Settings
 async def serving(app: App, settings: Settings, instance: str = "test") -> AsyncIterator[str]:
     """Serve ``app`` over HTTP; yields the MCP endpoint URL."""
     port = free_port()
-    server = HttpServer(uvicorn.Config(create_app(app, settings, instance), host="127.0.0.1", port=port,
+    server = HttpServer(uvicorn.Config(create_app(app, settings, instance, port=port), host="127.0.0.1", port=port,
                                        log_level="warning", lifespan="on", **uvicorn_options(settings)))
     task = asyncio.create_task(server.serve())
 

@@ -1,0 +1,192 @@
+"""ledger as an OAuth 2.1 resource server, against a real OpenID provider (``tests/oidc``): the MCP
+SDK's OAuth client finds the issuer from a 401 and signs in (authorization code + PKCE), its tasks
+belong to issuer and subject, another person's token is refused and recorded, and every token not
+issued for this server is refused with the status the specs give."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2 as httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from mcp.shared.exceptions import MCPError
+
+from ledger.contract.events import RequestRejected
+from ledger.http.auth import protected_resource
+from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings, SettingsError
+from tests.support.engine import history
+from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
+from tests.support.oidc import claims_for, openid_provider, provider_signed, service_token, signed_in_http
+from tests.support.raw_http import ModernClient
+from tests.support.stack import demo_stack, serving, until
+
+SCOPES = "ledger:read ledger:write"
+APPROVE = {"amount": 5, "description": "ink"}
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[str]:
+    with openid_provider() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stack_settings(issuer: str) -> dict[str, Any]:
+    return {"oauth_issuer": issuer, "oauth_scopes": SCOPES}
+
+
+async def status_with(url: str, token: str | None) -> tuple[int, str]:
+    async with ModernClient(url, token=token) as client:
+        response = await client.post("tools/list")
+        return response.status_code, response.headers.get("www-authenticate", "")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+
+
+async def test_a_client_without_a_token_is_pointed_at_the_issuer(stack: tuple[str, Settings], issuer: str) -> None:
+    url, _ = stack
+    origin = url.removesuffix("/mcp")
+    metadata_url = f"{origin}/.well-known/oauth-protected-resource/mcp"
+    status, challenge = await status_with(url, None)
+    # RFC 6750 §3.1: no error code for a request that sent no token
+    assert status == 401 and challenge == f'Bearer resource_metadata="{metadata_url}", scope="{SCOPES}"', challenge
+    status, challenge = await status_with(url, "not-a-token")
+    assert status == 401 and challenge.startswith('Bearer error="invalid_token"') and metadata_url in challenge
+    async with httpx.AsyncClient() as http:
+        for where in (metadata_url, f"{origin}/.well-known/oauth-protected-resource"):
+            metadata = (await http.get(where)).json()
+            assert metadata["resource"] == url and metadata["authorization_servers"] == [issuer], metadata
+            assert metadata["scopes_supported"] == SCOPES.split()
+
+
+async def test_the_sdk_oauth_client_signs_in_and_the_task_is_its_subjects(stack: tuple[str, Settings],
+                                                                          issuer: str) -> None:
+    url, settings = stack
+    seen: list[str] = []
+    async with signed_in_http(url, "alice", seen) as http, connect(url, http=http) as alice:
+        task_id = (await call_as_task(alice, "approve_expense", APPROVE))["task"]["taskId"]
+        assert f"GET {url.removesuffix('/mcp')}/.well-known/oauth-protected-resource/mcp" in seen, seen
+        assert f"POST {issuer}/reg" in seen and f"POST {issuer}/token" in seen, seen
+
+        async with signed_in_http(url, "bob") as bob_http, connect(url, http=bob_http) as bob:
+            with pytest.raises(MCPError, match="not found"):
+                await get_task(bob, task_id)
+
+        await answer_first_pending(alice, task_id, {"approved": True})
+        done = await poll_until(alice, task_id, lambda task: task["status"] == "completed")
+        assert done["status"] == "completed"
+
+    async def recorded() -> list[Any] | None:
+        events = await history(settings, task_id)
+        return events if any(isinstance(e, RequestRejected) for e in events) else None
+
+    events = await until(recorded)
+    assert {e.principal for e in events} == {f"{issuer}#alice"}, {e.principal for e in events}
+    refused = [e for e in events if isinstance(e, RequestRejected)]
+    assert f"{issuer}#bob" in refused[0].reason, refused
+
+
+async def test_tokens_not_issued_for_this_server_are_refused(stack: tuple[str, Settings], issuer: str) -> None:
+    url, _ = stack
+    now = int(time.time())
+    good = await provider_signed(issuer, claims_for(issuer, url))
+    header = jwt.get_unverified_header(good)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    async with httpx.AsyncClient() as http:
+        jwks = (await http.get(f"{issuer}/jwks")).json()
+    public_pem = jwt.PyJWK(jwks["keys"][0]).key.public_bytes(serialization.Encoding.PEM,
+                                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    hs256_header = {**header, "alg": "HS256"}
+    hs256_input = unsigned(hs256_header, claims_for(issuer, url)).encode()
+    with openid_provider() as other_issuer:
+        another_issuers = await service_token(other_issuer, url)
+    refused = {
+        "for another resource": await service_token(issuer, "http://127.0.0.1:1/other"),
+        "expired an hour ago": await provider_signed(issuer, claims_for(issuer, url, iat=now - 3900, exp=now - 3600)),
+        "not valid for an hour": await provider_signed(issuer, claims_for(issuer, url, nbf=now + 3600)),
+        "naming another issuer": await provider_signed(issuer, claims_for(issuer, url, iss="http://127.0.0.1:1")),
+        "without a subject": await provider_signed(issuer, {k: v for k, v in claims_for(issuer, url).items()
+                                                            if k != "sub"}),
+        "from another issuer": another_issuers,
+        "signed by another key": jwt.encode(claims_for(issuer, url), stranger, algorithm="RS256", headers=header),
+        "with alg none": unsigned({**header, "alg": "none"}, claims_for(issuer, url)) + ".",
+        "HS256 keyed with the issuer's public key": hs256_input.decode() + "." + _b64(
+            hmac.new(public_pem, hs256_input, hashlib.sha256).digest()),
+        "an ID token's type": await provider_signed(issuer, claims_for(issuer, url), {"typ": "id+jwt"}),
+    }
+    for why, token in refused.items():
+        status, challenge = await status_with(url, token)
+        assert status == 401 and 'error="invalid_token"' in challenge, (why, status, challenge)
+    # the same checks pass the tokens that are good: the refusals above are the checks' doing
+    for token in (good, await service_token(issuer, url)):
+        assert (await status_with(url, token))[0] == 200
+
+
+async def test_a_token_without_a_required_scope_gets_403_naming_the_scopes(stack: tuple[str, Settings],
+                                                                          issuer: str) -> None:
+    url, _ = stack
+    status, challenge = await status_with(url, await service_token(issuer, url, scope="ledger:read"))
+    assert status == 403 and 'error="insufficient_scope"' in challenge and f'scope="{SCOPES}"' in challenge, challenge
+
+
+async def test_a_person_signs_in_to_the_web_page_with_an_access_token(stack: tuple[str, Settings],
+                                                                      issuer: str) -> None:
+    url, _ = stack
+    origin = url.removesuffix("/mcp")
+    async with httpx.AsyncClient() as http:
+        signed_in = await http.post(f"{origin}/ui/login", json={"token": await service_token(issuer, url)})
+        assert signed_in.json() == {"principal": f"{issuer}#ledger-service"}
+        refused = await http.post(f"{origin}/ui/login",
+                                  json={"token": await service_token(issuer, "http://127.0.0.1:1/other")})
+        assert refused.status_code == 401
+
+
+async def test_opaque_tokens_are_introspected(bootstrap: str) -> None:
+    with openid_provider(OIDC_AT_FORMAT="opaque") as issuer:
+        async with demo_stack(bootstrap, oauth_issuer=issuer, oauth_client_id="ledger-service",
+                              oauth_client_secret="ledger-service-secret") as (url, _):
+            token = await service_token(issuer, url)
+            assert token.count(".") != 2  # opaque indeed
+            assert (await status_with(url, token))[0] == 200
+            assert (await status_with(url, await service_token(issuer, "http://127.0.0.1:1/other")))[0] == 401
+            assert (await status_with(url, token + "x"))[0] == 401
+
+
+async def test_an_unreachable_issuer_is_503_not_a_sign_in_loop(bootstrap: str) -> None:
+    from examples.demo import app as demo
+
+    with openid_provider() as issuer:
+        gone = "http://127.0.0.1:9"  # discard: nothing answers
+        settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{time.time_ns()}", oauth_issuer=gone)
+        token = await provider_signed(issuer, claims_for(gone, "http://127.0.0.1/mcp"))
+        await ensure_topics(settings)
+        async with serving(demo, settings) as url:
+            async with ModernClient(url, token=token) as client:
+                response = await client.post("tools/list")
+            assert response.status_code == 503 and response.headers["retry-after"], response.text
+            assert "cannot be reached" in response.json()["error_description"]
+
+
+def test_a_server_on_every_address_is_told_to_name_its_audience() -> None:
+    settings = Settings(oauth_issuer="https://id.example.com")
+    with pytest.raises(SettingsError, match="LEDGER_OAUTH_AUDIENCE"):
+        protected_resource(settings, "0.0.0.0", 8000)
+    assert protected_resource(settings, "::1", 8000).url == "http://[::1]:8000/mcp"
+    with pytest.raises(SettingsError, match="set one"):
+        Settings.from_env({"LEDGER_OAUTH_ISSUER": "https://id.example.com", "LEDGER_TOKENS_FILE": "tokens"})
