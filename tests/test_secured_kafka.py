@@ -14,18 +14,37 @@ import pytest
 
 from ledger.kafka.broker import free_port
 from ledger.kafka.cluster import LocalCluster
-from ledger.kafka.secured_cluster import CLUSTER, CREATE, DESCRIBE, DESCRIBE_CONFIGS, PRINCIPALS, READ, TOPIC, WRITE
+from ledger.kafka.secured_cluster import (
+    CLUSTER,
+    CREATE,
+    DESCRIBE,
+    DESCRIBE_CONFIGS,
+    KAFKA_AUDIENCE,
+    PRINCIPALS,
+    READ,
+    TOPIC,
+    WRITE,
+    WRITERS,
+)
 from ledger.settings import Settings
+from tests.support.oidc import SERVICE_CLIENT, openid_provider
 from tests.support.raw_http import ModernClient
 from tests.support.spawn import DEMO, LEDGER, role_environment, spawned
 from tests.support.stack import in_status
 
 
 @pytest.fixture(scope="module")
-def secured(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def issuer(broker_kind: str) -> Iterator[str]:
+    """The OpenID provider whose client credentials tokens the secured cluster's brokers take."""
     if broker_kind != "kafka":
         pytest.skip("starts Apache Kafka brokers of its own: runs with --broker kafka")
-    cluster = LocalCluster(tmp_path_factory.mktemp("secured"), brokers=3, security="sasl_ssl")
+    with openid_provider(OIDC_DEFAULT_RESOURCE=KAFKA_AUDIENCE) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def secured(issuer: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("secured"), brokers=3, security="sasl_ssl", oauth_issuer=issuer)
     cluster.start()
     try:
         yield cluster
@@ -151,3 +170,50 @@ def test_a_principal_refused_its_reads_or_its_group_is_told_so_in_one_sentence(s
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith(f"ledger: the Kafka principal {refusals[role]}"), (role, done.stderr)
         assert "Traceback" not in done.stderr, (role, done.stderr)
+
+
+def as_service(cluster: LocalCluster, issuer: str, prefix: str) -> tuple[Settings, dict[str, str]]:
+    """Settings on topics ``prefix``.*, and the variables of logging in with OAUTHBEARER as the provider's
+    ``ledger-service`` client (client credentials), granted a writer's ACLs there."""
+    cluster.secured.grant(cluster.bootstrap, prefix, {"service": WRITERS}, principals={"service": SERVICE_CLIENT[0]})
+    return Settings(bootstrap=cluster.bootstrap, topic_prefix=prefix), {
+        "LEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "LEDGER_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+        "LEDGER_KAFKA_SSL_CA_LOCATION": str(cluster.secured.ca),
+        "LEDGER_KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": f"{issuer}/token",
+        "LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_ID": SERVICE_CLIENT[0],
+        "LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": SERVICE_CLIENT[1]}
+
+
+async def test_roles_log_in_with_oauthbearer_tokens_of_the_client_credentials_grant(secured: LocalCluster,
+                                                                                  issuer: str) -> None:
+    prefix = f"oauth-{uuid.uuid4().hex[:8]}"
+    settings, oauth = as_service(secured, issuer, prefix)
+    port = free_port()
+    with spawned(["server", DEMO, "--port", str(port)], settings, "ledger server: serving", env=oauth) as server, \
+            spawned(["worker", DEMO], settings, "all 8 partitions read", env=oauth):
+        assert "SASL_SSL, OAUTHBEARER as ledger-service" in "".join(server.banner), server.banner
+        async with ModernClient(f"http://127.0.0.1:{port}/mcp") as client:
+            created = await client.result("tools/call", {"name": "approve_expense",
+                                                         "arguments": {"amount": 3, "description": "pens"}})
+            [key] = (await in_status(client, created["taskId"], "input_required"))["inputRequests"]
+            await client.result("tasks/update", {"taskId": created["taskId"], "inputResponses": {
+                key: {"action": "accept", "content": {"approved": True}}}})
+            await in_status(client, created["taskId"], "completed")
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "not-the-secret"},
+     "refused the client credentials of ledger-service (invalid_client)"),
+    ({"LEDGER_KAFKA_SASL_OAUTHBEARER_TOKEN_PROVIDER": "tests.support.oidc:TokensForAnotherAudience"},
+     "refused the OAUTHBEARER token from tests.support.oidc:TokensForAnotherAudience: it does not trust its issuer "
+     "or signature, or expects another audience or scope"),
+], ids=["wrong client secret", "token for another audience"])
+def test_an_oauthbearer_mistake_is_one_sentence(secured: LocalCluster, issuer: str, change: dict[str, str],
+                                                said: str) -> None:
+    settings, oauth = as_service(secured, issuer, f"oauth-{uuid.uuid4().hex[:8]}")
+    environment = {**role_environment(settings), **oauth, **change}
+    done = subprocess.run(LEDGER + ["topics"], capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
+    assert "not-the-secret" not in done.stderr and SERVICE_CLIENT[1] not in done.stderr

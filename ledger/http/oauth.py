@@ -26,6 +26,8 @@ import httpx2 as httpx
 import jwt
 from mcp.server.auth.provider import AccessToken
 
+from ledger.kafka.tokens import metadata_urls
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
@@ -143,7 +145,7 @@ class OAuthVerifier:
         if self._failure is not None and time.monotonic() - self._failed_at < COOLDOWN_S:
             raise self._failure
         problems = []
-        for url in _metadata_urls(self.issuer):
+        for url in metadata_urls(self.issuer):
             try:
                 metadata = await self._get_json(url)
             except IssuerUnavailable as exc:
@@ -208,16 +210,6 @@ def _access_token(token: str, claims: dict[str, Any], audience: str) -> AccessTo
                        scopes=scope.split() if isinstance(scope, str) else [],
                        expires_at=claims.get("exp") if isinstance(claims.get("exp"), int) else None,
                        resource=audience, subject=subject if isinstance(subject, str) else None, claims=claims)
-
-
-def _metadata_urls(issuer: str) -> list[str]:
-    """Where the issuer's metadata is: RFC 8414 puts the well-known part before the issuer's path,
-    OpenID discovery after it."""
-    scheme, _, rest = issuer.partition("://")
-    host, slash, path = rest.partition("/")
-    path = (slash + path).rstrip("/")
-    return [f"{scheme}://{host}/.well-known/oauth-authorization-server{path}",
-            f"{issuer.rstrip('/')}/.well-known/openid-configuration"]
 
 
 def _required_url(metadata: dict[str, Any], name: str, issuer: str) -> str:

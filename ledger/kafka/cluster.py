@@ -201,11 +201,14 @@ class LocalCluster:
     """
 
     def __init__(self, directory: Path | str, brokers: int = 3, *, quiet: bool = True,
-                 overrides: dict[str, str] | None = None, security: str = "plaintext") -> None:
+                 overrides: dict[str, str] | None = None, security: str = "plaintext",
+                 oauth_issuer: str | None = None) -> None:
         if brokers < 1:
             raise ClusterError(f"a cluster needs at least one broker, not {brokers}")
         if security not in SECURITY:
             raise ClusterError(f"--security must be one of {', '.join(SECURITY)}, not {security!r}")
+        if oauth_issuer is not None and security != "sasl_ssl":
+            raise ClusterError("an OAuth issuer's tokens need the SASL_SSL listener: use --security sasl_ssl")
         self.directory = Path(directory).resolve()
         self.brokers = brokers
         self.security = security
@@ -219,7 +222,7 @@ class LocalCluster:
         # The SASL_SSL listener's certificates, users and ACLs (secured_cluster), else None.
         self.secured: ClusterSecurity | None = None
         if security == "sasl_ssl":
-            self.secured = ClusterSecurity(self.directory)
+            self.secured = ClusterSecurity(self.directory, oauth_issuer)
             try:
                 self.secured.prepare()
             except (RuntimeError, OSError) as exc:
@@ -312,7 +315,8 @@ class LocalCluster:
         if self._libs is None:
             self._libs = fetch_jars(self.version, quiet=self.quiet)
         logging = compose_dir() / "kafka" / "log4j2.properties"
-        return [self._java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={logging}", "-cp",
+        security = self.secured.jvm_options() if self.secured is not None else []
+        return [self._java, *JVM_OPTIONS, *security, f"-Dlog4j2.configurationFile={logging}", "-cp",
                 f"{self._libs}/*", main_class]
 
     def start(self, timeout: float = 120.0) -> None:

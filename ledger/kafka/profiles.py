@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.protocol.admin import ApiVersionRequest
 
 from ledger.kafka.security import KafkaClientConfig, KafkaSecurityError, client_config, connection, ssl_context
+from ledger.kafka.tokens import TokenUnavailable
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -187,12 +188,29 @@ async def _sasl_refusal(address: str, config: KafkaClientConfig) -> None:
         conn = await create_conn(host.strip("[]"), int(port), client_id="ledger-probe", request_timeout_ms=5_000,
                                  **config.options())
     except SaslAuthenticationFailed:
+        if config.uses_tokens:
+            raise _token_refused(address, config) from None
         raise KafkaSecurityError(f"the broker at {address} refused the SASL login of {config.username} with "
                                  f"{config.mechanism}: the user does not exist there or sasl.password is wrong") from None
     except UnsupportedSaslMechanismError:
         raise KafkaSecurityError(f"the broker at {address} does not enable SASL mechanism {config.mechanism} on "
                                  "this listener: set sasl.mechanism to one it does (your provider names it: "
-                                 "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)") from None
+                                 "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)") from None
+    except TokenUnavailable as exc:
+        raise KafkaSecurityError(str(exc)) from None
     except Exception:  # any other cause: the client's own error says it
         return
-    conn.close()
+    try:
+        # A broker refusing a token answers with an error challenge, which aiokafka takes for success: the
+        # broker then answers the next request with an error (IllegalSaslState), or closes the connection.
+        if config.uses_tokens and (await conn.send(ApiVersionRequest())).error_code:
+            raise _token_refused(address, config)
+    except KafkaConnectionError:
+        raise _token_refused(address, config) from None
+    finally:
+        conn.close()
+
+
+def _token_refused(address: str, config: KafkaClientConfig) -> KafkaSecurityError:
+    return KafkaSecurityError(f"the broker at {address} refused the OAUTHBEARER token {config.login()}: it does not "
+                              "trust its issuer or signature, or expects another audience or scope")

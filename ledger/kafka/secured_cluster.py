@@ -10,6 +10,10 @@ created when the storage is formatted. The StandardAuthorizer allows nothing wit
 ACLs give each ledger principal what its role needs on the topics and groups of a topic prefix:
 ``ledger-server`` and ``ledger-worker`` create, read and write them; ``ledger-auditor`` reads them
 (it can replay, never append). Each principal's client properties file is written beside them.
+
+Given an OAuth issuer, the listener also takes SASL OAUTHBEARER: the brokers check a token's
+signature against the issuer's keys, its issuer, and its audience ``KAFKA_AUDIENCE``; the principal is
+the token's subject (a service's client id, with the client credentials grant), granted like the others.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import secrets
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,16 @@ from aiokafka import AIOKafkaClient
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from ledger.kafka.security import KafkaClientConfig
+from ledger.kafka.tokens import metadata_urls
 
 ADMIN = "admin"
 PRINCIPALS = {"server": "ledger-server", "worker": "ledger-worker", "auditor": "ledger-auditor"}
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+OAUTHBEARER_MODULE = "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule"
+OAUTHBEARER_VALIDATOR = "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler"
+KAFKA_AUDIENCE = "urn:ledger:kafka"  # what an OAUTHBEARER token must be issued for (its aud)
 # Kafka's codes (org.apache.kafka.common.acl and .resource).
 TOPIC, GROUP, CLUSTER = 2, 3, 4
 LITERAL, PREFIXED = 3, 4
@@ -48,9 +57,11 @@ class ClusterSecurity:
     """The certificates, passwords, broker properties, ACLs and client files of a secured cluster
     kept in ``directory``/security."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, oauth_issuer: str | None = None) -> None:
         self.folder = directory / "security"
         self.ca = self.folder / "ca.crt"
+        self.oauth_issuer = oauth_issuer
+        self._jwks_uri: str | None = None
         self._passwords: dict[str, str] = {}
 
     def prepare(self) -> None:
@@ -67,6 +78,8 @@ class ClusterSecurity:
         for role in PRINCIPALS:
             self.client_file(role).write_text(self.client_properties(role))
             self.client_file(role).chmod(0o600)
+        if self.oauth_issuer is not None:
+            self._jwks_uri = jwks_uri(self.oauth_issuer)
 
     def _certificates(self) -> None:
         def openssl(*arguments: str) -> None:
@@ -113,7 +126,24 @@ class ClusterSecurity:
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found": "false",
             "super.users": f"User:{ADMIN}",
+            **self._oauthbearer_properties(),
         }
+
+    def _oauthbearer_properties(self) -> dict[str, str]:
+        if self._jwks_uri is None:
+            return {}
+        return {
+            "listener.name.client.sasl.enabled.mechanisms": ",".join((*SCRAM_MECHANISMS, "OAUTHBEARER")),
+            "listener.name.client.oauthbearer.sasl.jaas.config": _jaas(OAUTHBEARER_MODULE),
+            "listener.name.client.oauthbearer.sasl.server.callback.handler.class": OAUTHBEARER_VALIDATOR,
+            "sasl.oauthbearer.jwks.endpoint.url": self._jwks_uri,
+            "sasl.oauthbearer.expected.issuer": self.oauth_issuer or "",
+            "sasl.oauthbearer.expected.audience": KAFKA_AUDIENCE,
+        }
+
+    def jvm_options(self) -> list[str]:
+        """What the brokers' JVM needs: Kafka fetches only the OAuth URLs it is told it may."""
+        return [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={self._jwks_uri}"] if self._jwks_uri else []
 
     def format_arguments(self) -> list[str]:
         """StorageTool format's arguments that create the SCRAM users."""
@@ -147,9 +177,11 @@ class ClusterSecurity:
                 await client.close()
         return _run(listed())
 
-    def grant(self, bootstrap: str, topic_prefix: str, grants: Mapping[str, Grants] = GRANTS) -> None:
+    def grant(self, bootstrap: str, topic_prefix: str, grants: Mapping[str, Grants] = GRANTS,
+              principals: Mapping[str, str] = PRINCIPALS) -> None:
         """The ACLs of each ledger principal (by role) on the topics and groups named ``<topic_prefix>.*``
-        and on the cluster: ``grants`` maps a role to the operations it may do on each resource."""
+        and on the cluster: ``grants`` maps a role to the operations it may do on each resource, and
+        ``principals`` a role to its principal's name."""
         async def created() -> None:
             client = AIOKafkaClient(bootstrap_servers=bootstrap, **self.config().options())
             await client.bootstrap()
@@ -162,14 +194,27 @@ class ClusterSecurity:
                         for operation in operations:
                             response = await client.send(node, CreateAclsRequest(
                                 resource_type=resource, resource_name=name, resource_pattern_type_filter=pattern,
-                                principal=f"User:{PRINCIPALS[role]}", host="*", operation=operation,
+                                principal=f"User:{principals[role]}", host="*", operation=operation,
                                 permission_type=ALLOW))
                             for code, message in response.creation_responses:
                                 if code:
-                                    raise RuntimeError(f"creating an ACL of {PRINCIPALS[role]} failed: {message}")
+                                    raise RuntimeError(f"creating an ACL of {principals[role]} failed: {message}")
             finally:
                 await client.close()
         _run(created())
+
+
+def jwks_uri(issuer: str) -> str:
+    """Where ``issuer`` publishes its keys, from its metadata."""
+    for url in metadata_urls(issuer):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                metadata = json.load(response)
+        except (OSError, ValueError):
+            continue
+        if isinstance(metadata, dict) and metadata.get("issuer") == issuer and isinstance(metadata.get("jwks_uri"), str):
+            return metadata["jwks_uri"]
+    raise RuntimeError(f"no metadata of the OAuth issuer {issuer} names its keys (jwks_uri) at {' or '.join(metadata_urls(issuer))}")
 
 
 def _jaas(module: str, **options: str) -> str:

@@ -17,24 +17,35 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
     TopicAuthorizationFailedError,
 )
 
+from ledger.kafka.tokens import ClientCredentials, ProviderError, load_provider
 from ledger.settings import Settings
 
 ENV_PREFIX = "LEDGER_KAFKA_"
 CONFIG_ENV = "LEDGER_KAFKA_CONFIG"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 # Each property ledger reads, with what it means (for --help and for the message naming an unknown one).
 PROPERTIES = {
     "security.protocol": "PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL",
-    "sasl.mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (librdkafka also spells it sasl.mechanisms)",
-    "sasl.username": "the SASL user",
+    "sasl.mechanism": "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (librdkafka also spells it "
+                      "sasl.mechanisms)",
+    "sasl.username": "the SASL user (PLAIN, SCRAM)",
     "sasl.password": "the SASL user's password (never printed)",
+    "sasl.oauthbearer.method": "oidc (the default with OAUTHBEARER): tokens by the client credentials grant, "
+                               "from the next three keys",
+    "sasl.oauthbearer.token.endpoint.url": "the authorization server's token endpoint",
+    "sasl.oauthbearer.client.id": "this client's id there (the brokers' principal is the token's subject)",
+    "sasl.oauthbearer.client.secret": "its secret (never printed)",
+    "sasl.oauthbearer.scope": "scopes to ask for (optional)",
+    "sasl.oauthbearer.token.provider": "ledger's own: module:attribute of an aiokafka AbstractTokenProvider (or of "
+                                       "what makes one) that gets the tokens instead",
     "ssl.ca.location": "PEM file of the CA certificates to trust (default: the system's)",
     "ssl.certificate.location": "PEM file of this client's certificate, for mutual TLS",
     "ssl.key.location": "PEM file of this client's private key, for mutual TLS",
@@ -43,7 +54,7 @@ PROPERTIES = {
                                              "or none",
 }
 ALIASES = {"sasl.mechanisms": "sasl.mechanism"}
-SECRETS = frozenset({"sasl.password", "ssl.key.password"})
+SECRETS = frozenset({"sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"})
 
 
 class KafkaConfigError(ValueError):
@@ -71,6 +82,11 @@ class KafkaClientConfig:
     key_location: str | None = None
     key_password: str | None = field(default=None, repr=False)
     check_hostname: bool = True
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    scope: str | None = None
+    token_provider: str | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -80,11 +96,27 @@ class KafkaClientConfig:
     def uses_sasl(self) -> bool:
         return self.protocol.startswith("SASL_")
 
+    @property
+    def uses_tokens(self) -> bool:
+        return self.uses_sasl and self.mechanism == "OAUTHBEARER"
+
+    @property
+    def principal(self) -> str | None:
+        """The name this client logs in with (its tokens' client id with OAUTHBEARER); None for a token
+        provider of the user's, whose tokens name whoever it says."""
+        return self.client_id if self.uses_tokens else self.username
+
+    def login(self) -> str:
+        """Whose login it is, in words: ``of NAME``, or ``from`` the token provider."""
+        return f"from {self.token_provider}" if self.token_provider else f"of {self.principal}"
+
     def describe(self) -> str:
         """One line for a banner or a log: the protocol, mechanism and user, never a secret."""
         if not self.uses_sasl:
             return self.protocol
-        return f"{self.protocol}, {self.mechanism} as {self.username}"
+        if self.token_provider:
+            return f"{self.protocol}, {self.mechanism} from {self.token_provider}"
+        return f"{self.protocol}, {self.mechanism} as {self.principal}"
 
     @classmethod
     def load(cls, path: str | None, environ: Mapping[str, str]) -> KafkaClientConfig:
@@ -105,7 +137,7 @@ class KafkaClientConfig:
             raise KafkaConfigError(f"security.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         config = cls(
             protocol=protocol,
-            mechanism=properties.get("sasl.mechanism", "PLAIN" if protocol.startswith("SASL_") else None),
+            mechanism=_upper(properties.get("sasl.mechanism", "PLAIN" if protocol.startswith("SASL_") else None)),
             username=properties.get("sasl.username"),
             password=properties.get("sasl.password"),
             ca_location=properties.get("ssl.ca.location"),
@@ -113,16 +145,38 @@ class KafkaClientConfig:
             key_location=properties.get("ssl.key.location"),
             key_password=properties.get("ssl.key.password"),
             check_hostname=_hostname_check(properties.get("ssl.endpoint.identification.algorithm", "https")),
+            token_url=properties.get("sasl.oauthbearer.token.endpoint.url"),
+            client_id=properties.get("sasl.oauthbearer.client.id"),
+            client_secret=properties.get("sasl.oauthbearer.client.secret"),
+            scope=properties.get("sasl.oauthbearer.scope"),
+            token_provider=properties.get("sasl.oauthbearer.token.provider"),
         )
+        method = properties.get("sasl.oauthbearer.method", "oidc").lower()
+        if method != "oidc":
+            raise KafkaConfigError(f"sasl.oauthbearer.method must be oidc, got {method!r} (for tokens of your own, "
+                                   "name a provider in sasl.oauthbearer.token.provider)")
         config.validate()
         return config
 
     def validate(self) -> None:
+        oauth = {"sasl.oauthbearer.token.endpoint.url": self.token_url, "sasl.oauthbearer.client.id": self.client_id,
+                 "sasl.oauthbearer.client.secret": self.client_secret}
+        if self.uses_tokens:
+            missing = [key for key, value in oauth.items() if not value]
+            if not self.token_provider and missing:
+                raise KafkaConfigError(f"sasl.mechanism OAUTHBEARER needs {', '.join(missing)} (or a "
+                                       "sasl.oauthbearer.token.provider of your own)")
+            if self.token_url and not self.token_url.startswith(("https://", "http://")):
+                raise KafkaConfigError(f"sasl.oauthbearer.token.endpoint.url must be an http(s) URL, "
+                                       f"got {self.token_url!r}")
+        elif any(oauth.values()) or self.token_provider:
+            raise KafkaConfigError(f"sasl.oauthbearer.* properties are given but sasl.mechanism is {self.mechanism}; "
+                                   "set sasl.mechanism=OAUTHBEARER")
         if self.uses_sasl:
-            if self.mechanism is None or self.mechanism.upper() not in MECHANISMS:
+            if self.mechanism is None or self.mechanism not in MECHANISMS:
                 raise KafkaConfigError(f"sasl.mechanism must be one of {', '.join(MECHANISMS)}, "
                                        f"got {self.mechanism!r}")
-            if not self.username or self.password is None:
+            if not self.uses_tokens and (not self.username or self.password is None):
                 raise KafkaConfigError(f"security.protocol {self.protocol} needs sasl.username and sasl.password")
         elif self.mechanism is not None or self.username is not None:
             raise KafkaConfigError(f"sasl.* properties are given but security.protocol is {self.protocol}; "
@@ -144,8 +198,10 @@ class KafkaClientConfig:
         options: dict[str, Any] = {"security_protocol": self.protocol}
         if self.uses_tls:
             options["ssl_context"] = ssl_context(self)
-        if self.uses_sasl:
-            options.update(sasl_mechanism=self.mechanism.upper(), sasl_plain_username=self.username,
+        if self.uses_tokens:
+            options.update(sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=token_provider(self))
+        elif self.uses_sasl:
+            options.update(sasl_mechanism=self.mechanism, sasl_plain_username=self.username,
                            sasl_plain_password=self.password)
         return options
 
@@ -176,6 +232,17 @@ def ssl_context(config: KafkaClientConfig) -> ssl.SSLContext:
     return context
 
 
+@lru_cache(maxsize=8)
+def token_provider(config: KafkaClientConfig) -> AbstractTokenProvider:
+    """The OAUTHBEARER token provider of ``config``, one per process: its clients share its tokens."""
+    if config.token_provider:
+        try:
+            return load_provider(config.token_provider)
+        except ProviderError as exc:
+            raise KafkaConfigError(str(exc)) from None
+    return ClientCredentials(config.token_url, config.client_id, config.client_secret, config.scope)
+
+
 def kafka_label(settings: Settings) -> str:
     """The brokers and how this process connects to them, for a banner (never a secret)."""
     config = client_config(settings)
@@ -190,7 +257,8 @@ def connection(settings: Settings) -> dict[str, Any]:
 def not_allowed(settings: Settings, action: str) -> KafkaSecurityError:
     """The error saying the brokers' ACLs refuse ``action`` to this client's principal."""
     config = client_config(settings)
-    who = f"the Kafka principal {config.username}" if config.uses_sasl else "this Kafka client"
+    who = ("this Kafka client" if not config.uses_sasl else f"the Kafka principal {config.principal}"
+           if config.principal else f"the Kafka principal of the tokens from {config.token_provider}")
     return KafkaSecurityError(f"{who} may not {action}: the brokers' ACLs refuse it (docs/operations.md, "
                               "\"Connect to a managed Kafka\", lists what each role needs)")
 
@@ -219,6 +287,10 @@ def _known_key(key: str, where: str) -> str:
         raise KafkaConfigError(f"{where}: {key!r} is not a Kafka client property ledger reads; it reads "
                                f"{', '.join(PROPERTIES)}")
     return key
+
+
+def _upper(mechanism: str | None) -> str | None:
+    return mechanism.upper() if mechanism is not None else None
 
 
 def _hostname_check(algorithm: str) -> bool:

@@ -19,7 +19,8 @@
 //   flow hands out (expired, not yet valid, without a subject).
 //
 // Environment: OIDC_RESOURCE_SCOPES (scopes a resource offers, "ledger:read ledger:write"),
-// OIDC_AT_TTL (access token lifetime, s: 300), OIDC_AT_FORMAT (jwt | opaque).
+// OIDC_AT_TTL (access token lifetime, s: 300), OIDC_AT_FORMAT (jwt | opaque), OIDC_DEFAULT_RESOURCE (the
+// resource of a token request that names none).
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
@@ -49,6 +50,7 @@ function signingKey() {
 }
 
 function resourceAllowed(indicator) {
+  if (indicator === env.OIDC_DEFAULT_RESOURCE) return true;
   const url = URL.parse(indicator);
   return !!url && url.protocol === 'http:' && LOOPBACKS.has(url.hostname);
 }
@@ -99,8 +101,10 @@ function configuration(key) {
       introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,
+        // A token request naming no resource (a Kafka client's: OAUTHBEARER has no way to name one) is
+        // for OIDC_DEFAULT_RESOURCE, e.g. urn:ledger:kafka, the audience the secured cluster's brokers expect.
         async defaultResource(ctx, client, oneOf) {
-          return oneOf ? oneOf[0] : undefined;
+          return oneOf ? oneOf[0] : env.OIDC_DEFAULT_RESOURCE || undefined;
         },
         async useGrantedResource() {
           return true;

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx2 as httpx
 import pytest
+from aiokafka.abc import AbstractTokenProvider
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider, OAuthFlowError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from pydantic import AnyUrl
@@ -141,3 +142,12 @@ def claims_for(issuer: str, audience: str, sub: str = "alice", **more: Any) -> d
     now = int(time.time())
     return {"iss": issuer, "sub": sub, "aud": audience, "iat": now, "exp": now + 300, "client_id": "tests",
             "scope": "ledger:read ledger:write", **more}
+
+
+class TokensForAnotherAudience(AbstractTokenProvider):
+    """A Kafka client's OAUTHBEARER token provider whose tokens are for another resource than the
+    brokers (the token endpoint in ``LEDGER_KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL``)."""
+
+    async def token(self) -> str:
+        issuer = os.environ["LEDGER_KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"].removesuffix("/token")
+        return await service_token(issuer, "http://127.0.0.1:1/another-resource")

@@ -55,16 +55,17 @@ def drain(process: subprocess.Popen[str], lines: int = 200) -> deque[str]:
 
 @contextmanager
 def spawned(args: list[str], settings: Settings, ready: str, *, stop: signal.Signals = signal.SIGKILL,
-            ) -> Iterator[subprocess.Popen[str]]:
-    """``ledger ARGS`` in its own process, once it printed ``ready``; stopped with ``stop`` on the way
-    out (SIGTERM: a clean stop, waited for). The last lines it printed are its ``output``.
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """``ledger ARGS`` in its own process (``env`` over the variables of ``settings``), once it printed
+    ``ready``; stopped with ``stop`` on the way out (SIGTERM: a clean stop, waited for). What it printed
+    until ready is its ``banner``, the last lines after that its ``output``.
 
     When the block fails, the end of the process's output is printed for the test report.
     """
     process = subprocess.Popen(LEDGER + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=role_environment(settings))
+                               env={**role_environment(settings), **(env or {})})
     try:
-        wait_for_line(process, ready, timeout=60)
+        process.banner = wait_for_line(process, ready, timeout=60)
         process.output = drain(process)
         try:
             yield process
