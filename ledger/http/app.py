@@ -104,20 +104,15 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         # The server listens while its view catches up with the log (health checks answer, /mcp says
         # to come back, a stop signal stops it); MCP requests are served once it has caught up.
         try:
-            await event_log.start()
-        except KafkaSecurityError as exc:  # said by the role in one sentence, never as a startup traceback
-            starlette.state.refused = exc
-            yield
-            return
-        try:
-            await health.start()
-            if sign_outs is not None:
-                try:
+            try:
+                await event_log.start()
+                await health.start()
+                if sign_outs is not None:
                     await sign_outs.start()
-                except KafkaSecurityError as exc:
-                    starlette.state.refused = exc
-                    yield
-                    return
+            except KafkaSecurityError as exc:  # said by the role in one sentence, never as a startup traceback
+                starlette.state.refused = exc
+                yield
+                return
             await view.start()
             try:
                 async with server.session_manager.run():

@@ -73,8 +73,9 @@ class LiveView:
         self.caught_up = asyncio.Event()
         self._catch_up_read = 0
         self._catch_up_pauses = ExitStack()  # what a catch-up suspends until it ends
-        self._indexing = False  # the store's query indexes wait for the end of the catch-up
-        self._may_replay = False  # a new store: filled by a replay when the log is long
+        # The store's query indexes wait for the end of the catch-up; a new store is also filled by a
+        # replay when the log is long.
+        self._indexing = False
         self._catch_up_started: float | None = None
         self._catch_up_reported = 0.0
         self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
@@ -100,7 +101,7 @@ class LiveView:
             self._projector.fence.owners.update(self.store.owners())
             self._tasks = self.store.count()
             if not self._applied:  # the whole log to fold, into a new store: the indexes are made after it
-                self._indexing = self._may_replay = True
+                self._indexing = True
                 await asyncio.to_thread(self.store.unindex)
         await self._follow_from(self._applied)
         if self.store is not None:
@@ -108,8 +109,7 @@ class LiveView:
 
     async def _follow_from(self, checkpoint: dict[int, int]) -> None:
         self._applied = dict(checkpoint)
-        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
-        await self._reader.start()
+        await self._read_from(checkpoint)
         # A catch-up makes no cycles, and each collection walks every row held (as in a replay).
         self._catch_up_pauses.enter_context(no_collections())
         self._follower = asyncio.create_task(self._follow(), name="live view")
@@ -206,8 +206,12 @@ class LiveView:
         held = self.projection.get  # newer than the store's where it differs; a task not held is not looked up
         return [held(row.task_id, look_up=False) or row for row in rows]
 
+    async def _read_from(self, checkpoint: dict[int, int]) -> None:
+        self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view", checkpoint=checkpoint)
+        await self._reader.start()
+
     async def _follow(self) -> None:
-        if self._may_replay:
+        if self._indexing:
             await self._fill_by_replay()
         while True:
             try:
@@ -254,7 +258,7 @@ class LiveView:
             try:
                 summary = await build_store(self.settings, Path(store.path), progress=self._replaying, fork=False)
             except asyncio.CancelledError:
-                store.clear()
+                store.clear()  # here, not in a thread: a cancelled task may not get to wait for one
                 raise
             except Exception:
                 log.exception("live view: the replay into the new store failed; folding the log here instead")
@@ -268,9 +272,7 @@ class LiveView:
                 self._catch_up_reported = asyncio.get_running_loop().time()
                 log.info("live view: replayed %d events into the store in %.1f s (%.0f events/s); following the log",
                          summary.events, summary.seconds, summary.rate)
-            self._reader = LogReader(self.settings, client_id=f"{self.settings.client_id}-view",
-                                     checkpoint=self._applied)
-            await self._reader.start()
+            await self._read_from(self._applied)
 
     @staticmethod
     def _replaying(progress: Progress) -> None:
