@@ -126,8 +126,9 @@ class Settings:
         "otherwise); published as the scopes clients ask for."
     )
     oauth_client_id: str | None = _setting(
-        None, "LEDGER_OAUTH_CLIENT_ID", "The server's own client id at the issuer, for RFC 7662 introspection "
-        "of opaque (non-JWT) access tokens; unset, only JWT access tokens are accepted."
+        None, "LEDGER_OAUTH_CLIENT_ID", "The server's own (confidential) client id at the issuer: people sign "
+        "in to the web page there (its redirect URI: ORIGIN/ui/login/callback), and opaque (non-JWT) access "
+        "tokens are introspected (RFC 7662); unset, the page takes pasted tokens and only JWTs are accepted."
     )
     oauth_client_secret: str | None = _setting(
         None, "LEDGER_OAUTH_CLIENT_SECRET", "The secret of LEDGER_OAUTH_CLIENT_ID.", secret=True

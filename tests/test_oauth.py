@@ -9,9 +9,12 @@ import base64
 import hashlib
 import hmac
 import json
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx2 as httpx
 import jwt
@@ -22,11 +25,20 @@ from mcp.shared.exceptions import MCPError
 
 from ledger.contract.events import RequestRejected
 from ledger.http.auth import protected_resource
+from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings, SettingsError
+from tests.support.browser import Chromium
 from tests.support.engine import history
 from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
-from tests.support.oidc import claims_for, openid_provider, provider_signed, service_token, signed_in_http
+from tests.support.oidc import (
+    claims_for,
+    openid_provider,
+    provider_signed,
+    registered_client,
+    service_token,
+    signed_in_http,
+)
 from tests.support.raw_http import ModernClient
 from tests.support.stack import demo_stack, serving, until
 
@@ -155,6 +167,58 @@ async def test_a_person_signs_in_to_the_web_page_with_an_access_token(stack: tup
         refused = await http.post(f"{origin}/ui/login",
                                   json={"token": await service_token(issuer, "http://127.0.0.1:1/other")})
         assert refused.status_code == 401
+        narrow = await http.post(f"{origin}/ui/login", json={"token": await service_token(issuer, url, "ledger:read")})
+        assert narrow.status_code == 403 and narrow.json()["error"] == "that token lacks the scope ledger:write"
+        assert (await http.get(f"{origin}/ui/api/tasks")).status_code == 200  # the session signed in above
+        assert (await http.get(f"{origin}/ui/api/tasks", headers={
+            "Authorization": f"Bearer {await service_token(issuer, url, 'ledger:read')}"})).status_code == 403
+
+
+async def test_a_person_signs_in_to_the_web_page_at_the_issuer(bootstrap: str, issuer: str) -> None:
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    client_id, secret = await registered_client(issuer, f"{origin}/ui/login/callback")
+    async with demo_stack(bootstrap, port=port, oauth_issuer=issuer, oauth_scopes=SCOPES, oauth_client_id=client_id,
+                          oauth_client_secret=secret), httpx.AsyncClient(follow_redirects=True) as browser:
+        me = (await browser.get(f"{origin}/ui/api/me")).json()
+        assert me["signInAt"] == "/ui/login/start" and not me["signedIn"], me
+        landed = await browser.get(f"{origin}/ui/login/start", params={"login_hint": "bob"})
+        hops = [str(r.url).split("?")[0] for r in landed.history]
+        assert str(landed.url) == f"{origin}/ui" and f"{issuer}/auth" in hops, hops
+        assert "ledger_ui_flow" not in browser.cookies  # the flow's state is spent
+        me = (await browser.get(f"{origin}/ui/api/me")).json()
+        assert me["signedIn"] and me["principal"] == f"{issuer}#bob", me
+
+        stray = await browser.get(f"{origin}/ui/login/callback", params={"code": "made-up", "state": "made-up"})
+        assert stray.status_code == 400 and "not started on this page" in stray.text
+        started = await browser.get(f"{origin}/ui/login/start", follow_redirects=False)
+        state = dict(parse_qsl(urlsplit(started.headers["location"]).query))["state"]
+        made_up = await browser.get(f"{origin}/ui/login/callback", params={"code": "made-up", "state": state})
+        assert made_up.status_code == 401 and "not good here" in made_up.text  # the issuer refused the code
+
+
+async def test_the_page_signs_a_person_in_at_the_issuer_in_a_browser(bootstrap: str, issuer: str,
+                                                                     tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    client_id, secret = await registered_client(issuer, f"{origin}/ui/login/callback")
+    async with demo_stack(bootstrap, port=port, oauth_issuer=issuer, oauth_scopes=SCOPES, oauth_client_id=client_id,
+                          oauth_client_secret=secret) as (url, _), Chromium(tmp_path / "profile") as browser:
+        async with ModernClient(url, token=await provider_signed(issuer, claims_for(issuer, url))) as alice:
+            task_id = (await alice.result("tools/call", {"name": "approve_expense",
+                                                         "arguments": APPROVE}))["taskId"]
+        page = await browser.open(f"{origin}/ui")
+
+        def shows(expression: str) -> Any:
+            return lambda: browser.evaluate(page, expression)
+
+        await until(shows("!document.getElementById('signin-issuer').hidden"), 10)
+        await browser.evaluate(page, "document.getElementById('signin-issuer').click()")  # the provider: alice
+        await until(shows(f"document.getElementById('who').textContent === 'signed in as {issuer}#alice'"), 20)
+        await until(shows(f"!!document.querySelector('tr.task[data-task-id=\"{task_id}\"]')"), 10)
+        assert await browser.evaluate(page, "location.href") == f"{origin}/ui"
 
 
 async def test_opaque_tokens_are_introspected(bootstrap: str) -> None:

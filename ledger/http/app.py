@@ -29,7 +29,7 @@ from ledger.engine.app import App
 from ledger.http.auth import RequireBearer, check_exposure, issuer_unavailable, protected_resource, token_verifier
 from ledger.http.hosts import HostCheck, transport_security
 from ledger.http.intake import Intake
-from ledger.http.login import BearerOrSession, WebSessions
+from ledger.http.login import BearerOrSession, SignInAtIssuer, WebSessions
 from ledger.http.oauth import OAuthVerifier
 from ledger.http.ui import ui_routes
 from ledger.kafka.appender import EventLog
@@ -98,6 +98,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
     sessions_per_principal(server.session_manager, settings.principal_streams)
     sign_outs = SignOuts(settings, client_id=f"{settings.client_id}-sign-outs-{instance}") if verifier else None
     sessions = WebSessions(settings.request_state_key, sign_outs) if sign_outs else None
+    at_issuer = SignInAtIssuer(verifier, sessions, resource) if isinstance(verifier, OAuthVerifier) and \
+        verifier.signs_people_in and sessions and resource else None
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -144,7 +146,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_text),
-              *ui_routes(read_side, view, service, verifier=verifier, sessions=sessions),
+              *ui_routes(read_side, view, service, verifier=verifier, sessions=sessions, at_issuer=at_issuer,
+                         scopes=resource.scopes if resource else ()),
               *(resource.routes() if resource else ()), Mount("/", app=mcp_app)]
     middleware = [Middleware(HostCheck, security=security), Middleware(CatchingUp, view=view),
                   Middleware(Intake, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx2 as httpx
 import jwt
@@ -89,6 +90,38 @@ class OAuthVerifier:
             log.info("access token refused: %s", exc)
             return None
         return _access_token(token, claims, self.audience)
+
+    @property
+    def signs_people_in(self) -> bool:
+        """Whether the server has a client of its own at the issuer, to sign people in to its web page."""
+        return self._credentials is not None
+
+    async def authorization_url(self, redirect_uri: str, state: str, challenge: str, scopes: tuple[str, ...],
+                                login_hint: str | None = None) -> str:
+        """Where to send a person's browser to sign in (authorization code with PKCE, RFC 7636), for a
+        token for this server (RFC 8707)."""
+        endpoint = _required_url(await self._issuer_metadata(), "authorization_endpoint", self.issuer)
+        query = {"response_type": "code", "client_id": self._credentials[0], "redirect_uri": redirect_uri,
+                 "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
+                 "resource": self.audience, **({"scope": " ".join(scopes)} if scopes else {}),
+                 **({"login_hint": login_hint} if login_hint else {})}
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
+
+    async def redeem(self, code: str, code_verifier: str, redirect_uri: str) -> AccessToken | None:
+        """The access token an authorization code stands for, checked as every token is; None when the
+        issuer refuses the code or the token is not good here."""
+        endpoint = _required_url(await self._issuer_metadata(), "token_endpoint", self.issuer)
+        response = await self._client_request("POST", endpoint, auth=self._credentials, data={
+            "grant_type": "authorization_code", "code": code, "code_verifier": code_verifier,
+            "redirect_uri": redirect_uri, "resource": self.audience})
+        try:
+            token = response.json().get("access_token") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str):
+            log.info("the issuer refused an authorization code: HTTP %d", response.status_code)
+            return None
+        return await self.verify_token(token)
 
     async def aclose(self) -> None:
         if self._http is not None:

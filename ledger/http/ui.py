@@ -12,7 +12,8 @@ The page (``ui.html``) reads the same read side as the MCP tools, as the request
   the same service path as MCP answers, recorded with protocol ``web``; 400 with ``fields`` (field ->
   why) for content the schema refuses;
 * ``GET /ui/api/me``, ``POST /ui/login`` (``{"token": ...}``) and ``POST /ui/logout``: signing in
-  with a bearer token where the server takes tokens (``ledger.http.login``).
+  with a bearer token where the server takes tokens, or at the OAuth issuer (``GET /ui/login/start``)
+  where the server has a client there (``ledger.http.login``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from starlette.routing import Route
 
 from ledger.contract.elicitation import field_errors
 from ledger.contract.values import problem_in
-from ledger.http.login import COOKIE, COOKIE_PATH, WebSessions
+from ledger.http.login import COOKIE, COOKIE_PATH, FLOW_PATH, UI_SESSION_TOKEN, SignInAtIssuer, WebSessions
 from ledger.http.oauth import IssuerUnavailable
 from ledger.mcp.wire import principal_of_request, principal_of_token
 from ledger.service.errors import InvalidCursor, Refused, TaskNotFound
@@ -50,9 +51,10 @@ WEB = "web"  # the protocol path answers from the page are recorded with
 
 
 def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, verifier: TokenVerifier | None = None,
-              sessions: WebSessions | None = None) -> list[Route]:
+              sessions: WebSessions | None = None, at_issuer: SignInAtIssuer | None = None,
+              scopes: tuple[str, ...] = ()) -> list[Route]:
     """With a ``verifier``, the API answers only signed-in requests: a valid bearer token, or the
-    session cookie ``POST /ui/login`` sets for one (``ledger.http.login``)."""
+    session cookie ``POST /ui/login`` sets for one, or ``at_issuer``'s sign-in (``ledger.http.login``)."""
     page = resources.files("ledger.http").joinpath("ui.html").read_text(encoding="utf-8")
     authenticated = verifier is not None
 
@@ -61,6 +63,11 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
             if authenticated and not request.user.is_authenticated:
                 return JSONResponse({"error": "a bearer token is required"}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
+            if authenticated and (missing := [scope for scope in scopes if scope not in request.user.scopes]) and \
+                    request.user.access_token.token != UI_SESSION_TOKEN:  # a session's token was checked at sign-in
+                return JSONResponse({"error": f"the token lacks the scope {' '.join(missing)}"}, status_code=403,
+                                    headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", '
+                                                                 f'scope="{" ".join(scopes)}"'})
             return await endpoint(request)
         return checked
 
@@ -160,7 +167,8 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
     async def me(request: Request) -> Response:
         signed_in = request.user.is_authenticated if authenticated else False
         return JSONResponse({"signInRequired": authenticated, "signedIn": signed_in,
-                             "principal": principal_of_request(request) if signed_in else None})
+                             "principal": principal_of_request(request) if signed_in else None,
+                             "signInAt": f"{FLOW_PATH}/start" if at_issuer else None})
 
     async def login(request: Request) -> Response:
         if verifier is None or sessions is None:
@@ -179,6 +187,8 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
                                 headers={"Retry-After": "5"})
         if access is None or (access.expires_at is not None and access.expires_at < time.time()):
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
+        if missing := [scope for scope in scopes if scope not in access.scopes]:
+            return JSONResponse({"error": f"that token lacks the scope {' '.join(missing)}"}, status_code=403)
         principal = principal_of_token(access)
         response = JSONResponse({"principal": principal})
         response.set_cookie(COOKIE, sessions.issue(principal), max_age=WEB_SESSION_S, path=COOKIE_PATH, httponly=True,
@@ -209,6 +219,8 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         Route("/ui/api/tasks/{task_id}/answer", guarded(answer), methods=["POST"]),
         Route("/ui/login", login, methods=["POST"]),
         Route("/ui/logout", logout, methods=["POST"]),
+        *([Route(f"{FLOW_PATH}/start", at_issuer.start), Route(f"{FLOW_PATH}/callback", at_issuer.callback)]
+          if at_issuer else []),
     ]
 
 

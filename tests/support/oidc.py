@@ -130,6 +130,18 @@ async def service_token(issuer: str, resource: str, scope: str = "ledger:read le
         return response.json()["access_token"]
 
 
+async def registered_client(issuer: str, redirect_uri: str) -> tuple[str, str]:
+    """A confidential client registered at the provider (RFC 7591) for the authorization code flow
+    back to ``redirect_uri``: its id and secret."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(f"{issuer}/reg", json={
+            "client_name": "ledger web page", "redirect_uris": [redirect_uri], "grant_types": ["authorization_code"],
+            "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic",
+            "scope": "ledger:read ledger:write"})
+        response.raise_for_status()
+        return response.json()["client_id"], response.json()["client_secret"]
+
+
 async def provider_signed(issuer: str, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
     """A JWT signed with the provider's own key, for tokens no flow hands out (expired, ...)."""
     async with httpx.AsyncClient(timeout=10) as http:

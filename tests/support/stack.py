@@ -23,9 +23,9 @@ from ledger.settings import Settings
 
 
 @asynccontextmanager
-async def serving(app: App, settings: Settings, instance: str = "test") -> AsyncIterator[str]:
-    """Serve ``app`` over HTTP; yields the MCP endpoint URL."""
-    port = free_port()
+async def serving(app: App, settings: Settings, instance: str = "test", port: int | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` over HTTP (on ``port``, else a free one); yields the MCP endpoint URL."""
+    port = port or free_port()
     server = HttpServer(uvicorn.Config(create_app(app, settings, instance, port=port), host="127.0.0.1", port=port,
                                        log_level="warning", lifespan="on", **uvicorn_options(settings)))
     task = asyncio.create_task(server.serve())
@@ -81,14 +81,15 @@ async def _checked(check: Callable[[], Any]) -> Any:
 
 
 @asynccontextmanager
-async def demo_stack(bootstrap: str, **overrides: Any) -> AsyncIterator[tuple[str, Settings]]:
-    """The demo tools served over HTTP with a worker, on topics of their own: (MCP URL, settings)."""
+async def demo_stack(bootstrap: str, port: int | None = None, **overrides: Any) -> AsyncIterator[tuple[str, Settings]]:
+    """The demo tools served over HTTP (on ``port``, else a free one) with a worker, on topics of their
+    own: (MCP URL, settings)."""
     from examples.demo import app as demo
 
     settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"test-{uuid.uuid4().hex[:12]}", partitions=4,
                                  session_timeout_ms=6_000, **overrides)
     await ensure_topics(settings)
-    async with working(demo, settings), serving(demo, settings) as url:
+    async with working(demo, settings), serving(demo, settings, port=port) as url:
         yield url, settings
 
 
