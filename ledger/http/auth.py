@@ -114,6 +114,11 @@ def issuer_unavailable(conn: HTTPConnection, exc: Exception) -> Response:
                         headers={"Retry-After": "5"})
 
 
+def missing_scopes(required: tuple[str, ...], granted: list[str]) -> str:
+    """The required scopes a token was not granted, space-separated ('' when none is missing)."""
+    return " ".join(scope for scope in required if scope not in granted)
+
+
 class RequireBearer:
     """``/mcp`` only for a request whose bearer token was accepted and holds the required scopes.
 
@@ -137,8 +142,8 @@ class RequireBearer:
         if not isinstance(user, AuthenticatedUser):
             sent = any(name == b"authorization" for name, _ in scope["headers"])
             await self._refuse(send, 401, "invalid_token" if sent else None, "a valid bearer token is required")
-        elif missing := [name for name in self.scopes if name not in user.scopes]:
-            await self._refuse(send, 403, "insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
+        elif missing := missing_scopes(self.scopes, user.scopes):
+            await self._refuse(send, 403, "insufficient_scope", f"the token lacks the scope {missing}")
         else:
             await self.app(scope, receive, send)
 

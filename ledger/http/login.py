@@ -31,7 +31,7 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Aut
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from ledger.http.auth import ProtectedResource
+from ledger.http.auth import ProtectedResource, missing_scopes
 from ledger.http.oauth import IssuerUnavailable, OAuthVerifier
 from ledger.kafka.signouts import SignOuts
 from ledger.mcp.wire import principal_of_token
@@ -173,8 +173,8 @@ class SignInAtIssuer:
             return _page(f"The issuer cannot be reached now ({exc}); try again shortly.", 503)
         if access is None:
             return _page("The issuer's token is not good here: start again.", 401)
-        if missing := [scope for scope in self._resource.scopes if scope not in access.scopes]:
-            return _page(f"Your sign-in was not granted {' '.join(missing)}, which this server requires.", 403)
+        if missing := missing_scopes(self._resource.scopes, access.scopes):
+            return _page(f"Your sign-in was not granted {missing}, which this server requires.", 403)
         response = RedirectResponse("/ui", status_code=303)
         response.set_cookie(COOKIE, self._sessions.issue(principal_of_token(access)), max_age=WEB_SESSION_S,
                             path=COOKIE_PATH, httponly=True, samesite="strict", secure=request.url.scheme == "https")

@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from ledger.contract.elicitation import field_errors
 from ledger.contract.values import problem_in
+from ledger.http.auth import missing_scopes
 from ledger.http.login import COOKIE, COOKIE_PATH, FLOW_PATH, UI_SESSION_TOKEN, SignInAtIssuer, WebSessions
 from ledger.http.oauth import IssuerUnavailable
 from ledger.mcp.wire import principal_of_request, principal_of_token
@@ -63,9 +64,9 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
             if authenticated and not request.user.is_authenticated:
                 return JSONResponse({"error": "a bearer token is required"}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
-            if authenticated and (missing := [scope for scope in scopes if scope not in request.user.scopes]) and \
+            if authenticated and (missing := missing_scopes(scopes, request.user.scopes)) and \
                     request.user.access_token.token != UI_SESSION_TOKEN:  # a session's token was checked at sign-in
-                return JSONResponse({"error": f"the token lacks the scope {' '.join(missing)}"}, status_code=403,
+                return JSONResponse({"error": f"the token lacks the scope {missing}"}, status_code=403,
                                     headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", '
                                                                  f'scope="{" ".join(scopes)}"'})
             return await endpoint(request)
@@ -187,8 +188,8 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
                                 headers={"Retry-After": "5"})
         if access is None or (access.expires_at is not None and access.expires_at < time.time()):
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
-        if missing := [scope for scope in scopes if scope not in access.scopes]:
-            return JSONResponse({"error": f"that token lacks the scope {' '.join(missing)}"}, status_code=403)
+        if missing := missing_scopes(scopes, access.scopes):
+            return JSONResponse({"error": f"that token lacks the scope {missing}"}, status_code=403)
         principal = principal_of_token(access)
         response = JSONResponse({"principal": principal})
         response.set_cookie(COOKIE, sessions.issue(principal), max_age=WEB_SESSION_S, path=COOKIE_PATH, httponly=True,
