@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -43,14 +44,20 @@ def provider_installed() -> None:
 def openid_provider(**env: str) -> Iterator[str]:
     """The provider running on a free loopback port: its issuer URL."""
     provider_installed()
-    process = subprocess.Popen(["node", str(PACKAGE / "provider.mjs")], cwd=PACKAGE, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env={**os.environ, **env})
-    try:
-        line = wait_for_line(process, "READY ", 30)[-1]
-        yield json.loads(line.split("READY ", 1)[1])["issuer"]
-    finally:
-        process.terminate()
-        process.wait(10)
+    with tempfile.TemporaryFile("w+") as said:  # its own warnings and errors, shown if it does not start
+        process = subprocess.Popen(["node", str(PACKAGE / "provider.mjs")], cwd=PACKAGE, stdout=subprocess.PIPE,
+                                   stderr=said, text=True, env={**os.environ, **env})
+        try:
+            try:
+                line = wait_for_line(process, "READY ", 30)[-1]
+            except AssertionError as exc:
+                said.seek(0)
+                raise AssertionError(f"the OpenID provider did not start: {exc}; it said: {said.read()[-2000:]!r}") \
+                    from None
+            yield json.loads(line.split("READY ", 1)[1])["issuer"]
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 class ScriptedPerson:
