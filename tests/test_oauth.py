@@ -5,12 +5,16 @@ issued for this server is refused with the status the specs give."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
+import subprocess
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from tests.support.browser import Chromium
 from tests.support.engine import history
 from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
 from tests.support.oidc import (
+    ScriptedPerson,
     claims_for,
     openid_provider,
     provider_signed,
@@ -40,6 +45,7 @@ from tests.support.oidc import (
     signed_in_http,
 )
 from tests.support.raw_http import ModernClient
+from tests.support.spawn import LEDGER
 from tests.support.stack import demo_stack, serving, until
 
 SCOPES = "ledger:read ledger:write"
@@ -219,6 +225,65 @@ async def test_the_page_signs_a_person_in_at_the_issuer_in_a_browser(bootstrap: 
         await until(shows(f"document.getElementById('who').textContent === 'signed in as {issuer}#alice'"), 20)
         await until(shows(f"!!document.querySelector('tr.task[data-task-id=\"{task_id}\"]')"), 10)
         assert await browser.evaluate(page, "location.href") == f"{origin}/ui"
+
+
+async def test_ledger_call_signs_a_person_in_at_the_issuer_once(stack: tuple[str, Settings], issuer: str,
+                                                                 tmp_path: Path) -> None:
+    url, _ = stack
+    config = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    def command(amount: int) -> list[str]:
+        return [*LEDGER, "call", "approve_expense", f"amount={amount}", "description=train", "--url", url, "--no-browser"]
+
+    first = await asyncio.create_subprocess_exec(*command(20), stdin=PIPE, stdout=PIPE, stderr=PIPE, env=config)
+    assert first.stderr is not None
+    said = [(await asyncio.wait_for(first.stderr.readline(), 30)).decode() for _ in range(2)]
+    assert said[0].startswith(f"Sign in at {issuer}/auth: open"), said
+    person = ScriptedPerson("bob")
+    async with person.browser:
+        await person.open(said[1].strip())
+        back = await person.browser.get(person.landed_at)  # the browser comes back to the command's listener
+    assert back.status_code == 200 and "Signed in" in back.text
+    out, _ = await asyncio.wait_for(first.communicate(b"a\ny\n\n"), 60)
+    assert first.returncode == 0 and out.decode().rstrip().endswith("approved 20"), out
+    task_id = out.decode().split()[1]  # "task <id> (approve_expense)"
+
+    kept = tmp_path / "ledger" / "signins.json"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    signin = json.loads(kept.read_text())[url]
+    signin["expiresAt"] = time.time() - 1  # the next command refreshes the token instead of asking the browser
+    kept.write_text(json.dumps({url: signin}))
+    again = await asyncio.to_thread(subprocess.run, command(21), input="a\ny\n\n",
+                                    capture_output=True, text=True, timeout=60, env=config)
+    assert again.returncode == 0 and "Sign in" not in again.stderr and again.stdout.rstrip().endswith("approved 21")
+    refreshed = json.loads(kept.read_text())[url]
+    assert refreshed["tokens"]["access_token"] != signin["tokens"]["access_token"]
+
+    for login, sees in (("bob", True), ("alice", False)):  # the task is the signed-in person's
+        token = await provider_signed(issuer, claims_for(issuer, url, sub=login))
+        async with ModernClient(url, token=token) as client:
+            response = await client.call("tasks/get", {"taskId": task_id})
+        assert ("result" in response) is sees, (login, response)
+    signed_out = await asyncio.to_thread(subprocess.run, [*LEDGER, "sign-out", "--url", url], capture_output=True,
+                                         text=True, timeout=60, env=config)
+    assert signed_out.stdout.strip() == f"signed out of {url}" and url not in json.loads(kept.read_text())
+
+
+async def test_a_refused_sign_in_at_the_terminal_is_one_line(stack: tuple[str, Settings], tmp_path: Path) -> None:
+    url, _ = stack
+    call = await asyncio.create_subprocess_exec(
+        *LEDGER, "call", "approve_expense", "amount=3", "description=pens", "--url", url, "--no-browser",
+        stdin=PIPE, stdout=PIPE, stderr=PIPE, env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
+    assert call.stderr is not None
+    said = [(await asyncio.wait_for(call.stderr.readline(), 30)).decode() for _ in range(2)]
+    redirect_uri = dict(parse_qsl(urlsplit(said[1].strip()).query))["redirect_uri"]
+    async with httpx.AsyncClient() as browser:  # the person said no at the issuer
+        back = await browser.get(redirect_uri, params={"error": "access_denied", "error_description": "not today"})
+    assert "did not complete" in back.text
+    _, err = await asyncio.wait_for(call.communicate(), 30)
+    assert call.returncode == 2 and err.decode().splitlines()[-1] == (
+        f"ledger: signing in for {url} failed: the issuer refused: not today"), err
+    kept = json.loads((tmp_path / "ledger" / "signins.json").read_text())[url]
+    assert "client" in kept and "tokens" not in kept  # the registration is kept for the next try, no token
 
 
 async def test_opaque_tokens_are_introspected(bootstrap: str) -> None:

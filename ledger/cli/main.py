@@ -163,13 +163,28 @@ def _terminal_commands(commands: argparse._SubParsersAction) -> None:
     answer.add_argument("task_id", nargs="?", metavar="TASK_ID")
     _client_arguments(answer)
     answer.set_defaults(run=run_answer)
+    sign_out = commands.add_parser(
+        "sign-out", help="forget the sign-in kept for a server",
+        description="Forget the tokens and registration `ledger call` and `ledger answer` kept after you signed "
+        "in at the issuer of the server at --url (they are kept in $XDG_CONFIG_HOME/ledger/signins.json, "
+        "~/.config by default, readable by you only). The next command signs in again.")
+    _url_argument(sign_out)
+    sign_out.set_defaults(run=run_sign_out)
+
+
+def _url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("LEDGER_URL", "http://127.0.0.1:8000/mcp"),
+                        help="the server's MCP endpoint (default: LEDGER_URL, else %(default)s)")
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("LEDGER_URL", "http://127.0.0.1:8000/mcp"),
-                        help="the server's MCP endpoint (default: LEDGER_URL, else %(default)s)")
+    _url_argument(parser)
     parser.add_argument("--token", default=os.environ.get("LEDGER_TOKEN"),
-                        help="bearer token (default: LEDGER_TOKEN); the tasks are that token's principal's")
+                        help="bearer token (default: LEDGER_TOKEN); the tasks are that token's principal's. "
+                        "Without one, a server that names an OAuth issuer has you sign in there in your browser "
+                        "once; the sign-in is kept for the next command (see `ledger sign-out`)")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="print the sign-in address instead of also opening it in a browser")
 
 
 def run_call(args: argparse.Namespace) -> int:
@@ -181,9 +196,21 @@ def run_answer(args: argparse.Namespace) -> int:
     return _client(args, lambda client: mcp_client.answer(client, args.task_id))
 
 
+def run_sign_out(args: argparse.Namespace) -> int:
+    from ledger.cli.signin import SignIns, signins_file
+
+    signins = SignIns(signins_file())
+    print(f"signed out of {args.url}" if signins.forget(args.url) else f"no sign-in was kept for {args.url}")
+    return 0
+
+
 def _client(args: argparse.Namespace, work: Callable[[mcp_client.TaskClient], Awaitable[int]]) -> int:
+    from ledger.cli.signin import SignIn, SignIns, signins_file
+
     async def session() -> int:
-        client = mcp_client.TaskClient(args.url, args.token)
+        sign_in = SignIn(SignIns(signins_file()), say=lambda line: print(line, file=sys.stderr),
+                         open_browser=not args.no_browser)
+        client = mcp_client.TaskClient(args.url, args.token, sign_in)
         try:
             return await work(client)
         finally:

@@ -3,7 +3,8 @@ the prompt; ``ledger answer`` lists or answers the questions a server's tasks wa
 
 Both are MCP clients on the wire: stateless MCP 2026-07-28 requests with the tasks extension
 (``tools/call`` → ``tasks/get`` → ``tasks/update``), so they work against any ledger server, and
-with ``--token`` (or ``LEDGER_TOKEN``) as the principal that token names. Each question's
+with ``--token`` (or ``LEDGER_TOKEN``) as the principal that token names, or, against a server that
+names an OAuth issuer, as the person who signs in there (``signin.py``). Each question's
 ``requestedSchema`` becomes one prompt per field (booleans as y/n, dates, numbers with their bounds,
 enums by number, defaults in brackets, optional fields skipped with Enter), validated before it is
 sent; the server validates it again.
@@ -16,9 +17,12 @@ import itertools
 import json
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
+
+if TYPE_CHECKING:  # the MCP SDK's OAuth client costs 0.6 s to import: ``ledger call`` loads it, ``ledger replay`` not
+    from ledger.cli.signin import SignIn
 
 PROTOCOL = "2026-07-28"
 TASKS = "io.modelcontextprotocol/tasks"
@@ -33,13 +37,21 @@ class ClientError(RuntimeError):
 
 
 class TaskClient:
-    def __init__(self, url: str, token: str | None = None) -> None:
+    """Requests to one server, as the token's principal, or as the person ``sign_in`` signs in when the
+    server asks for one (and no token was given)."""
+
+    def __init__(self, url: str, token: str | None = None, sign_in: SignIn | None = None) -> None:
         self.url = url
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {token}"} if token else {})
+        self._sign_in = None if token else sign_in
+        self._sign_in_kept = self._sign_in is not None and self._sign_in.kept_for(url)
+        self._sign_in_errors = self._sign_in.errors if self._sign_in is not None else ()
 
     async def close(self) -> None:
         await self._http.aclose()
+        if self._sign_in is not None:
+            await self._sign_in.close()
 
     async def request(self, method: str, params: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         """The result of one request, or ``ClientError`` with the server's message."""
@@ -52,19 +64,34 @@ class TaskClient:
                    "MCP-Protocol-Version": PROTOCOL, "Mcp-Method": method}
         if name is not None:
             headers["Mcp-Name"] = name
-        try:
-            response = await self._http.post(self.url, json={"jsonrpc": "2.0", "id": next(self._ids), "method": method,
-                                                             "params": params}, headers=headers)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        if self._sign_in_kept:
+            self._sign_in_kept = False
+            self._http.auth = await self._sign_in.auth(self.url)
+        response = await self._post(body, headers)
+        if response.status_code == 401 and self._http.auth is None and self._sign_in is not None \
+                and "resource_metadata=" in response.headers.get("www-authenticate", ""):
+            self._http.auth = await self._sign_in.auth(self.url)
+            response = await self._post(body, headers)
         if response.status_code == 401:
-            raise ClientError(f"{self.url} wants a bearer token: pass --token or set LEDGER_TOKEN")
+            raise ClientError(f"{self.url} refused the signed-in person's token" if self._http.auth is not None
+                              else f"{self.url} wants a bearer token: pass --token or set LEDGER_TOKEN")
+        if response.status_code == 403:
+            raise ClientError(f"{self.url} refused: {response.headers.get('www-authenticate') or 'forbidden'}")
         message = _last_message(response)
         if message is None:
             raise ClientError(f"{self.url} did not answer as an MCP server (HTTP {response.status_code})")
         if "error" in message:
             raise ClientError(message["error"].get("message", "the server refused the request"))
         return message["result"]
+
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self._http.post(self.url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        except self._sign_in_errors as exc:
+            raise ClientError(f"signing in for {self.url} failed: {exc}") from None
 
 
 async def call(client: TaskClient, tool: str, arguments: dict[str, Any], ask: Ask = input,

@@ -62,12 +62,14 @@ def openid_provider(**env: str) -> Iterator[str]:
 
 class ScriptedPerson:
     """What a person at a browser does when the client opens the authorization URL: signs in as
-    ``login`` (the standard ``login_hint``) and consents; the provider scripts both pages."""
+    ``login`` (the standard ``login_hint``) and consents; the provider scripts both pages. The browser
+    stops at the client's ``/callback`` (``landed_at``) without loading it."""
 
     def __init__(self, login: str) -> None:
         self.login = login
         self.browser = httpx.AsyncClient(follow_redirects=False, timeout=10)  # its own cookie jar
         self.answer: dict[str, str] = {}
+        self.landed_at = ""
 
     async def open(self, authorization_url: str) -> None:
         url = f"{authorization_url}&{urlencode({'login_hint': self.login})}"
@@ -76,7 +78,8 @@ class ScriptedPerson:
             if not response.is_redirect:
                 raise OAuthFlowError(f"unexpected page at {url}: {response.status_code} {response.text[:200]}")
             url = urljoin(str(response.url), response.headers["location"])
-            if url.startswith(REDIRECT_URI):
+            if urlsplit(url).path == "/callback":  # the client's redirect URI (the provider's paths are others)
+                self.landed_at = url
                 self.answer = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
                 return
         raise OAuthFlowError("the authorization took more than 20 redirects")
