@@ -297,6 +297,30 @@ async def test_opaque_tokens_are_introspected(bootstrap: str) -> None:
             assert (await status_with(url, token + "x"))[0] == 401
 
 
+async def test_a_key_rotation_at_the_issuer_costs_one_fetch_of_its_keys(bootstrap: str, tmp_path: Path) -> None:
+    port = free_port()
+    issuer, keys = f"http://127.0.0.1:{port}", str(tmp_path / "keys.json")
+
+    async def jwks_fetches() -> int:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{issuer}/test/stats")).json()["jwksFetches"]
+
+    async with demo_stack(bootstrap, oauth_issuer=issuer, oauth_scopes=SCOPES) as (url, _):
+        with openid_provider(port, OIDC_KEYS=keys):
+            before = await service_token(issuer, url)
+            assert (await status_with(url, before))[0] == 200
+        with openid_provider(port, OIDC_KEYS=keys, OIDC_ROTATE="1"):  # restarted with a new signing key
+            after = await service_token(issuer, url)
+            assert jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
+            assert (await status_with(url, after))[0] == 200  # the server fetched the keys for the new kid
+            assert (await status_with(url, before))[0] == 200  # the old key is still published
+            assert await jwks_fetches() == 1
+            for made_up in range(5):
+                token = await provider_signed(issuer, claims_for(issuer, url), {"kid": f"made-up-{made_up}"})
+                assert (await status_with(url, token))[0] == 401
+            assert await jwks_fetches() == 1  # unknown kids within 10 s of the last fetch fetch nothing
+
+
 async def test_an_unreachable_issuer_is_503_not_a_sign_in_loop(bootstrap: str) -> None:
     from examples.demo import app as demo
 

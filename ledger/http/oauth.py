@@ -62,6 +62,7 @@ class OAuthVerifier:
         self._jwks: dict[str, Any] | None = None
         self._keys: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
+        self._unknown_kid_fetched_at = float("-inf")
         self._failed_at = float("-inf")
         self._failure: IssuerUnavailable | None = None
         self._lock = asyncio.Lock()
@@ -129,11 +130,16 @@ class OAuthVerifier:
 
     async def _key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         if self._jwks is None or time.monotonic() - self._fetched_at > KEYS_TTL_S:
-            await self._fetch_keys()
+            await self._fetch_keys(self._fetched_at)
         key = self._find(kid, alg)
-        if key is None and kid is not None and time.monotonic() - self._fetched_at > COOLDOWN_S:
-            await self._fetch_keys()  # a key the issuer added since: rotation
-            key = self._find(kid, alg)
+        if key is None and kid is not None:
+            # A key the issuer added since (a rotation), fetched at most once per COOLDOWN_S; a request
+            # that finds that fetch under way waits for it rather than being refused meanwhile.
+            now = time.monotonic()
+            if self._lock.locked() or now - self._unknown_kid_fetched_at > COOLDOWN_S:
+                self._unknown_kid_fetched_at = now
+                await self._fetch_keys(self._fetched_at)
+                key = self._find(kid, alg)
         return key
 
     def _find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
@@ -152,11 +158,12 @@ class OAuthVerifier:
             return key
         return None
 
-    async def _fetch_keys(self) -> None:
+    async def _fetch_keys(self, seen_at: float) -> None:
+        """Fetch the key set, unless another request did since ``seen_at`` (the fetch time this one saw)."""
         async with self._lock:
             now = time.monotonic()
-            if now - self._fetched_at <= COOLDOWN_S:
-                return  # another request fetched them meanwhile
+            if self._fetched_at != seen_at:
+                return
             if self._jwks is None and self._failure is not None and now - self._failed_at < COOLDOWN_S:
                 raise self._failure
             try:

@@ -17,11 +17,15 @@
 //   login_hint ends the request with access_denied (a person who refuses).
 // - POST /test/sign {claims, header}: a JWT signed with the provider's own key, for the tokens no real
 //   flow hands out (expired, not yet valid, without a subject).
+// - GET /test/stats: {"jwksFetches": N}, how often its key set was fetched.
 //
 // Environment: OIDC_RESOURCE_SCOPES (scopes a resource offers, "ledger:read ledger:write"),
 // OIDC_AT_TTL (access token lifetime, s: 300), OIDC_AT_FORMAT (jwt | opaque), OIDC_DEFAULT_RESOURCE (the
-// resource of a token request that names none).
+// resource of a token request that names none), OIDC_KEYS (a file of the private keys it publishes, the
+// first signing; made with one new key when missing, so a restart can keep its keys) and OIDC_ROTATE=1
+// (a key rotation: a new key signs from now on, the ones in OIDC_KEYS stay published).
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 
 import { Provider, errors, interactionPolicy } from 'oidc-provider';
@@ -49,6 +53,14 @@ function signingKey() {
   return { ...jwk, kid, use: 'sig', alg: 'RS256' };
 }
 
+function signingKeys() {
+  if (!env.OIDC_KEYS) return [signingKey()];
+  const kept = fs.existsSync(env.OIDC_KEYS) ? JSON.parse(fs.readFileSync(env.OIDC_KEYS, 'utf8')) : [];
+  const keys = kept.length === 0 || env.OIDC_ROTATE === '1' ? [signingKey(), ...kept] : kept;
+  fs.writeFileSync(env.OIDC_KEYS, JSON.stringify(keys), { mode: 0o600 });
+  return keys;
+}
+
 function resourceAllowed(indicator) {
   if (indicator === env.OIDC_DEFAULT_RESOURCE) return true;
   const url = URL.parse(indicator);
@@ -70,9 +82,9 @@ function interactions() {
   return { policy };
 }
 
-function configuration(key) {
+function configuration(keys) {
   return {
-    jwks: { keys: [key] },
+    jwks: { keys },
     clients: [{
       client_id: 'ledger-service',
       client_secret: 'ledger-service-secret',
@@ -166,12 +178,14 @@ async function body(req) {
   return JSON.parse(Buffer.concat(chunks).toString() || '{}');
 }
 
-const key = signingKey();
+const keys = signingKeys();
+const [key] = keys;
+let jwksFetches = 0;
 const server = http.createServer();
 await new Promise((resolve) => server.listen(argPort(), '127.0.0.1', resolve));
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
-const provider = new Provider(issuer, configuration(key));
+const provider = new Provider(issuer, configuration(keys));
 
 provider.use(async (ctx, next) => {
   if (ctx.method === 'GET' && /^\/interaction\/[^/]+$/.test(ctx.path)) {
@@ -182,6 +196,11 @@ provider.use(async (ctx, next) => {
     ctx.body = { token: signed(key, header, claims), kid: key.kid };
     return undefined;
   }
+  if (ctx.method === 'GET' && ctx.path === '/test/stats') {
+    ctx.body = { jwksFetches };
+    return undefined;
+  }
+  if (ctx.path === '/jwks') jwksFetches += 1;
   return next();
 });
 for (const event of ['server_error', 'authorization.error', 'grant.error', 'registration_create.error',

@@ -41,11 +41,11 @@ def provider_installed() -> None:
 
 
 @contextmanager
-def openid_provider(**env: str) -> Iterator[str]:
-    """The provider running on a free loopback port: its issuer URL."""
+def openid_provider(port: int = 0, **env: str) -> Iterator[str]:
+    """The provider running on loopback (on ``port``, else a free one): its issuer URL."""
     provider_installed()
     with tempfile.TemporaryFile("w+") as said:  # its own warnings and errors, shown if it does not start
-        process = subprocess.Popen(["node", str(PACKAGE / "provider.mjs")], cwd=PACKAGE, stdout=subprocess.PIPE,
+        process = subprocess.Popen(["node", str(PACKAGE / "provider.mjs"), "--port", str(port)], cwd=PACKAGE, stdout=subprocess.PIPE,
                                    stderr=said, text=True, env={**os.environ, **env})
         try:
             try:
