@@ -166,7 +166,8 @@ def test_ledger_cluster_says_what_it_runs_where_the_jars_come_from_and_how_to_st
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert " ".join(done.stdout.split()).startswith(
-        "usage: ledger cluster [-h] [--brokers N] [--dir DIR] [--security {plaintext,sasl_ssl}] [--fetch-only]")
+        "usage: ledger cluster [-h] [--brokers N] [--dir DIR] [--security {plaintext,sasl_ssl}] [--oauth-issuer URL] "
+        "[--oauth-principal ROLE=SUBJECT] [--fetch-only]")
     for said in ("Apache Kafka", "Maven", "once", "Ctrl-C", "export LEDGER_BOOTSTRAP="):
         assert said in done.stdout
     listed = subprocess.run([sys.executable, "-m", "ledger.cli.main", "--help"], capture_output=True, text=True,
@@ -197,7 +198,8 @@ def test_local_cluster_runs_under_the_python_of_the_ledger_command_on_path(tmp_p
                           env=bare_environment(f"{venv_bin}:{tools}"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert " ".join(done.stdout.split()).startswith("usage: compose/local-cluster [-h] [--brokers N] [--dir DIR] "
-                                                    "[--security {plaintext,sasl_ssl}] [--fetch-only]")
+                                                    "[--security {plaintext,sasl_ssl}] [--oauth-issuer URL] "
+                                                    "[--oauth-principal ROLE=SUBJECT] [--fetch-only]")
     assert "export LEDGER_BOOTSTRAP=" in done.stdout
 
 

@@ -4,6 +4,8 @@ auditor replaying without the right to append, and each everyday mistake said in
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from ledger.kafka.secured_cluster import (
 from ledger.settings import Settings
 from tests.support.oidc import SERVICE_CLIENT, openid_provider
 from tests.support.raw_http import ModernClient
-from tests.support.spawn import DEMO, LEDGER, role_environment, spawned
+from tests.support.spawn import DEMO, LEDGER, role_environment, spawned, wait_for_line
 from tests.support.stack import in_status
 
 
@@ -176,12 +178,15 @@ def as_service(cluster: LocalCluster, issuer: str, prefix: str) -> tuple[Setting
     """Settings on topics ``prefix``.*, and the variables of logging in with OAUTHBEARER as the provider's
     ``ledger-service`` client (client credentials), granted a writer's ACLs there."""
     cluster.secured.grant(cluster.bootstrap, prefix, {"service": WRITERS}, principals={"service": SERVICE_CLIENT[0]})
-    return Settings(bootstrap=cluster.bootstrap, topic_prefix=prefix), {
-        "LEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "LEDGER_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
-        "LEDGER_KAFKA_SSL_CA_LOCATION": str(cluster.secured.ca),
-        "LEDGER_KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": f"{issuer}/token",
-        "LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_ID": SERVICE_CLIENT[0],
-        "LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": SERVICE_CLIENT[1]}
+    return Settings(bootstrap=cluster.bootstrap, topic_prefix=prefix), oauthbearer(cluster.secured.ca, issuer)
+
+
+def oauthbearer(ca: Path, issuer: str) -> dict[str, str]:
+    """The variables of logging in with OAUTHBEARER as the provider's ``ledger-service`` client."""
+    return {"LEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "LEDGER_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "LEDGER_KAFKA_SSL_CA_LOCATION": str(ca), "LEDGER_KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": f"{issuer}/token",
+            "LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_ID": SERVICE_CLIENT[0],
+            "LEDGER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": SERVICE_CLIENT[1]}
 
 
 async def test_roles_log_in_with_oauthbearer_tokens_of_the_client_credentials_grant(secured: LocalCluster,
@@ -217,3 +222,24 @@ def test_an_oauthbearer_mistake_is_one_sentence(secured: LocalCluster, issuer: s
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and said in lines[0], done.stderr
     assert "not-the-secret" not in done.stderr and SERVICE_CLIENT[1] not in done.stderr
+
+
+def test_the_cluster_command_grants_an_issuers_service_its_role(issuer: str, tmp_path: Path) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    command = [*LEDGER, "cluster", "--security", "sasl_ssl", "--brokers", "1", "--dir", str(tmp_path / "cluster"),
+               "--oauth-issuer", issuer, "--oauth-principal", f"server={SERVICE_CLIENT[0]}"]
+    cluster = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "LEDGER_TOPIC_PREFIX": prefix})
+    try:
+        said = wait_for_line(cluster, "running; press Ctrl-C", timeout=120)
+        assert any(f"{SERVICE_CLIENT[0]} has the ACLs of a ledger server" in line for line in said), said
+        bootstrap = next(line for line in said if line.startswith("export LEDGER_BOOTSTRAP=")).strip().split("=")[1]
+        environment = {**os.environ, "LEDGER_BOOTSTRAP": bootstrap, "LEDGER_TOPIC_PREFIX": prefix,
+                       "LEDGER_PARTITIONS": "2", "LEDGER_REPLICATION_FACTOR": "1",
+                       **oauthbearer(tmp_path / "cluster" / "security" / "ca.crt", issuer)}
+        created = subprocess.run([*LEDGER, "topics", "--create"], capture_output=True, text=True, timeout=120,
+                                 env=environment)
+        assert created.returncode == 0, created.stderr
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        cluster.wait(60)

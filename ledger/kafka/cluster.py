@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ledger.kafka.broker import answers_metadata, die_with_parent, free_port, freeze, port_is_free
-from ledger.kafka.secured_cluster import PRINCIPALS, ClusterSecurity
+from ledger.kafka.secured_cluster import GRANTS, KAFKA_AUDIENCE, PRINCIPALS, ClusterSecurity
 
 HOST = "127.0.0.1"
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
@@ -456,6 +456,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plaintext (default), or sasl_ssl: clients authenticate with SCRAM over TLS, and ACLs "
                              "give a server, a worker and a read-only auditor principal what each needs on the "
                              "topics of LEDGER_TOPIC_PREFIX (it prints their client properties files)")
+    parser.add_argument("--oauth-issuer", metavar="URL",
+                        help="with --security sasl_ssl: the listener also takes SASL OAUTHBEARER tokens of this "
+                             f"OAuth issuer, checked against its keys and for the audience {KAFKA_AUDIENCE}; the "
+                             "token's subject is the principal (see --oauth-principal)")
+    parser.add_argument("--oauth-principal", action="append", default=[], metavar="ROLE=SUBJECT",
+                        help="give the token subject SUBJECT (with the client credentials grant: a client id) the "
+                             f"ACLs of ROLE ({', '.join(PRINCIPALS)}); repeat for more")
     parser.add_argument("--fetch-only", action="store_true",
                         help="only fetch the broker's jars into the cache (what CI installs), then exit")
 
@@ -479,7 +486,9 @@ def run(options: argparse.Namespace, name: str = "local-cluster") -> int:
             version = kafka_version()
             print(f"{name}: Apache Kafka {version} jars in {fetch_jars(version)}", flush=True)
             return 0
-        cluster = LocalCluster(options.dir, options.brokers, quiet=False, security=options.security)
+        oauth_principals = _oauth_principals(options.oauth_principal, options.oauth_issuer)
+        cluster = LocalCluster(options.dir, options.brokers, quiet=False, security=options.security,
+                               oauth_issuer=options.oauth_issuer)
         print(f"{name}: starting {options.brokers} Apache Kafka {cluster.version} brokers in "
               f"{cluster.directory}", flush=True)
         cluster.start()
@@ -492,6 +501,10 @@ def run(options: argparse.Namespace, name: str = "local-cluster") -> int:
             for role, principal in PRINCIPALS.items():
                 print(f"export LEDGER_KAFKA_CONFIG={cluster.secured.client_file(role)}   # {principal}: a "
                       f"ledger {role}", flush=True)
+            for subject, role in oauth_principals.items():
+                cluster.secured.grant(cluster.bootstrap, prefix, {subject: GRANTS[role]}, principals={subject: subject})
+                print(f"{name}: OAUTHBEARER tokens of {options.oauth_issuer} for {KAFKA_AUDIENCE}: {subject} has the "
+                      f"ACLs of a ledger {role}", flush=True)
         for line in cluster.describe():
             print(line, flush=True)
         print(f"{name}: running; press Ctrl-C to stop every broker", flush=True)
@@ -519,6 +532,20 @@ def run(options: argparse.Namespace, name: str = "local-cluster") -> int:
             cluster.stop()
             if were_running:
                 print(f"{name}: stopped", flush=True)
+
+
+def _oauth_principals(pairs: list[str], issuer: str | None) -> dict[str, str]:
+    """``--oauth-principal ROLE=SUBJECT`` options as subject -> role."""
+    if pairs and issuer is None:
+        raise ClusterError("--oauth-principal names the subject of an issuer's tokens: give --oauth-issuer too")
+    principals = {}
+    for pair in pairs:
+        role, _, subject = pair.partition("=")
+        if role not in PRINCIPALS or not subject:
+            raise ClusterError(f"--oauth-principal takes ROLE=SUBJECT with ROLE one of {', '.join(PRINCIPALS)}, "
+                               f"not {pair!r}")
+        principals[subject] = role
+    return principals
 
 
 def main(argv: list[str] | None = None, prog: str = "compose/local-cluster") -> int:
