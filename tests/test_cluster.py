@@ -18,7 +18,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from ledger.contract.events import TaskCreated
 from ledger.kafka.appender import EventLog
-from ledger.kafka.cluster import LocalCluster, kafka_version, property_name, read_env_file, shared_properties
+from ledger.kafka.cluster import (
+    LocalCluster,
+    kafka_version,
+    property_name,
+    read_env_file,
+    secured_settings,
+    shared_properties,
+)
 from ledger.kafka.topics import TopicError, ensure_topics
 from ledger.settings import Settings
 from tests.support.engine import all_events
@@ -43,6 +50,19 @@ def test_the_local_cluster_gets_every_setting_compose_gives_its_brokers() -> Non
     # compose's three brokers run the version whose jars the local cluster fetches
     images = re.findall(r"image:\s*apache/kafka:(\S+)", (COMPOSE / "compose.yaml").read_text())
     assert images == [kafka_version()] * 3
+
+
+def test_the_secured_local_cluster_gets_every_setting_compose_gives_its_secured_brokers(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, brokers=1, security="sasl_ssl")
+    properties = cluster.properties(cluster.nodes[0])
+    secured, jvm = secured_settings()
+    assert secured["listener.security.protocol.map"] == "CLIENT:SASL_SSL,CONTROLLER:SASL_PLAINTEXT"
+    for name, value in secured.items():  # compose's /security is the cluster's own folder
+        assert properties[name] == value.replace("/security/", f"{tmp_path}/security/"), name
+        assert Path(properties[name]).exists() if name.endswith(".location") else True, name
+    assert jvm == "-Djava.security.auth.login.config=/security/broker-jaas.conf"
+    assert cluster.secured.jvm_options(jvm) == [f"-Djava.security.auth.login.config={tmp_path}/security/broker-jaas.conf"]
+    assert property_name("KAFKA_OPTS") is None  # the JVM's, as the image takes it
 
 
 def test_a_smaller_cluster_keeps_only_as_many_replicas_as_it_has_brokers() -> None:

@@ -112,7 +112,7 @@ def _untrusted(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
 
 
 def _mechanism_not_enabled(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
-    return {"LEDGER_KAFKA_SASL_MECHANISM": "PLAIN"}
+    return {"LEDGER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"}
 
 
 @pytest.mark.parametrize(("mistake", "said"), [
@@ -122,7 +122,7 @@ def _mechanism_not_enabled(cluster: LocalCluster, tmp_path: Path) -> dict[str, s
                  "security.protocol"),
     (_untrusted, "is not trusted (self-signed certificate in certificate chain): set ssl.ca.location to the CA "
                  "certificate that signed it"),
-    (_mechanism_not_enabled, "does not enable SASL mechanism PLAIN on this listener"),
+    (_mechanism_not_enabled, "does not enable SASL mechanism SCRAM-SHA-256 on this listener"),
 ], ids=lambda case: getattr(case, "__name__", "")[1:])
 def test_an_everyday_mistake_is_one_sentence(secured: LocalCluster, tmp_path: Path, mistake, said: str) -> None:
     settings = as_role(secured, "server", f"secured-{uuid.uuid4().hex[:8]}")

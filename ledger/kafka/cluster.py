@@ -49,6 +49,11 @@ REPLICA_COUNTS = ("default.replication.factor", "offsets.topic.replication.facto
 REPLICA_MINIMUMS = ("min.insync.replicas", "transaction.state.log.min.isr")
 STOP_TIMEOUT_S = 30.0
 SECURITY = ("plaintext", "sasl_ssl")
+# The apache/kafka image's variables that are the JVM's, not broker properties.
+JVM_VARIABLES = frozenset({"KAFKA_OPTS", "KAFKA_HEAP_OPTS", "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_GC_LOG_OPTS",
+                           "KAFKA_LOG4J_OPTS", "KAFKA_JMX_OPTS", "KAFKA_JMX_PORT", "KAFKA_JMX_HOSTNAME",
+                           "KAFKA_VERSION", "KAFKA_LOG4J_ROOT_LOGLEVEL", "KAFKA_LOG4J_LOGGERS",
+                           "KAFKA_TOOLS_LOG4J_LOGLEVEL"})
 
 
 class ClusterError(RuntimeError):
@@ -84,7 +89,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def property_name(variable: str) -> str | None:
     """The broker property an apache/kafka image environment variable sets (None: not a property)."""
-    if not variable.startswith("KAFKA_"):
+    if not variable.startswith("KAFKA_") or variable in JVM_VARIABLES:
         return None
     name = variable.removeprefix("KAFKA_").lower()
     return name.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
@@ -105,6 +110,13 @@ def shared_properties(brokers: int, compose: Path | None = None) -> dict[str, st
         if name in properties:
             properties[name] = str(min(int(properties[name]), max(1, brokers - 1)))
     return properties
+
+
+def secured_settings(compose: Path | None = None) -> tuple[dict[str, str], str]:
+    """sasl_ssl.env's broker properties, and its KAFKA_OPTS (the brokers' JVM options)."""
+    environment = read_env_file((compose or compose_dir()) / "kafka" / "sasl_ssl.env")
+    properties = {name: value for variable, value in environment.items() if (name := property_name(variable))}
+    return properties, environment.get("KAFKA_OPTS", "")
 
 
 def cache_dir() -> Path:
@@ -222,7 +234,7 @@ class LocalCluster:
         # The SASL_SSL listener's certificates, users and ACLs (secured_cluster), else None.
         self.secured: ClusterSecurity | None = None
         if security == "sasl_ssl":
-            self.secured = ClusterSecurity(self.directory, oauth_issuer)
+            self.secured = ClusterSecurity(self.directory / "security", oauth_issuer)
             try:
                 self.secured.prepare()
             except (RuntimeError, OSError) as exc:
@@ -273,14 +285,13 @@ class LocalCluster:
 
     def properties(self, node: Node) -> dict[str, str]:
         voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.layout.nodes)
-        listener = "PLAINTEXT" if self.secured is None else "CLIENT"
         return {
             **shared_properties(self.brokers),
             **LOCAL_PROPERTIES,
-            **(self.secured.broker_properties() if self.secured is not None else {}),
+            **(self.secured.broker_properties(secured_settings()[0]) if self.secured is not None else {}),
             "node.id": str(node.node_id),
-            "listeners": f"{listener}://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-            "advertised.listeners": f"{listener}://{HOST}:{node.port}",
+            "listeners": f"CLIENT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            "advertised.listeners": f"CLIENT://{HOST}:{node.port}",
             "controller.quorum.voters": voters,
             "log.dirs": str(self.data_dir(node.node_id)),
             **self.overrides,
@@ -302,8 +313,7 @@ class LocalCluster:
         if not (folder / "data" / "meta.properties").exists():
             formatted = subprocess.run(
                 self._jvm("kafka.tools.StorageTool") + ["format", "--ignore-formatted", "-t",
-                                                        self.layout.cluster_id, "-c", str(config),
-                                                        *(self.secured.format_arguments() if self.secured else [])],
+                                                        self.layout.cluster_id, "-c", str(config)],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if formatted.returncode != 0:
                 log = folder / "format.log"
@@ -315,7 +325,7 @@ class LocalCluster:
         if self._libs is None:
             self._libs = fetch_jars(self.version, quiet=self.quiet)
         logging = compose_dir() / "kafka" / "log4j2.properties"
-        security = self.secured.jvm_options() if self.secured is not None else []
+        security = self.secured.jvm_options(secured_settings()[1]) if self.secured is not None else []
         return [self._java, *JVM_OPTIONS, *security, f"-Dlog4j2.configurationFile={logging}", "-cp",
                 f"{self._libs}/*", main_class]
 
@@ -325,6 +335,8 @@ class LocalCluster:
             if self.pid(node.node_id) is None:
                 self.launch(node.node_id)
         self.wait_ready(timeout)
+        if self.secured is not None:
+            self.secured.create_users(self.bootstrap)
 
     def launch(self, node_id: int) -> None:
         """Start one broker on its data (formatting it first if new); does not wait for it."""
