@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -14,12 +15,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from examples.demo import app as demo
 from ledger.contract.events import (
     TERMINAL_EVENTS,
+    CancelRequested,
     ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
     StepRecorded,
     TaskCancelled,
     TaskCompleted,
+    TaskCreated,
     TaskExpired,
     TaskFailed,
     TaskStarted,
@@ -105,6 +108,20 @@ async def test_cancel_stops_a_task_and_nothing_follows(settings: Settings, topic
     events = await history(settings, row.task_id)
     assert isinstance(events[-1], TaskCancelled)
     assert not any(isinstance(e, (TaskCompleted, TaskFailed)) for e in events)
+
+
+async def test_a_task_cancelled_in_the_batch_that_created_it_holds_no_slot(settings: Settings, topics: dict) -> None:
+    # The worker folds the batch before it acts on it: the task ends without a run taking a slot.
+    async with running_engine(app, settings) as engine, EventLog(settings) as log:
+        member = engine.members[0]
+        await until(lambda: not member.describe("")["catching_up"], 30)
+        created = TaskCreated(task_id=str(uuid.uuid4()), principal=None, actor="server:test", tool="sleepy",
+                              arguments_json='{"seconds":30}', protocol="test")
+        await log.append_many([created, CancelRequested(task_id=created.task_id, principal=None,
+                                                        actor="server:test", protocol="test")])
+        await engine.settled(created.task_id, "cancelled")
+        await until(lambda: member.describe(created.task_id)["slots"].startswith("0/"), 10)
+        assert not member.describe(created.task_id)["run"]
 
 
 @pytest.mark.parametrize("tool,arguments,requested_ttl,default_ttl", [

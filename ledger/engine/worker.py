@@ -63,6 +63,7 @@ COMMIT_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 1.0
 SWEEP_INTERVAL_S = 5.0
 STATUS_INTERVAL_S = 30.0
+STUCK_RUN_S = 30.0  # a stopped run ends at its next await: one still waiting this long is reported
 REMEMBERED_ENDINGS = 50_000
 # Expiry entries held before those of ended tasks are dropped (when they outnumber open tasks two to one).
 EXPIRIES_KEPT = 10_000
@@ -130,14 +131,31 @@ class Run:
         self.stopped = False
         self.holding_slot = True
         self.unrecorded = False  # an append failed: the task is retried after a pause
+        self.finished = "stopped"
+        self.started_at = time.perf_counter()
+        self.stopped_at = 0.0
+        self.reported_stuck = False
         self.task: asyncio.Task[None] | None = None
         self.progress = CoalescedProgress(lambda event: self.worker.append(self.journal, event), journal.task_id)
 
     def stop(self) -> None:
         """Stop without recording anything: the task ended elsewhere or moved to another worker."""
-        self.stopped = True
+        if not self.stopped:
+            self.stopped, self.stopped_at = True, time.perf_counter()
         if self.task is not None:
             self.task.cancel()
+
+    def stuck_at(self, longer_than: float) -> str | None:
+        """Where a run stopped more than ``longer_than`` s ago still waits (it should have ended at
+        once), or None."""
+        if not self.stopped or self.task is None or self.task.done() or \
+                time.perf_counter() - self.stopped_at <= longer_than:
+            return None
+        awaiting, chain = self.task.get_coro(), []
+        while (frame := getattr(awaiting, "cr_frame", None)) is not None:  # the await chain, outermost first
+            chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+            awaiting = awaiting.cr_await
+        return " -> ".join(chain) or repr(awaiting)
 
     async def append(self, event: TaskEvent) -> None:
         try:
@@ -177,23 +195,27 @@ class Run:
         self.holding_slot = True
         return response
 
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.execute(), name=f"task {self.journal.task_id}")
+        # A callback, not a finally: a task stopped before its first step never runs its body, and its
+        # run must still give back its slot and leave the worker's runs.
+        self.task.add_done_callback(self._ended)
+
     async def execute(self) -> None:
         journal, worker = self.journal, self.worker
-        metrics, started = worker.metrics, time.perf_counter()
-        metrics.runs_started.inc()
+        worker.metrics.runs_started.inc()
         if journal.attempts:
-            metrics.replays.inc()
-        finished = "stopped"
+            worker.metrics.replays.inc()
         try:
             attempt = journal.attempts + 1
             started_id = derived_id(journal.task_id, self.worker.actor, "started", attempt)
             await self.append(self._event(TaskStarted, started_id, attempt=attempt))
             outcome = await self._call()
             if outcome is None and not self.stopped:
-                finished = "parked"
+                self.finished = "parked"
             if outcome is not None and not self.stopped:
                 await self.end(outcome)
-                finished = "completed" if isinstance(outcome, TaskCompleted) else "failed"
+                self.finished = "completed" if isinstance(outcome, TaskCompleted) else "failed"
         except (Parked, asyncio.CancelledError):
             pass
         except AppendFailed as exc:
@@ -201,11 +223,15 @@ class Run:
                 log.error("task %s: could not append to the log (%s); retrying in %.0fs",
                           journal.task_id, exc, RETRY_AFTER_S)
                 self.unrecorded = True
-        finally:
-            metrics.runs_finished.labels(finished).inc()
-            metrics.run_seconds.observe(time.perf_counter() - started)
-            self.progress.close()
-            worker.run_ended(self)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s: its run broke", self.journal.task_id, exc_info=task.exception())
+        metrics = self.worker.metrics
+        metrics.runs_finished.labels(self.finished).inc()
+        metrics.run_seconds.observe(time.perf_counter() - self.started_at)
+        self.progress.close()
+        self.worker.run_ended(self)
 
     async def _call(self) -> TaskEvent | None:
         """The event that ends the task, or None when the run parked or was stopped."""
@@ -570,7 +596,7 @@ class Worker:
             run = Run(self, journal)
             self._runs[journal.task_id] = run
             self.running_by_tool[journal.tool] += 1
-            run.task = asyncio.create_task(run.execute(), name=f"task {journal.task_id}")
+            run.start()
         self._ready.extendleft(reversed(held_back))
 
     def _at_limit(self, tool_name: str) -> bool:
@@ -614,6 +640,11 @@ class Worker:
             return
         self._last_sweep = now
         self._claims.report_slow(now)
+        for run in self._runs.values():
+            if not run.reported_stuck and (where := run.stuck_at(STUCK_RUN_S)) is not None:
+                run.reported_stuck = True
+                log.warning("task %s: its run was stopped %.0f s ago and has not ended; it waits in %s",
+                            run.journal.task_id, STUCK_RUN_S, where)
         for partition, journals in self._journals.items():
             if partition in self._catching_up:
                 continue
