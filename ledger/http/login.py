@@ -116,7 +116,7 @@ class BearerOrSession(AuthenticationBackend):
                 return await self._bearer.authenticate(conn)
             except IssuerUnavailable as exc:
                 log.warning("no token can be checked now: %s", exc)
-                raise AuthenticationError(f"the token issuer cannot be reached: {exc}") from None
+                raise AuthenticationError(str(exc)) from None
         cookie = conn.cookies.get(COOKIE)
         session = self._sessions.session(cookie) if cookie else None
         if session is None:
@@ -151,7 +151,7 @@ class SignInAtIssuer:
             url = await self._verifier.authorization_url(self.redirect_uri, state, challenge, self._resource.scopes,
                                                          request.query_params.get("login_hint"))
         except IssuerUnavailable as exc:
-            return _page(f"The issuer cannot be reached now ({exc}); try again shortly.", 503)
+            return _page(f"Not now, {exc}. Try again shortly.", 503)
         response = RedirectResponse(url, status_code=303)
         flow = self._sessions.seal({"state": state, "verifier": code_verifier, "exp": int(time.time()) + FLOW_S})
         response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_S, path=FLOW_PATH, httponly=True, samesite="lax",
@@ -170,7 +170,7 @@ class SignInAtIssuer:
         try:
             access = await self._verifier.redeem(answer["code"], str(flow.get("verifier")), self.redirect_uri)
         except IssuerUnavailable as exc:
-            return _page(f"The issuer cannot be reached now ({exc}); try again shortly.", 503)
+            return _page(f"Not now, {exc}. Try again shortly.", 503)
         if access is None:
             return _page("The issuer's token is not good here: start again.", 401)
         if missing := missing_scopes(self._resource.scopes, access.scopes):

@@ -44,7 +44,11 @@ INTROSPECTIONS_KEPT = 4096
 
 
 class IssuerUnavailable(Exception):
-    """The issuer's metadata or keys cannot be had, so no token can be checked now."""
+    """The issuer's metadata or keys cannot be had, so no token can be checked now; said in one
+    sentence wherever it shows (a 503's description, the web page, the log)."""
+
+    def __str__(self) -> str:
+        return f"the token issuer cannot be reached: {self.args[0]}"
 
 
 class OAuthVerifier:
@@ -164,16 +168,15 @@ class OAuthVerifier:
             now = time.monotonic()
             if self._fetched_at != seen_at:
                 return
-            if self._jwks is None and self._failure is not None and now - self._failed_at < COOLDOWN_S:
-                raise self._failure
+            if self._jwks is None:
+                self._fail_again_if_recent()
             try:
                 jwks = await self._get_json(_required_url(await self._issuer_metadata(), "jwks_uri", self.issuer))
                 if not isinstance(jwks.get("keys"), list):
                     raise IssuerUnavailable(f"the key set of {self.issuer} lists no keys")
             except IssuerUnavailable as exc:
                 if self._jwks is None:
-                    self._failure, self._failed_at = exc, now
-                    raise
+                    raise self._failed(exc) from None
                 log.warning("keeping the keys of %s fetched before: %s", self.issuer, exc)
                 self._fetched_at = now
                 return
@@ -182,22 +185,29 @@ class OAuthVerifier:
     async def _issuer_metadata(self) -> dict[str, Any]:
         if self._metadata is not None:
             return self._metadata
-        if self._failure is not None and time.monotonic() - self._failed_at < COOLDOWN_S:
-            raise self._failure
+        self._fail_again_if_recent()
         problems = []
         for url in metadata_urls(self.issuer):
             try:
                 metadata = await self._get_json(url)
             except IssuerUnavailable as exc:
-                problems.append(str(exc))
+                problems.append(exc.args[0])
                 continue
             if metadata.get("issuer") != self.issuer:
                 problems.append(f"{url} names the issuer {metadata.get('issuer')!r}, not {self.issuer!r}")
                 continue
             self._metadata = metadata
             return metadata
-        self._failure, self._failed_at = IssuerUnavailable("; ".join(problems)), time.monotonic()
-        raise self._failure
+        raise self._failed(IssuerUnavailable("; ".join(problems)))
+
+    def _failed(self, failure: IssuerUnavailable) -> IssuerUnavailable:
+        self._failure, self._failed_at = failure, time.monotonic()
+        return failure
+
+    def _fail_again_if_recent(self) -> None:
+        """Within ``COOLDOWN_S`` of failing to reach the issuer, fail again at once instead of asking it."""
+        if self._failure is not None and time.monotonic() - self._failed_at < COOLDOWN_S:
+            raise self._failure
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         return _json_object(url, await self._client_request("GET", url))

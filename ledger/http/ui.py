@@ -184,7 +184,7 @@ def ui_routes(read_side: ReadSide, view: LiveView, service: TaskService, *, veri
         try:
             access = await verifier.verify_token(token)
         except IssuerUnavailable as exc:
-            return JSONResponse({"error": f"the token issuer cannot be reached: {exc}"}, status_code=503,
+            return JSONResponse({"error": str(exc)}, status_code=503,
                                 headers={"Retry-After": "5"})
         if access is None or (access.expires_at is not None and access.expires_at < time.time()):
             return JSONResponse({"error": "that token is not valid here"}, status_code=401)
