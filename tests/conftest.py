@@ -29,6 +29,7 @@ from ledger.settings import Settings
 from projections.postgres import PostgresStore
 from projections.store import ProjectionStore, Store
 from tests.support.postgres import binaries, new_database, postgres
+from tests.support.secured import SecuredCluster, secured_cluster_command
 from tests.support.spawn import LEDGER, drain, wait_for_line
 from tests.support.stack import demo_stack, tokened_stack
 
@@ -78,6 +79,15 @@ def kafka_cluster(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) ->
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_cluster(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredCluster]:
+    """The session's secured local cluster (``tests.support.secured``). Skips on the embedded broker."""
+    if broker_kind != "kafka":
+        pytest.skip("starts Apache Kafka brokers of its own: runs with --broker kafka")
+    with secured_cluster_command(tmp_path_factory.mktemp("secured")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ from compose_spec import PyCompose
 from cryptography import x509
 
 from ledger.kafka.broker import free_port
-from ledger.kafka.cluster import LocalCluster, read_env_file
+from ledger.kafka.cluster import read_env_file
 from tests.support.proxy import round_robin
 from tests.support.raw_http import ModernClient
+from tests.support.secured import SecuredCluster
 from tests.support.spawn import LEDGER, drain, wait_for_line
 from tests.support.stack import approve_through_tasks
 
@@ -191,18 +192,17 @@ def test_the_secured_mode_is_one_variable_of_its_env_file(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-async def test_the_secured_mode_serves_approve_expense_as_its_principals(broker_kind: str, tmp_path: Path,
-                                                                         database_url: str) -> None:
-    if broker_kind != "kafka":
-        pytest.skip("starts Apache Kafka brokers of its own: runs with --broker kafka")
+async def test_the_secured_mode_serves_approve_expense_as_its_principals(secured_cluster: SecuredCluster,
+                                                                         tmp_path: Path, database_url: str) -> None:
     spec = compose()
     prefix = f"secured-{uuid.uuid4().hex[:8]}"
-    # The local cluster's secured form, from the same sasl_ssl.env, stands in for kafka-1..3; its folder
+    # The session's secured local cluster, from the same sasl_ssl.env, stands in for kafka-1..3; its folder
     # for the kafka-security volume.
-    with LocalCluster(tmp_path / "cluster", brokers=3, security="sasl_ssl") as brokers, ExitStack() as running:
-        volume = brokers.secured.folder
-        users = one_shot(spec["services"]["kafka-users"], volume, SECURED, brokers.bootstrap, LEDGER_TOPIC_PREFIX=prefix)
-        assert users.returncode == 0 and f"with ACLs on {prefix}.*" in users.stdout, users.stderr
+    brokers = secured_cluster.cluster
+    volume = brokers.secured.folder
+    users = one_shot(spec["services"]["kafka-users"], volume, SECURED, brokers.bootstrap, LEDGER_TOPIC_PREFIX=prefix)
+    assert users.returncode == 0 and f"with ACLs on {prefix}.*" in users.stdout, users.stderr
+    with ExitStack() as running:
         url, = start_services(["worker-1", "server-1"], spec, running, tmp_path, bootstrap=brokers.bootstrap,
                               prefix=prefix, database_url=database_url, variables=SECURED, security=volume)
         async with ModernClient(f"{url}/mcp", token=token()) as client:

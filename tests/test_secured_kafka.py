@@ -5,10 +5,8 @@ auditor replaying without the right to append, and each everyday mistake said in
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from ledger.kafka.secured_cluster import (
     CREATE,
     DESCRIBE,
     DESCRIBE_CONFIGS,
-    KAFKA_AUDIENCE,
     PRINCIPALS,
     READ,
     TOPIC,
@@ -29,29 +26,21 @@ from ledger.kafka.secured_cluster import (
     WRITERS,
 )
 from ledger.settings import Settings
-from tests.support.oidc import SERVICE_CLIENT, openid_provider
+from tests.support.oidc import SERVICE_CLIENT
 from tests.support.raw_http import ModernClient
-from tests.support.spawn import DEMO, LEDGER, role_environment, spawned, wait_for_line
+from tests.support.secured import SecuredCluster
+from tests.support.spawn import DEMO, LEDGER, role_environment, spawned
 from tests.support.stack import in_status
 
 
 @pytest.fixture(scope="module")
-def issuer(broker_kind: str) -> Iterator[str]:
-    """The OpenID provider whose client credentials tokens the secured cluster's brokers take."""
-    if broker_kind != "kafka":
-        pytest.skip("starts Apache Kafka brokers of its own: runs with --broker kafka")
-    with openid_provider(OIDC_DEFAULT_RESOURCE=KAFKA_AUDIENCE) as url:
-        yield url
+def secured(secured_cluster: SecuredCluster) -> LocalCluster:
+    return secured_cluster.cluster
 
 
 @pytest.fixture(scope="module")
-def secured(issuer: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("secured"), brokers=3, security="sasl_ssl", oauth_issuer=issuer)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def issuer(secured_cluster: SecuredCluster) -> str:
+    return secured_cluster.issuer
 
 
 def as_role(cluster: LocalCluster, role: str, prefix: str, **changes: str) -> Settings:
@@ -224,22 +213,13 @@ def test_an_oauthbearer_mistake_is_one_sentence(secured: LocalCluster, issuer: s
     assert "not-the-secret" not in done.stderr and SERVICE_CLIENT[1] not in done.stderr
 
 
-def test_the_cluster_command_grants_an_issuers_service_its_role(issuer: str, tmp_path: Path) -> None:
-    prefix = f"cli-{uuid.uuid4().hex[:8]}"
-    command = [*LEDGER, "cluster", "--security", "sasl_ssl", "--brokers", "1", "--dir", str(tmp_path / "cluster"),
-               "--oauth-issuer", issuer, "--oauth-principal", f"server={SERVICE_CLIENT[0]}"]
-    cluster = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "LEDGER_TOPIC_PREFIX": prefix})
-    try:
-        said = wait_for_line(cluster, "running; press Ctrl-C", timeout=120)
-        assert any(f"{SERVICE_CLIENT[0]} has the ACLs of a ledger server" in line for line in said), said
-        bootstrap = next(line for line in said if line.startswith("export LEDGER_BOOTSTRAP=")).strip().split("=")[1]
-        environment = {**os.environ, "LEDGER_BOOTSTRAP": bootstrap, "LEDGER_TOPIC_PREFIX": prefix,
-                       "LEDGER_PARTITIONS": "2", "LEDGER_REPLICATION_FACTOR": "1",
-                       **oauthbearer(tmp_path / "cluster" / "security" / "ca.crt", issuer)}
-        created = subprocess.run([*LEDGER, "topics", "--create"], capture_output=True, text=True, timeout=120,
-                                 env=environment)
-        assert created.returncode == 0, created.stderr
-    finally:
-        cluster.send_signal(signal.SIGINT)
-        cluster.wait(60)
+def test_the_cluster_command_grants_an_issuers_service_its_role(secured_cluster: SecuredCluster) -> None:
+    said = secured_cluster.said
+    assert any(f"{SERVICE_CLIENT[0]} has the ACLs of a ledger server" in line for line in said), said
+    bootstrap = next(line for line in said if line.startswith("export LEDGER_BOOTSTRAP=")).strip().split("=")[1]
+    assert bootstrap == secured_cluster.cluster.bootstrap
+    environment = {**os.environ, "LEDGER_BOOTSTRAP": bootstrap, "LEDGER_TOPIC_PREFIX": secured_cluster.prefix,
+                   **oauthbearer(secured_cluster.cluster.secured.ca, secured_cluster.issuer)}
+    created = subprocess.run([*LEDGER, "topics", "--create"], capture_output=True, text=True, timeout=120,
+                             env=environment)
+    assert created.returncode == 0, created.stderr
