@@ -4,6 +4,7 @@ server, questions answered by typing at the prompt."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 
 import pytest
@@ -34,7 +35,7 @@ async def test_call_asks_each_question_at_the_prompt_and_prints_the_result(stack
 
 async def test_call_checks_each_field_and_asks_again(stack: tuple[str, Settings]) -> None:
     url, _ = stack
-    typed = "a\nfour\n4\n1 March\n2027-03-01\na\ny\n"  # fields in the schema's order: nights, start_date
+    typed = "a\n1 March\n2027-03-01\nfour\n4\na\ny\n"  # fields in the schema's order: start_date, nights
     run = await ledger("call", "plan_trip", "destination=Rome", "--url", url, typed=typed)
     assert run.returncode == 0, run.stderr
     assert "a date as YYYY-MM-DD is needed" in run.stdout and "an integer is needed" in run.stdout
@@ -67,3 +68,38 @@ async def test_mistakes_are_one_line(stack: tuple[str, Settings]) -> None:
     assert cut_short.returncode == 2 and "the input ended before every question was answered" in cut_short.stderr
     for run in (no_token, unknown, bad, cut_short):
         assert run.stderr.count("\n") == 1, run.stderr
+
+
+async def test_one_ctrl_c_at_the_prompt_stops(stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    call = await asyncio.create_subprocess_exec(*LEDGER, "call", "approve_expense", "amount=9", "description=pens",
+                                                "--url", url, "--token", "ada-secret", stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert call.stdout is not None and call.stderr is not None
+    while not (await asyncio.wait_for(call.stdout.readline(), 60)).startswith(b"? Approve expense"):
+        pass
+    await asyncio.sleep(0.5)  # at the prompt, in input()
+    call.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(call.wait(), 10) == 2  # the first Ctrl-C, with no Enter typed
+    assert "stopped; the task goes on" in (await call.stderr.read()).decode()
+
+
+async def test_a_question_answered_elsewhere_meanwhile_is_said_and_the_prompts_answer_not_sent(
+        stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url, token="ada-secret") as inbox:
+        task_id = (await inbox.result("tools/call", {"name": "approve_expense", "arguments": {
+            "amount": 11, "description": "ink"}}))["taskId"]
+        asked = await in_status(inbox, task_id, "input_required")
+        prompt = await asyncio.create_subprocess_exec(
+            *LEDGER, "answer", task_id, "--url", url, "--token", "ada-secret", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert prompt.stdout is not None
+        while not (await asyncio.wait_for(prompt.stdout.readline(), 60)).startswith(b"? Approve expense"):
+            pass
+        await inbox.result("tasks/update", {"taskId": task_id, "inputResponses": {
+            next(iter(asked["inputRequests"])): {"action": "accept", "content": {"approved": False}}}})
+        out, err = await asyncio.wait_for(prompt.communicate(b"a\ny\n\n"), 60)  # the person approves, too late
+    said = out.decode()
+    assert "your answer was not sent: the question was answered elsewhere meanwhile, by ada" in said, (said, err)
+    assert 'accept {"approved":false}' in said and said.rstrip().endswith("rejected 11")

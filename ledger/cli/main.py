@@ -196,6 +196,10 @@ def run_answer(args: argparse.Namespace) -> int:
     return _client(args, lambda client: mcp_client.answer(client, args.task_id))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_sign_out(args: argparse.Namespace) -> int:
     from ledger.cli.signin import SignIns, signins_file
 
@@ -215,6 +219,9 @@ def _client(args: argparse.Namespace, work: Callable[[mcp_client.TaskClient], Aw
             return await work(client)
         finally:
             await client.close()
+    # The prompt's input() blocks the event loop, where asyncio.run's own Ctrl-C handler only asks the
+    # loop to stop: that Ctrl-C waited for the next Enter. Raising at once stops at the first.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return asyncio.run(session())
     except EOFError:

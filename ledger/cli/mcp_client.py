@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
@@ -126,13 +126,45 @@ async def follow(client: TaskClient, task_id: str, ask: Ask, say: Callable[[str]
 
 async def answer_requests(client: TaskClient, task_id: str, requests: dict[str, Any], ask: Ask,
                           say: Callable[[str], None]) -> None:
+    """Ask each question at the prompt and send the answers; an answer to a question someone answered
+    meanwhile (the inbox, another terminal) is not sent, or not taken, and the person is told so."""
     responses = {}
     for key, request in requests.items():
         params = request.get("params", {})
         say(f"? {params.get('message', 'The task asks for input.')}")
         responses[key] = prompt_answer(params.get("requestedSchema") or {"type": "object", "properties": {}}, ask,
                                        say)
-    await client.request("tasks/update", {"taskId": task_id, "inputResponses": responses}, name=task_id)
+    still_asked = (await client.request("tasks/get", {"taskId": task_id}, name=task_id)).get("inputRequests") or {}
+    sending = {key: response for key, response in responses.items() if key in still_asked}
+    if sending:
+        await client.request("tasks/update", {"taskId": task_id, "inputResponses": sending}, name=task_id)
+    taken = await _answers_taken(client, task_id)  # what the log kept: another answer may have come first
+    for key, response in responses.items():
+        answer = taken.get(key)
+        if answer is None and key not in sending:
+            say("  not sent: the question is no longer waiting for an answer")
+        elif answer is not None and not _same_answer(answer, response):
+            when = datetime.fromtimestamp(answer["occurredAt"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            say(f"  your answer was {'not taken' if key in sending else 'not sent'}: the question was answered "
+                f"elsewhere meanwhile, by {answer.get('principal') or 'an anonymous client'} through "
+                f"{answer.get('protocol') or 'another path'} at {when}: {answer.get('summary')}")
+
+
+async def _answers_taken(client: TaskClient, task_id: str) -> dict[str, dict[str, Any]]:
+    """The answers the task took, by elicitation id, as its history (the read tool) tells them."""
+    try:
+        result = await client.request("tools/call", {"name": "task_history", "arguments": {"task_id": task_id}},
+                                      name="task_history")
+    except ClientError:
+        return {}
+    entries = (result.get("structuredContent") or {}).get("history", [])
+    return {entry["elicitationId"]: entry for entry in entries if entry.get("kind") == "answered"}
+
+
+def _same_answer(entry: dict[str, Any], response: dict[str, Any]) -> bool:
+    detail = entry.get("detail") or {}
+    content = json.loads(detail["content_json"]) if detail.get("content_json") else None
+    return detail.get("action") == response["action"] and content == response.get("content")
 
 
 def prompt_answer(schema: dict[str, Any], ask: Ask, say: Callable[[str], None]) -> dict[str, Any]:

@@ -54,9 +54,22 @@ def _flatten(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical_json(value: Any) -> str:
-    """One text per JSON value, so recorded and replayed questions compare byte for byte."""
+    """One text per JSON value, so recorded and replayed values compare byte for byte."""
     # allow_nan=False: the log holds standard JSON only (NaN is refused where it comes in, ledger.contract.values).
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def schema_json(schema: dict[str, Any]) -> str:
+    """A question's schema as recorded: its fields in the order the tool wrote them, the order a person
+    is asked them in (canonical_json would sort them)."""
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def same_schema(recorded_json: str, asked_json: str) -> bool:
+    """Whether two recorded schemas ask the same thing, whatever the order of their keys (schemas
+    recorded before their order was kept are sorted)."""
+    return recorded_json == asked_json or \
+        canonical_json(json.loads(recorded_json)) == canonical_json(json.loads(asked_json))
 
 
 # An integer is what JSON writes as one: 5.0 and 1e308 are numbers (JSON Schema's own checker takes

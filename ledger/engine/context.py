@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 
 from pydantic import BaseModel
 
-from ledger.contract.elicitation import canonical_json, requested_schema
+from ledger.contract.elicitation import requested_schema, same_schema, schema_json
 from ledger.contract.events import (
     ElicitationRequested,
     ProgressReported,
@@ -80,7 +80,7 @@ class Context:
 
     async def elicit(self, message: str, schema: type[BaseModel] | dict[str, Any]) -> Elicited[Any]:
         """Ask the person for input; the task waits (holding nothing) until they answer."""
-        schema_json = canonical_json(requested_schema(schema))
+        asked_json = schema_json(requested_schema(schema))
         sequence = self._next_elicitation
         self._next_elicitation += 1
         recorded: Asked | ElicitationRequested | None = self._journal.elicitation(sequence)
@@ -93,14 +93,14 @@ class Context:
                 elicitation_id=derived_id(self.task_id, self._actor, "question", sequence),
                 sequence=sequence,
                 message=message,
-                requested_schema_json=schema_json,
+                requested_schema_json=asked_json,
             )
             await self._host.append(recorded)
-        elif recorded.message != message or recorded.requested_schema_json != schema_json:
+        elif recorded.message != message or not same_schema(recorded.requested_schema_json, asked_json):
             raise NonDeterminismError(
                 f"elicitation #{sequence} of task {self.task_id} differs from its journal: "
                 f"recorded {recorded.message!r} with schema {recorded.requested_schema_json}, "
-                f"replay asked {message!r} with schema {schema_json}"
+                f"replay asked {message!r} with schema {asked_json}"
             )
         response = self._journal.response(recorded.elicitation_id) or await self._host.answer(recorded.elicitation_id)
         return _elicited(response, schema)
