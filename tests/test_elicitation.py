@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import BaseModel
 
-from ledger.contract.elicitation import InvalidSchema, canonical_json, content_errors, requested_schema
+from ledger.contract.elicitation import (
+    InvalidSchema,
+    canonical_json,
+    content_errors,
+    field_errors,
+    requested_schema,
+    same_schema,
+    schema_json,
+)
 
 
 class Dates(BaseModel):
@@ -62,3 +72,16 @@ def test_content_is_checked_against_the_requested_schema(content: object, proble
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+def test_a_form_is_told_every_field_it_left_out_and_each_wrong_one() -> None:
+    assert field_errors(SCHEMA, {}) == {"start_date": "required", "nights": "required"}
+    assert field_errors(SCHEMA, {"start_date": "tomorrow"}) == {"start_date": "'tomorrow' is not a 'date'",
+                                                                "nights": "required"}
+
+
+def test_a_schema_is_recorded_in_its_fields_order_and_compared_in_any() -> None:
+    recorded = schema_json(requested_schema(Dates))
+    assert list(json.loads(recorded)["properties"]) == ["start_date", "nights", "note"]
+    assert same_schema(canonical_json(json.loads(recorded)), recorded)  # recorded sorted, before the order was kept
+    assert not same_schema(recorded, schema_json({**requested_schema(Dates), "required": ["nights"]}))

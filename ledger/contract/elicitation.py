@@ -90,8 +90,9 @@ def field_errors(schema_json: str, content: Any) -> dict[str, str]:
     errors: dict[str, str] = {}
     for error in _validator(schema_json).iter_errors(content):
         if error.validator == "required" and not error.path:
-            field = next((name for name in error.validator_value if name not in content), "")
-            errors.setdefault(field, "required")
+            for name in error.validator_value:  # every missing field, not the first over again
+                if name not in content:
+                    errors.setdefault(name, "required")
         else:
             errors.setdefault(str(error.path[0]) if error.path else "", error.message)
     return errors
