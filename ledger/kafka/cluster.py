@@ -233,6 +233,7 @@ class LocalCluster:
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         # The SASL_SSL listener's certificates, users and ACLs (secured_cluster), else None.
         self.secured: ClusterSecurity | None = None
+        self._secured_properties, self._secured_jvm = secured_settings() if security == "sasl_ssl" else ({}, "")
         if security == "sasl_ssl":
             self.secured = ClusterSecurity(self.directory / "security", oauth_issuer)
             try:
@@ -288,7 +289,7 @@ class LocalCluster:
         return {
             **shared_properties(self.brokers),
             **LOCAL_PROPERTIES,
-            **(self.secured.broker_properties(secured_settings()[0]) if self.secured is not None else {}),
+            **(self.secured.broker_properties(self._secured_properties) if self.secured is not None else {}),
             "node.id": str(node.node_id),
             "listeners": f"CLIENT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
             "advertised.listeners": f"CLIENT://{HOST}:{node.port}",
@@ -325,7 +326,7 @@ class LocalCluster:
         if self._libs is None:
             self._libs = fetch_jars(self.version, quiet=self.quiet)
         logging = compose_dir() / "kafka" / "log4j2.properties"
-        security = self.secured.jvm_options(secured_settings()[1]) if self.secured is not None else []
+        security = self.secured.jvm_options(self._secured_jvm) if self.secured is not None else []
         return [self._java, *JVM_OPTIONS, *security, f"-Dlog4j2.configurationFile={logging}", "-cp",
                 f"{self._libs}/*", main_class]
 
