@@ -1,8 +1,10 @@
-"""The demo tools `ledger dev` serves: an approval, a two-question trip plan, and a slow count."""
+"""The demo tools `ledger dev` serves: an approval, one that escalates when nobody answers in time, a
+reminder that sleeps first, a two-question trip plan, and a slow count."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated
 
 from pydantic import Field
@@ -31,6 +33,33 @@ async def approve_expense(amount: float, description: str, ctx: Context) -> str:
     if answer.accepted and answer.content.get("approved") is True:
         return f"approved {amount:g}"
     return f"rejected {amount:g}"
+
+
+@app.tool(task_support="optional")
+async def approve_or_escalate(
+    amount: float, description: str, ctx: Context,
+    answer_within_minutes: Annotated[float, Field(gt=0, le=30 * 24 * 60)] = 48 * 60,
+) -> str:
+    """Ask a person to approve an expense; with no answer in time (48 h unless told), ask their manager."""
+    question = f"Approve expense of {amount} for {description!r}?"
+    answer = await ctx.elicit(question, APPROVAL, timeout=timedelta(minutes=answer_within_minutes))
+    if answer.timed_out:
+        answer = await ctx.elicit(f"Escalated to you: nobody answered within {answer_within_minutes:g} min. "
+                                  f"{question}", APPROVAL)
+    if answer.accepted and answer.content.get("approved") is True:
+        return f"approved {amount:g}"
+    return f"rejected {amount:g}"
+
+
+@app.tool(task_support="optional")
+async def remind(
+    about: str, ctx: Context, after_minutes: Annotated[float, Field(gt=0, le=30 * 24 * 60)] = 60,
+) -> str:
+    """Sleep (holding nothing, through any restart), then ask whether something is done."""
+    await ctx.sleep(timedelta(minutes=after_minutes))
+    answer = await ctx.elicit(f"Reminder, {after_minutes:g} min on: {about}. Is it done?", CONFIRMATION)
+    done = answer.accepted and answer.content.get("confirm") is True
+    return f"{about}: {'done' if done else 'not done'} ({ctx.now():%Y-%m-%d %H:%M:%S} UTC)"
 
 
 @app.tool(task_support="optional")

@@ -174,6 +174,11 @@ class Settings:
         "still not ended then is failed by its partition's worker, with one event saying it expired (its history "
         "stays on the log). Unset: tasks never expire, so a wait of days works."
     )
+    idempotency_window_ms: int = _setting(
+        86_400_000, "LEDGER_IDEMPOTENCY_WINDOW_MS", "How long a tools/call's _meta \"ledger/idempotency-key\" "
+        "names the task it created, from that task's creation: a repeat of the call within it returns that task "
+        "instead of starting another (any server, after any restart); after it, the key starts a new task."
+    )
     max_connections: int | None = _setting(
         None, "LEDGER_MAX_CONNECTIONS", "Connections a server keeps open at once; past it a request is answered "
         "503 at once (the probes /healthz and /readyz keep 64 more). Default: three quarters of the process's "
@@ -271,7 +276,7 @@ class Settings:
             raise SettingsError(f"LEDGER_MAX_CONNECTIONS must be at least 1, got {self.max_connections}")
         for name in ("worker_concurrency", "produce_timeout_ms", "read_timeout_ms", "request_state_ttl_ms",
                      "max_input_bytes", "cached_rows", "principal_events_per_s", "header_timeout_ms",
-                     "max_header_bytes", "keep_alive_ms", "principal_streams"):
+                     "max_header_bytes", "keep_alive_ms", "principal_streams", "idempotency_window_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("linger_ms", "fetch_max_wait_ms", "idle_fetch_wait_ms", "hot_window_ms", "max_hot_tasks",

@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 from ledger.contract.codec import Codec
 from ledger.contract.events import (
+    AttemptFailed,
     CancelRequested,
+    ElicitationExpired,
     ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
@@ -31,15 +33,20 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    TimerFired,
+    TimerSet,
+    iso,
 )
 from ledger.kafka.records import LogRecord
-from projections.status import TaskRow
+from projections.status import TIMED_OUT, TaskRow
 
 DUPLICATE_PREFIX = "duplicate"
 IGNORED = "ignored"
 # Why an answer was not taken, as the history keeps it beside a fenced event's owner.
 ANSWERED_FIRST = "answered-first:"
+TIMED_OUT_FIRST = "timed-out-first:"
 TASK_ENDED = "task-ended"
+REPEATED_CALL = "repeated-call"
 NEVER_ASKED = "not-asked"
 
 # json.dumps builds an encoder per call when given separators; a replay encodes every event.
@@ -86,7 +93,7 @@ def not_outstanding(row: TaskRow | None, elicitation_id: str) -> str:
     """Why an answer to ``elicitation_id`` changed nothing, as the history keeps it."""
     answer = row.answer(elicitation_id) if row is not None else None
     if answer is not None:
-        return f"{ANSWERED_FIRST}{answer.event_id}"
+        return f"{TIMED_OUT_FIRST if answer.action == TIMED_OUT else ANSWERED_FIRST}{answer.event_id}"
     return TASK_ENDED if row is not None and row.terminal else NEVER_ASKED
 
 
@@ -112,8 +119,12 @@ def entry(event: TaskEvent, partition: int, offset: int, ignored_because: str | 
 def _why_ignored(event: TaskEvent, partition: int, because: str) -> str:
     if because.startswith(ANSWERED_FIRST):
         return f"not taken: another answer to this question came first (event {because[len(ANSWERED_FIRST):]})"
+    if because.startswith(TIMED_OUT_FIRST):
+        return f"not taken: the question's deadline had passed (event {because[len(TIMED_OUT_FIRST):]})"
     if because == TASK_ENDED:
         return "not taken: the task had ended"
+    if because == REPEATED_CALL:
+        return "not taken: a repeat of the keyed call that created the task"
     if because == NEVER_ASKED:
         return "not taken: the task was not waiting on this question"
     return f"{event.actor} no longer owned partition {partition} ({because} had claimed it)"
@@ -123,11 +134,15 @@ def describe(event: TaskEvent) -> tuple[str, str]:
     """The entry's kind and a one-line human summary."""
     match event:
         case TaskCreated():
-            return "created", f"{event.tool}({_short(event.arguments_json)})"
+            keyed = "" if event.idempotency_key is None else f" key {_short(event.idempotency_key, 60)!r}"
+            return "created", f"{event.tool}({_short(event.arguments_json)}){keyed}"
         case TaskStarted():
             return "started", f"attempt {event.attempt}"
         case ElicitationRequested():
-            return "asked", f"#{event.sequence} {event.message}"
+            deadline = "" if event.timeout_ms is None else f" (answer within {_duration(event.timeout_ms)})"
+            return "asked", f"#{event.sequence} {event.message}{deadline}"
+        case ElicitationExpired():
+            return TIMED_OUT, f"no answer within {_duration(event.timeout_ms)}: the task goes on without one"
         case ResponseSubmitted():
             content = f" {_short(event.content_json)}" if event.content_json else ""
             return "answered", f"{event.action}{content}"
@@ -152,7 +167,22 @@ def describe(event: TaskEvent) -> tuple[str, str]:
             return "expired", f"ttl {event.ttl_ms} ms"
         case PartitionClaimed():
             return "claimed", f"partition {event.partition} by {event.actor}"
+        case TimerSet():
+            return "sleeps", f"#{event.sequence} until {iso(event.due)} ({_duration(event.duration_ms)})"
+        case TimerFired():
+            return "woke", f"#{event.sequence}"
+        case AttemptFailed():
+            return "attempt failed", (f"#{event.attempt} {event.error_type}: {_short(event.message)}; the next at "
+                                      f"{iso(event.retry_at)} (in {_duration(event.retry_delay_ms)})")
     raise TypeError(f"history has no rule for {type(event).__name__}")
+
+
+def _duration(ms: int) -> str:
+    """``ms`` as a person reads a deadline: 90 s, 45 min, 48 h, 3 d."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
+        if ms >= size and ms % size == 0 or ms >= 2 * size:
+            return f"{ms / size:g} {unit}" if ms % size == 0 else f"{ms / size:.1f} {unit}"
+    return f"{ms / 1000:g} s"
 
 
 def _result_text(result_json: str) -> str:

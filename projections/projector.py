@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ledger.contract.events import PartitionClaimed, ResponseSubmitted, TaskCreated
+from ledger.contract.events import ElicitationExpired, PartitionClaimed, ResponseSubmitted, TaskCreated, starts_new_task
 from ledger.kafka.records import LogRecord
 from projections.fence import Fence
-from projections.history import Recorded, not_outstanding, recorded
+from projections.history import REPEATED_CALL, Recorded, not_outstanding, recorded
 from projections.status import StatusProjection, TaskRow
 from projections.store import ProjectionStore
 
@@ -67,7 +67,8 @@ class Projector:
         no history entry. A worker's event on a partition another worker claimed (``projections.fence``)
         changes nothing and is kept in the history as ignored, and so is an answer to a question that
         was no longer outstanding when it reached the log (another answer came first, through this
-        server or any other): the log decides which answer is the answer. A claim is no task's: it
+        server or any other, or its deadline passed), and a deadline passing after the answer: the log
+        decides which answer is the answer. A claim is no task's: it
         only moves the partition's owner. The history needs the fold to tell an answer taken from one
         ignored, so the status is folded whenever either is kept.
         """
@@ -77,7 +78,7 @@ class Projector:
             self.fence.admits(record)
             self.batch.owners[record.partition] = event.actor
             return None, None
-        before = self.projection.get(event.task_id, look_up=kind is not TaskCreated)
+        before = self.projection.get(event.task_id, look_up=not starts_new_task(event))
         if self.projection.seen(event.event_id):
             return before, before
         admitted = self.fence.admits(record)
@@ -87,8 +88,10 @@ class Projector:
         if self.history:
             if not admitted:
                 ignored_because = self.fence.owner(record.partition)
-            elif kind is ResponseSubmitted and after is before:
+            elif (kind is ResponseSubmitted or kind is ElicitationExpired) and after is before:
                 ignored_because = not_outstanding(before, event.elicitation_id)
+            elif kind is TaskCreated and before is not None:
+                ignored_because = REPEATED_CALL
             else:
                 ignored_because = None
             self.batch.entries.append(recorded(record, ignored_because))

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from ledger.contract.events import (
+    AttemptFailed,
     CancelRequested,
+    ElicitationExpired,
     ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
@@ -27,6 +29,10 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    TimerFired,
+    TimerSet,
+    iso,
+    starts_new_task,
 )
 
 Status = Literal["working", "input_required", "completed", "failed", "cancelled"]
@@ -43,15 +49,20 @@ class PendingElicitation(NamedTuple):
     requested_schema_json: str
     url: str | None
     requested_at: int
+    deadline: int | None = None  # Unix ms when it stops waiting for an answer; None: never
+
+
+TIMED_OUT = "timed out"  # an ``Answer``'s action when the question's deadline passed first
 
 
 class Answer(NamedTuple):
-    """The answer that resolved an elicitation: the first in log order, whichever server took it."""
+    """The answer that resolved an elicitation: the first in log order, whichever server took it, or
+    its deadline passing (action ``TIMED_OUT``)."""
 
     elicitation_id: str
     action: str
     content_json: str | None
-    event_id: str  # of the ResponseSubmitted that is the answer
+    event_id: str  # of the ResponseSubmitted (or ElicitationExpired) that is the answer
 
 
 class TaskRow(NamedTuple):
@@ -73,10 +84,21 @@ class TaskRow(NamedTuple):
     result_json: str | None = None
     is_error: bool = False
     error: str | None = None
+    wakes_at: int | None = None  # while the tool sleeps, or waits for its next attempt: when it goes on (Unix ms)
+    request_digest: str | None = None  # a keyed call's tool and arguments, which a repeat of it must match
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def due(self) -> int | None:
+        """When the open task's wait ends on its own (Unix ms): it wakes, or its question's deadline passes."""
+        if self.terminal:
+            return None
+        if self.wakes_at is not None:
+            return self.wakes_at
+        return min((p.deadline for p in self.pending if p.deadline is not None), default=None)
 
     def changed(self, **changes: Any) -> TaskRow:
         """A copy with ``changes``: ``_replace`` without its checks, at half the cost (every event of a
@@ -106,6 +128,7 @@ def transition(row: TaskRow | None, event: TaskEvent) -> TaskRow | None:
                 last_updated_at=event.occurred_at,
                 ttl_ms=event.ttl_ms,
                 poll_interval_ms=event.poll_interval_ms,
+                request_digest=event.request_digest,
             )
         return None
     if row.status in TERMINAL:
@@ -129,22 +152,58 @@ def _asked(row: TaskRow, event: ElicitationRequested) -> TaskRow:
         return row
     pending = row.pending + (
         PendingElicitation(event.elicitation_id, event.mode, event.message, event.requested_schema_json, event.url,
-                           event.occurred_at),
+                           event.occurred_at, event.deadline),
     )
-    return row.changed(status="input_required", status_message=event.message, pending=pending,
+    return row.changed(status="input_required", status_message=_waiting_message(pending[-1]), pending=pending,
                        last_updated_at=event.occurred_at)
+
+
+def _waiting_message(pending: PendingElicitation) -> str:
+    """The status message of a task waiting on ``pending``: the question, and its deadline if it has one."""
+    if pending.deadline is None:
+        return pending.message
+    return f"{pending.message} (answer by {iso(pending.deadline)}, or the task goes on without an answer)"
 
 
 def _answered(row: TaskRow, event: ResponseSubmitted) -> TaskRow:
-    remaining = tuple(p for p in row.pending if p.elicitation_id != event.elicitation_id)
+    return _resolved(row, event, Answer(event.elicitation_id, event.action, event.content_json, event.event_id))
+
+
+def _timed_out(row: TaskRow, event: ElicitationExpired) -> TaskRow:
+    return _resolved(row, event, Answer(event.elicitation_id, TIMED_OUT, None, event.event_id))
+
+
+def _resolved(row: TaskRow, event: TaskEvent, answer: Answer) -> TaskRow:
+    remaining = tuple(p for p in row.pending if p.elicitation_id != answer.elicitation_id)
     if len(remaining) == len(row.pending):
         return row
-    answers = row.answers + (Answer(event.elicitation_id, event.action, event.content_json, event.event_id),)
+    answers = row.answers + (answer,)
     if remaining:
-        return row.changed(pending=remaining, answers=answers, status_message=remaining[0].message,
+        return row.changed(pending=remaining, answers=answers, status_message=_waiting_message(remaining[0]),
                            last_updated_at=event.occurred_at)
     return row.changed(status="working", status_message=None, pending=(), answers=answers,
                        last_updated_at=event.occurred_at)
+
+
+def _slept(row: TaskRow, event: TimerSet) -> TaskRow:
+    return row.changed(status_message=f"Sleeping until {iso(event.due)}", wakes_at=event.due,
+                       last_updated_at=event.occurred_at)
+
+
+def _attempt_failed(row: TaskRow, event: AttemptFailed) -> TaskRow:
+    return row.changed(status_message=f"Attempt {event.attempt} failed ({event.error_type}: {event.message}); the "
+                                      f"next starts at {iso(event.retry_at)}",
+                       wakes_at=event.retry_at, last_updated_at=event.occurred_at)
+
+
+def _started(row: TaskRow, event: TaskStarted) -> TaskRow:
+    if row.wakes_at is None:
+        return _touched(row, event)
+    return row.changed(status_message=None, wakes_at=None, last_updated_at=event.occurred_at)  # the next attempt
+
+
+def _woke(row: TaskRow, event: TimerFired) -> TaskRow:
+    return row.changed(status_message=None, wakes_at=None, last_updated_at=event.occurred_at)
 
 
 def _progressed(row: TaskRow, event: ProgressReported) -> TaskRow:
@@ -180,10 +239,14 @@ _RULES: dict[type[TaskEvent], Callable[[TaskRow, Any], TaskRow]] = {
     TaskCreated: _unchanged,
     RequestRejected: _unchanged,
     PartitionClaimed: _unchanged,
-    TaskStarted: _touched,
+    TaskStarted: _started,
     StepRecorded: _touched,
     ElicitationRequested: _asked,
     ResponseSubmitted: _answered,
+    ElicitationExpired: _timed_out,
+    TimerSet: _slept,
+    TimerFired: _woke,
+    AttemptFailed: _attempt_failed,
     ProgressReported: _progressed,
     CancelRequested: _cancel_requested,
     TaskCompleted: _completed,
@@ -225,7 +288,7 @@ class StatusProjection:
 
     def apply(self, event: TaskEvent) -> TaskRow | None:
         """Fold one event in; returns the task's row afterwards."""
-        row = self.get(event.task_id, look_up=type(event) is not TaskCreated)
+        row = self.get(event.task_id, look_up=not starts_new_task(event))
         if self.seen(event.event_id):
             return row
         return self.fold(row, event)
@@ -243,7 +306,7 @@ class StatusProjection:
         return after
 
     def get(self, task_id: str, *, look_up: bool = True) -> TaskRow | None:
-        """The task's row; ``look_up=False`` skips the store (a created event's task is new: task ids
+        """The task's row; ``look_up=False`` skips the store (an unkeyed created event's task is new: task ids
         are fresh UUIDs, and a retried copy of the event is caught by its event id)."""
         row = self.rows.get(task_id)
         if row is not None:

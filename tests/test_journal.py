@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ledger.contract.events import (
+    ElicitationExpired,
     ElicitationRequested,
     ResponseSubmitted,
     StepRecorded,
@@ -20,9 +21,9 @@ def created() -> TaskCreated:
                        arguments_json='{"city": "Oslo"}', protocol="mcp-2026-07-28/tasks")
 
 
-def asked(sequence: int) -> ElicitationRequested:
+def asked(sequence: int, timeout_ms: int | None = None) -> ElicitationRequested:
     return ElicitationRequested(**TASK, elicitation_id=f"e{sequence}", sequence=sequence, message=f"question {sequence}?",
-                                requested_schema_json='{"type":"object"}')
+                                requested_schema_json='{"type":"object"}', timeout_ms=timeout_ms)
 
 
 def answered(sequence: int, action: str = "accept") -> ResponseSubmitted:
@@ -43,7 +44,7 @@ def test_a_journal_gives_back_the_events_it_keeps() -> None:
     assert journal.arguments_json == first.arguments_json
     for sequence, asked_event in enumerate((question, second_question)):
         assert journal.elicitation(sequence) == (asked_event.elicitation_id, asked_event.message,
-                                                 asked_event.requested_schema_json, asked_event.occurred_at)
+                                                 asked_event.requested_schema_json, asked_event.occurred_at, None)
         assert journal.asked_at(asked_event.elicitation_id) == asked_event.occurred_at
     assert journal.elicitation(2) is None
     assert journal.response("e0") == answer and journal.response("e1") is None
@@ -81,3 +82,30 @@ def test_an_ending_event_ends_the_journal_once() -> None:
     ending = TaskCompleted(**TASK, result_json='{"content":[]}')
     assert journal.apply(ending) and journal.ended
     assert not journal.apply(ending)
+
+
+def test_a_question_is_overdue_from_its_deadline_until_the_first_of_its_answer_and_its_timeout() -> None:
+    journal = Journal(created(), 0, 0)
+    question = asked(0, timeout_ms=60_000)
+    journal.apply(question)
+    assert journal.due() == question.occurred_at + 60_000
+    assert journal.overdue(question.occurred_at + 59_999) is None
+    assert journal.overdue(question.occurred_at + 60_000).elicitation_id == "e0"
+
+    timed_out = ElicitationExpired(**TASK, elicitation_id="e0", timeout_ms=60_000)
+    assert journal.apply(timed_out)
+    assert not journal.waiting and journal.overdue(question.occurred_at + 60_000) is None
+    assert journal.response("e0") == timed_out
+    assert not journal.apply(answered(0)), "an answer after the timeout, in log order, is not taken"
+
+    answered_first = Journal(created(), 0, 0)
+    answered_first.apply(asked(0, timeout_ms=60_000))
+    answered_first.apply(answered(0))
+    assert not answered_first.apply(timed_out), "a timeout after the answer, in log order, is not taken"
+    assert answered_first.response("e0").action == "accept"
+
+
+def test_a_question_without_a_timeout_is_never_overdue() -> None:
+    journal = Journal(created(), 0, 0)
+    journal.apply(asked(0))
+    assert journal.due() is None and journal.overdue(2**62) is None

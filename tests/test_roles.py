@@ -48,7 +48,7 @@ async def test_ledger_dev_as_a_new_user_runs_it() -> None:
     try:
         banner = "".join(wait_for_line(process, "Press Ctrl-C", timeout=60))
         url = f"http://127.0.0.1:{port}/mcp"
-        assert url in banner and "approve_expense, plan_trip, count_slowly" in banner
+        assert url in banner and "approve_expense, approve_or_escalate, remind, plan_trip, count_slowly" in banner
         assert "call approve_expense as a task" in banner and f"ledger-dev-broker-{port}.log" in banner
         assert f"ledger call approve_expense amount=1 description=example --url {url}" in banner
         assert "tansu" not in banner.lower()  # the broker's own output goes to its log file

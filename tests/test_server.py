@@ -48,7 +48,7 @@ async def test_capabilities_and_tools_show_task_support(stack: tuple[str, Settin
         tasks = client.server_capabilities.tasks
         assert tasks.list is not None and tasks.cancel is not None and tasks.requests.tools.call is not None
         listed = {t.name: t for t in (await client.list_tools()).tools}
-    demo = {"approve_expense", "plan_trip", "count_slowly"}
+    demo = {"approve_expense", "approve_or_escalate", "remind", "plan_trip", "count_slowly"}
     assert set(listed) == demo | {"list_tasks", "task_history", "pending_elicitations"}
     assert all(listed[name].execution.task_support == "optional" for name in demo)
     assert listed["task_history"].execution.task_support == "forbidden"

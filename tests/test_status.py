@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ledger.contract.events import (
     CancelRequested,
+    ElicitationExpired,
     ElicitationRequested,
     ResponseSubmitted,
     TaskCancelled,
@@ -22,7 +23,8 @@ from ledger.contract.events import (
 from ledger.kafka.appender import EventLog
 from ledger.kafka.reader import LogReader
 from ledger.settings import Settings
-from projections.status import TERMINAL, StatusProjection, transition
+from projections.history import entry, not_outstanding
+from projections.status import TERMINAL, TIMED_OUT, StatusProjection, transition
 from tests.support.factories import histories, sample
 
 
@@ -73,6 +75,33 @@ def test_terminal_rows_do_not_move_and_expiry_fails_an_open_task() -> None:
     expired = waiting.apply(sample(TaskExpired, "w", ttl_ms=60_000))
     assert (expired.status, expired.pending) == ("failed", ())
     assert expired.error == expired.status_message == "Expired: the task's ttl of 60,000 ms ran out before it ended"
+
+
+def test_a_question_that_times_out_leaves_the_task_working_and_a_later_answer_changes_nothing() -> None:
+    asked = sample(ElicitationRequested, "t", elicitation_id="e1", message="Approve?", timeout_ms=90_000)
+    projection = fold([sample(TaskCreated, "t"), asked])
+    waiting = projection.get("t")
+    assert waiting.pending[0].deadline == asked.occurred_at + 90_000
+    assert waiting.status_message.startswith("Approve? (answer by ") and "or the task goes on" in waiting.status_message
+
+    timed_out = sample(ElicitationExpired, "t", elicitation_id="e1", timeout_ms=90_000)
+    row = projection.apply(timed_out)
+    assert (row.status, row.pending, row.status_message) == ("working", (), None)
+    assert row.answer("e1") == (("e1", TIMED_OUT, None, timed_out.event_id))
+    late = sample(ResponseSubmitted, "t", elicitation_id="e1")
+    assert projection.apply(late) == row
+    because = not_outstanding(row, "e1")
+    shown = entry(late, 0, 9, because)
+    assert shown.kind == "ignored" and "deadline had passed" in shown.summary and timed_out.event_id in shown.summary
+    assert entry(timed_out, 0, 8).kind == TIMED_OUT and "90 s" in entry(timed_out, 0, 8).summary
+
+
+def test_a_timeout_after_the_answer_changes_nothing() -> None:
+    projection = fold([sample(TaskCreated, "t"), sample(ElicitationRequested, "t", elicitation_id="e1", timeout_ms=1),
+                       sample(ResponseSubmitted, "t", elicitation_id="e1")])
+    answered = projection.get("t")
+    assert projection.apply(sample(ElicitationExpired, "t", elicitation_id="e1", timeout_ms=1)) == answered
+    assert answered.answer("e1").action == "accept"
 
 
 def test_events_for_an_unknown_task_create_nothing() -> None:

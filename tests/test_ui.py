@@ -276,3 +276,28 @@ async def test_a_person_answers_from_the_inbox_and_the_tool_completes(stack: tup
     answered = [entry for entry in history if entry["kind"] == "answered"]
     assert len(answered) == 2 and all(entry["protocol"] == "web" for entry in answered), answered
     assert [entry["protocol"] for entry in history if entry["kind"] == "refused"] == ["web"]
+
+
+async def test_the_inbox_says_until_when_a_question_waits_and_every_time_in_one_form(stack: tuple[str, Settings],
+                                                                                    tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    url, _ = stack
+    async with ModernClient(url) as client, Chromium(tmp_path / "profile") as browser:
+        expense = await start(client, "approve_or_escalate", {"amount": 8, "description": "taxi",
+                                                               "answer_within_minutes": 180})
+        waiting = await in_status(client, expense, "input_required")
+        [request] = waiting["inputRequests"].values()
+        answer_by = request["params"]["_meta"]["ledger/answer-by"]
+        page = await browser.open(f"{url.removesuffix('/mcp')}/ui")
+        form = f"document.querySelector('form.question[data-task-id=\"{expense}\"]')"
+        await until(lambda: browser.evaluate(page, f"!!{form}"), 10)
+        card = await browser.evaluate(page, f"{form}.textContent")
+        due = answer_by[:19].replace("T", " ") + " UTC"
+        assert f"answer by {due} (in 3 h), or the task goes on without an answer" in card, card
+        assert "created 20" in card and " UTC · asked 20" in card, card  # UTC, 24-hour, as the timeline has them
+        row = f"document.querySelector('tr.task[data-task-id=\"{expense}\"]')"
+        await until(lambda: browser.evaluate(page, f"!!{row}"), 10)
+        cells = await browser.evaluate(page, f"[...{row}.cells].map(cell => cell.textContent)")
+        assert cells[0] == expense and cells[1] == "approve_or_escalate", cells  # the whole id, to copy
+        assert cells[3].startswith("Approve expense of 8.0 for 'taxi'? (answer by ") and cells[4].endswith(" s"), cells

@@ -7,6 +7,7 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from examples.demo import app as demo
 from ledger.contract.events import (
     TERMINAL_EVENTS,
+    AttemptFailed,
     CancelRequested,
     ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
+    ResponseSubmitted,
     StepRecorded,
     TaskCancelled,
     TaskCompleted,
@@ -26,6 +29,9 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    TimerFired,
+    TimerSet,
+    iso,
 )
 from ledger.engine.app import InvalidArguments
 from ledger.engine.worker import Worker
@@ -37,6 +43,10 @@ from tests.support.apps.engine_app import app
 from tests.support.engine import history, running_engine
 from tests.support.factories import plan_trip
 from tests.support.stack import running, until
+
+
+def journal_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def result_text(row) -> str:
@@ -66,6 +76,64 @@ async def test_steps_run_once_whether_resumed_in_place_or_replayed(
     assert [e.progress for e in events if isinstance(e, ProgressReported)] == [1, 2]  # a re-run repeats none
     assert sum(isinstance(e, ElicitationRequested) for e in events) == 1
     assert sum(isinstance(e, TaskCompleted) for e in events) == 1
+
+
+@pytest.mark.parametrize("hot_window_ms", [10_000, 0], ids=["woken in place", "woken by replay"])
+async def test_a_sleep_parks_the_task_and_the_clock_a_re_run_sees_is_the_journals(
+    settings: Settings, topics: dict, tmp_path: Path, hot_window_ms: int
+) -> None:
+    settings = replace(settings, hot_window_ms=hot_window_ms)
+    effects = tmp_path / "effects"
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("napping", {"seconds": 1.5, "ledger_file": str(effects)}, principal=None,
+                                          ttl_ms=None, protocol="test")
+        asleep = await engine.service.wait(row.task_id, None, lambda r: (r.status_message or "").startswith(
+            "Sleeping until "), 30)
+        assert asleep.status == "working" and not asleep.pending, asleep
+        row = await engine.settled(row.task_id, "input_required")
+        question = row.pending[0].message
+        await engine.service.answer(row.task_id, None, row.pending[0].elicitation_id, "accept", {"ok": True},
+                                    protocol="test")
+        row = await engine.settled(row.task_id, "completed")
+    events = await history(settings, row.task_id)
+    timer = next(e for e in events if isinstance(e, TimerSet))
+    fired = [e for e in events if isinstance(e, TimerFired)]
+    answer = next(e for e in events if isinstance(e, ResponseSubmitted))
+    assert len(fired) == 1 and fired[0].occurred_at >= timer.due
+    assert result_text(row).split() == [journal_time(events[0].occurred_at), journal_time(fired[0].occurred_at),
+                                        journal_time(answer.occurred_at)]
+    assert question == f"Woke at {journal_time(fired[0].occurred_at)}; go on?", "a re-run sees the same clock"
+    assert timer.duration_ms == 1_500 and asleep.status_message == f"Sleeping until {iso(timer.due)}"
+    assert effects.read_text().splitlines() == ["note"], "the step before the sleep ran once"
+    assert [e.attempt for e in events if isinstance(e, TaskStarted)] == ([1] if hot_window_ms else [1, 2, 3])
+
+
+@pytest.mark.parametrize("fail_attempts, outcome", [
+    (2, "completed"), (3, "failed"), (-1, "failed"),
+], ids=["succeeds on attempt 3", "fails after its last attempt", "a non-retryable error fails at once"])
+async def test_a_tool_that_raises_is_retried_by_its_policy_without_running_its_recorded_step_again(
+    settings: Settings, topics: dict, tmp_path: Path, fail_attempts: int, outcome: str
+) -> None:
+    effects = tmp_path / "effects"
+    async with running_engine(app, settings) as engine:
+        row = await engine.service.create("flaky", {"ledger_file": str(effects), "fail_attempts": fail_attempts},
+                                          principal=None, ttl_ms=None, protocol="test")
+        row = await engine.settled(row.task_id, outcome)
+    events = await history(settings, row.task_id)
+    failed = [e for e in events if isinstance(e, AttemptFailed)]
+    assert effects.read_text().splitlines() == ["charge"], "the recorded step ran once, whatever the attempts"
+    if fail_attempts == 2:
+        assert result_text(row) == "charged 1 on attempt 3"
+        assert [(e.attempt, e.error_type, e.retry_delay_ms) for e in failed] == [
+            (1, "ConnectionError", 200), (2, "ConnectionError", 400)]
+        starts = {e.event_id: e for e in events if isinstance(e, TaskStarted)}
+        assert len(starts) == 3 and all(
+            min(s.occurred_at for s in starts.values() if s.attempt == e.attempt + 1) >= e.retry_at for e in failed)
+    elif fail_attempts == 3:
+        assert len(failed) == 2 and row.error == "attempt 3 of 3: the bank hung up on attempt 3"
+    else:
+        assert failed == [] and row.error == "the amount is not a number"
+    assert sum(isinstance(e, TERMINAL_EVENTS) for e in events) == 1
 
 
 async def test_a_replay_that_asks_something_else_fails_with_a_named_error(settings: Settings, topics: dict) -> None:

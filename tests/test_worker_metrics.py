@@ -23,7 +23,8 @@ WORKER_SERIES = ("ledger_worker_runs_started_total", "ledger_worker_runs_finishe
                  "ledger_worker_replays_total", "ledger_worker_nondeterminism_errors_total",
                  "ledger_worker_run_seconds_bucket", "ledger_worker_elicitation_wait_seconds_bucket",
                  "ledger_worker_hot_tasks", "ledger_worker_parked_tasks", "ledger_worker_queued_runs",
-                 "ledger_worker_free_slots", "ledger_worker_consumer_lag", "ledger_worker_holes_waited_total")
+                 "ledger_worker_free_slots", "ledger_worker_consumer_lag", "ledger_worker_holes_waited_total",
+                 "ledger_worker_timers_pending", "ledger_worker_timer_overdue_seconds")
 APPEND_SERIES = ("ledger_appends_waiting", "ledger_append_oldest_wait_seconds", "ledger_producer_replacements_total",
                  "ledger_partition_in_sync_replicas")
 

@@ -293,6 +293,20 @@ def _read_commands(commands: argparse._SubParsersAction) -> None:
                              "LEDGER_REPLICATION_FACTOR, LEDGER_MIN_INSYNC_REPLICAS), as compose's one-shot does")
     topics.set_defaults(run=run_topics)
 
+    check = _role_parser(commands, "check", "check that an app's code still follows every open task's journal",
+                         "Before a deploy: read the log and re-run every open task's journal against APP's code, "
+                         "with no side effect (recorded steps return their recorded values, answered questions "
+                         "their answers; nothing is written). A task whose code now asks something else, runs "
+                         "another step, or in another order, would fail with NonDeterminismError once the new "
+                         "code resumes it: each is listed with its first difference, and the exit status is 1. "
+                         "0: every open task follows its journal (tasks created after the deploy run the new "
+                         "code from the start). A tool whose change is not replay-safe keeps its old path for "
+                         "the tasks already on it: see the README's deploy recipe.")
+    check.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="longest one task's re-run may take to reach the end of its journal (default: "
+                            "%(default)s); past it the task is listed as not checked")
+    check.set_defaults(run=run_check)
+
 
 def _read_parser(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=summary, description=text, epilog=settings_help(),
@@ -466,6 +480,13 @@ def run_topics(args: argparse.Namespace) -> int:
         asyncio.run(ensure_topics(settings))
     asyncio.run(reads.describe_topics(settings, show_all=args.all))
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if not 0 < args.timeout < float("inf"):
+        raise SettingsError(f"--timeout must be a number of seconds above 0, got {args.timeout}")
+    settings = Settings.from_env(bootstrap=args.bootstrap)
+    return asyncio.run(reads.check_app(settings, load_app(args.app), args.app, timeout_s=args.timeout))
 
 
 def _timestamp(text: str) -> int:

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
 
+from ledger.contract.elicitation import ANSWER_BY
+from projections.status import TIMED_OUT
+
 if TYPE_CHECKING:  # the MCP SDK's OAuth client costs 0.6 s to import: ``ledger call`` loads it, ``ledger replay`` not
     from ledger.cli.signin import SignIn
 
@@ -132,6 +135,8 @@ async def answer_requests(client: TaskClient, task_id: str, requests: dict[str, 
     for key, request in requests.items():
         params = request.get("params", {})
         say(f"? {params.get('message', 'The task asks for input.')}")
+        if answer_by := (params.get("_meta") or {}).get(ANSWER_BY):
+            say(f"  answer by {_when(answer_by)}, or the task goes on without an answer")
         responses[key] = prompt_answer(params.get("requestedSchema") or {"type": "object", "properties": {}}, ask,
                                        say)
     still_asked = (await client.request("tasks/get", {"taskId": task_id}, name=task_id)).get("inputRequests") or {}
@@ -143,11 +148,26 @@ async def answer_requests(client: TaskClient, task_id: str, requests: dict[str, 
         answer = taken.get(key)
         if answer is None and key not in sending:
             say("  not sent: the question is no longer waiting for an answer")
+        elif answer is not None and answer.get("kind") == TIMED_OUT:
+            say(f"  your answer was {'not taken' if key in sending else 'not sent'}: the question timed out at "
+                f"{_stamp(answer['occurredAt'])} with no answer, and the task went on without one")
         elif answer is not None and not _same_answer(answer, response):
-            when = datetime.fromtimestamp(answer["occurredAt"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             say(f"  your answer was {'not taken' if key in sending else 'not sent'}: the question was answered "
                 f"elsewhere meanwhile, by {answer.get('principal') or 'an anonymous client'} through "
-                f"{answer.get('protocol') or 'another path'} at {when}: {answer.get('summary')}")
+                f"{answer.get('protocol') or 'another path'} at {_stamp(answer['occurredAt'])}: "
+                f"{answer.get('summary')}")
+
+
+def _stamp(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _when(iso_time: str) -> str:
+    """An ISO time from the server as the prompt shows times; as sent when it is not one."""
+    try:
+        return _stamp(int(datetime.fromisoformat(iso_time).timestamp() * 1000))
+    except ValueError:
+        return iso_time
 
 
 async def _answers_taken(client: TaskClient, task_id: str) -> dict[str, dict[str, Any]]:
@@ -158,7 +178,7 @@ async def _answers_taken(client: TaskClient, task_id: str) -> dict[str, dict[str
     except ClientError:
         return {}
     entries = (result.get("structuredContent") or {}).get("history", [])
-    return {entry["elicitationId"]: entry for entry in entries if entry.get("kind") == "answered"}
+    return {entry["elicitationId"]: entry for entry in entries if entry.get("kind") in ("answered", TIMED_OUT)}
 
 
 def _same_answer(entry: dict[str, Any], response: dict[str, Any]) -> bool:

@@ -19,13 +19,15 @@ from typing import TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.contract.events import TaskStarted
+from ledger.engine.app import App
+from ledger.engine.check import check, open_journals
 from ledger.kafka.consumer import topic_partitions
 from ledger.kafka.profiles import broker_profile, check_bootstrap
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord
 from ledger.kafka.security import connection
 from ledger.service.queries import row_json
-from ledger.service.replay import Progress, ReplaySummary, Target, build_store, building, replay
+from ledger.service.replay import PROGRESS_EVERY_S, Progress, ReplaySummary, Target, build_store, building, replay
 from ledger.settings import Settings
 from projections.fence import Fence
 from projections.history import Entry, entry
@@ -154,9 +156,9 @@ def print_tasks(store: ProjectionStore, *, status: str | None, principal: str | 
         for row in rows:
             print(json.dumps(row_json(row)), file=out)
         return len(rows)
-    table(["task", "tool", "principal", "status", "created", "updated", "message"],
+    table(["task", "tool", "principal", "status", "created", "updated", "due", "message"],
           [[r.task_id, r.tool, r.principal or "-", r.status, when(r.created_at), when(r.last_updated_at),
-            (r.status_message or "")[:60]] for r in rows], out)
+            "-" if r.due is None else when(r.due), (r.status_message or "")[:60]] for r in rows], out)
     print(f"{len(rows)} task{'s' * (len(rows) != 1)}", file=out)
     return len(rows)
 
@@ -338,3 +340,34 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         return {tp.partition: consumer.highwater(tp) or 0 for tp in assigned}
     finally:
         await consumer.stop()
+
+
+async def check_app(settings: Settings, app: App, source: str, *, timeout_s: float, out: TextIO = sys.stdout,
+                    err: TextIO = sys.stderr) -> int:
+    """``ledger check``: each open task's journal re-run against ``app``; 1 when any differs, else 0."""
+    show = progress_printer("reading the log", err)
+    shown = False
+
+    async def batches(reader: LogReader) -> AsyncIterator[list[LogRecord]]:
+        nonlocal shown
+        loop = asyncio.get_running_loop()
+        started = last = loop.time()
+        events = 0
+        async for batch in reader.catch_up():
+            events += len(batch)
+            if loop.time() - last >= PROGRESS_EVERY_S:
+                last, shown = loop.time(), True
+                show(Progress(events, last - started, reader.lag()))
+            yield batch
+
+    async with LogReader(settings) as reader:
+        journals = await open_journals(batches(reader))
+    if shown and err.isatty():
+        print(file=err)  # past the progress line
+    verdicts = [await check(app, journal, timeout_s) for journal in journals]
+    differing = [v for v in verdicts if v.difference is not None]
+    if differing:
+        table(["task", "tool", "first difference"], [[v.task_id, v.tool, v.difference] for v in differing], out)
+    print(f"{len(journals)} open task{'s' * (len(journals) != 1)} checked against {source}: "
+          f"{len(differing) or 'none'} differ{'s' * (len(differing) == 1)}", file=out)
+    return 1 if differing else 0

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from projections.status import TaskRow
+from projections.status import TIMED_OUT, TaskRow
 
 SHORT_ID = 8
 
@@ -36,8 +36,10 @@ def change(before: TaskRow | None, after: TaskRow | None) -> str | None:
         return "; ".join(f"asked: {p.message}" for p in asked) + f" ({who})"
     answered = after.answers[len(before.answers):]
     if answered:
-        actions = ", ".join(a.action for a in answered)
         resumed = "; resumed" if after.status == "working" else ""
+        if all(a.action == TIMED_OUT for a in answered):
+            return f"timed out: no answer by the question's deadline{resumed}"
+        actions = ", ".join(a.action for a in answered)
         return f"answered ({actions}) by {who}{resumed}"
     if after.cancel_requested and not before.cancel_requested:
         return f"cancel requested by {who}"

@@ -14,6 +14,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from pydantic import BaseModel
 
+ANSWER_BY = "ledger/answer-by"  # the ``_meta`` key of a question's deadline (ISO 8601 UTC) in its request
+
 PRIMITIVE_TYPES = frozenset({"string", "number", "integer", "boolean"})
 
 

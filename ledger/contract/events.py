@@ -115,6 +115,14 @@ class TaskCreated(TaskEvent):
     ttl_ms: int | None = None
     poll_interval_ms: int | None = None
     protocol: str | None = None
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+
+
+def starts_new_task(event: TaskEvent) -> bool:
+    """Whether ``event`` names a task no fold can hold yet: an unkeyed ``TaskCreated``, whose id is a fresh
+    UUID. A keyed call's task id is derived from its key, so its created event may repeat on the log."""
+    return type(event) is TaskCreated and event.idempotency_key is None  # type: ignore[attr-defined]
 
 
 class TaskStarted(TaskEvent):
@@ -128,6 +136,12 @@ class ElicitationRequested(TaskEvent):
     message: str
     requested_schema_json: str
     url: str | None = None
+    timeout_ms: int | None = Field(default=None, ge=0)
+
+    @property
+    def deadline(self) -> int | None:
+        """When the question stops waiting for an answer (Unix ms), if it has a timeout."""
+        return None if self.timeout_ms is None else self.occurred_at + self.timeout_ms
 
 
 class ResponseSubmitted(TaskEvent):
@@ -135,6 +149,43 @@ class ResponseSubmitted(TaskEvent):
     action: ResponseAction
     content_json: str | None = None
     protocol: str | None = None
+
+
+class ElicitationExpired(TaskEvent):
+    """A question's deadline passed before any answer reached the log; the first of it and an answer,
+    in log order, is what the question got."""
+
+    elicitation_id: str
+    timeout_ms: int = Field(ge=0)
+
+
+class TimerSet(TaskEvent):
+    """The tool sleeps until this event's time plus ``duration_ms``; the partition's owner then writes
+    ``TimerFired``."""
+
+    sequence: int = Field(ge=0)
+    duration_ms: int = Field(ge=0)
+
+    @property
+    def due(self) -> int:
+        return self.occurred_at + self.duration_ms
+
+
+class TimerFired(TaskEvent):
+    sequence: int = Field(ge=0)
+
+
+class AttemptFailed(TaskEvent):
+    """An attempt of a tool with a retry policy raised; the next starts ``retry_delay_ms`` after this."""
+
+    attempt: int = Field(ge=1)
+    error_type: str
+    message: str
+    retry_delay_ms: int = Field(ge=0)
+
+    @property
+    def retry_at(self) -> int:
+        return self.occurred_at + self.retry_delay_ms
 
 
 class ProgressReported(TaskEvent):
@@ -210,6 +261,10 @@ EVENT_TYPES: dict[str, type[TaskEvent]] = {
         TaskExpired,
         RequestRejected,
         PartitionClaimed,
+        ElicitationExpired,
+        TimerSet,
+        TimerFired,
+        AttemptFailed,
     )
 }
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from ledger.contract.values import problem_in
 from ledger.engine.context import Context
+from ledger.engine.retry import Retry
 
 TaskSupport = Literal["optional", "required", "forbidden"]
 TASK_SUPPORT: tuple[str, ...] = ("optional", "required", "forbidden")
@@ -53,6 +54,7 @@ class Tool:
     # Runs of this tool a worker executes at once (None: as many as it has slots), so that a flood
     # of long runs of one tool cannot hold every slot while other tasks wait.
     max_concurrency: int | None = None
+    retry: Retry | None = None  # None: an exception fails the task
     input_schema: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,21 +122,25 @@ class App:
         description: str | None = None,
         task_support: TaskSupport = "optional",
         max_concurrency: int | None = None,
+        retry: Retry | None = None,
     ) -> Any:
         """Register a tool; usable as ``@app.tool`` or ``@app.tool(task_support="required")``.
 
         ``max_concurrency`` caps the runs of this tool one worker executes at once; the others wait
-        in its queue while other tools' tasks go ahead. Bound arguments in the signature with
-        ``Annotated[int, Field(ge=1, le=1000)]``: the bounds are in the input schema and enforced.
+        in its queue while other tools' tasks go ahead. ``retry`` re-runs a tool that raised (``Retry``).
+        Bound arguments in the signature with ``Annotated[int, Field(ge=1, le=1000)]``: the bounds are in
+        the input schema and enforced.
         """
         if task_support not in TASK_SUPPORT:
             raise ValueError(f"task_support must be one of {', '.join(TASK_SUPPORT)}, got {task_support!r}")
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry takes a ledger.Retry, got {retry!r}")
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             tool = _build_tool(fn, name or fn.__name__, description or inspect.getdoc(fn), task_support,
-                               max_concurrency)
+                               max_concurrency, retry)
             if tool.name in self.tools:
                 raise ValueError(f"tool {tool.name!r} is registered twice")
             self.tools[tool.name] = tool
@@ -150,7 +156,7 @@ class App:
 
 
 def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task_support: TaskSupport,
-                max_concurrency: int | None) -> Tool:
+                max_concurrency: int | None, retry: Retry | None) -> Tool:
     hints = get_type_hints(fn, include_extras=True)  # keeps Annotated[..., Field(...)] bounds
     fields: dict[str, Any] = {}
     context_parameter = None
@@ -164,7 +170,7 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None, task
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
     model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
-    return Tool(name, fn, description, task_support, model, context_parameter, max_concurrency)
+    return Tool(name, fn, description, task_support, model, context_parameter, max_concurrency, retry)
 
 
 def _is_context(annotation: Any) -> bool:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from ledger.metrics import WAIT_BUCKETS
 
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-OUTCOMES = ("completed", "failed", "parked", "stopped")
+OUTCOMES = ("completed", "failed", "retrying", "parked", "stopped")
 
 
 class WorkerGauges(NamedTuple):
@@ -34,6 +34,7 @@ class WorkerGauges(NamedTuple):
     free_slots: Callable[[], int]
     lag: Callable[[], dict[int, int]]
     holes_waited: Callable[[], int]
+    timers: Callable[[], tuple[int, float]]  # (tasks waiting on a time, seconds the most overdue is past it)
 
 
 class WorkerMetrics:
@@ -42,8 +43,10 @@ class WorkerMetrics:
         self.runs_started = Counter("ledger_worker_runs_started", "Runs of a tool this worker started: a task's first "
                                     "run, or a re-run from its journal.", registry=self.registry)
         self.runs_finished = Counter("ledger_worker_runs_finished", "Runs that ended, by outcome: completed, failed "
-                                     "(the tool raised, or a re-run broke from its journal), parked (waiting for "
-                                     "a person, its coroutine dropped), stopped (cancelled, expired, moved away).",
+                                     "(the tool raised, or a re-run broke from its journal), retrying (the tool "
+                                     "raised, and its retry policy runs it again), parked (waiting for a person, a "
+                                     "sleep or a retry, its coroutine dropped), stopped (cancelled, expired, moved "
+                                     "away).",
                                      ["outcome"], registry=self.registry)
         for outcome in OUTCOMES:
             self.runs_finished.labels(outcome)
@@ -84,6 +87,12 @@ class _WorkerSnapshot(Collector):
         for partition, behind in sorted(gauges.lag().items()):
             lag.add_metric([str(partition)], behind)
         yield lag
+        pending, overdue = gauges.timers()
+        yield GaugeMetricFamily("ledger_worker_timers_pending", "Tasks waiting on a time: a sleep, or a question "
+                                "with a deadline.", value=pending)
+        yield GaugeMetricFamily("ledger_worker_timer_overdue_seconds", "How long past its time the most overdue "
+                                "of them is (0 when none is due): its timeout or wake-up not yet on the log.",
+                                value=overdue)
         yield CounterMetricFamily("ledger_worker_holes_waited", "Fetches that stopped at a gap in a partition's "
                                   "offsets and waited for it (embedded broker).", value=gauges.holes_waited())
 

@@ -27,9 +27,13 @@ import os
 import socket
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ledger.contract.events import (
     TERMINAL_EVENTS,
+    AttemptFailed,
+    ElicitationExpired,
     ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
@@ -41,12 +45,15 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    TimerFired,
+    TimerSet,
     derived_id,
+    now_ms,
 )
 from ledger.engine.app import App, InvalidArguments, UnknownTool, tool_result
 from ledger.engine.claims import Claims
 from ledger.engine.context import Context, NonDeterminismError
-from ledger.engine.journal import Journal, abandoned
+from ledger.engine.journal import Asked, Journal, abandoned
 from ledger.engine.metrics import WorkerGauges, WorkerMetrics
 from ledger.engine.progress import CoalescedProgress
 from ledger.kafka.appender import EventLog
@@ -57,6 +64,7 @@ from projections.fence import Fence
 from projections.postgres import ForeignDatabase, PostgresStore, refuse_foreign
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COMMIT_INTERVAL_S = 0.5
 COMMIT_TIMEOUT_S = 5.0
@@ -124,10 +132,13 @@ class Slots:
 class Run:
     """One execution of a tool for a task, from a start (or replay) until it ends or parks."""
 
+    runs_side_effects = True
+
     def __init__(self, worker: Worker, journal: Journal) -> None:
         self.worker = worker
         self.journal = journal
-        self.waiting: tuple[str, asyncio.Future[ResponseSubmitted]] | None = None
+        # While it waits in place: what the journal holds once it may go on, and the future that wakes it.
+        self.waiting: tuple[Callable[[], Any], asyncio.Future[Any]] | None = None
         self.stopped = False
         self.holding_slot = True
         self.unrecorded = False  # an append failed: the task is retried after a pause
@@ -174,17 +185,25 @@ class Run:
         except Exception as exc:
             raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    async def answer(self, elicitation_id: str) -> ResponseSubmitted:
+    async def answer(self, elicitation_id: str) -> ResponseSubmitted | ElicitationExpired:
+        return await self._wait(lambda: self.journal.response(elicitation_id))
+
+    async def wake(self, sequence: int) -> int:
+        return await self._wait(lambda: self.journal.fired_at(sequence))
+
+    async def _wait(self, resolved: Callable[[], T | None]) -> T:
+        """Wait in place, within the hot window, for what the journal will hold once the task may go on
+        (``reconcile`` calls ``resolved`` when the journal changes); park the run when the window closes."""
         worker = self.worker
         if worker.settings.hot_window_ms == 0 or worker.hot >= worker.settings.max_hot_tasks:
             raise Parked
-        answered: asyncio.Future[ResponseSubmitted] = asyncio.get_running_loop().create_future()
-        self.waiting = (elicitation_id, answered)
+        woken: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.waiting = (resolved, woken)
         worker.hot += 1
         self.holding_slot = False
         worker.release_slot(self)
         try:
-            response = await asyncio.wait_for(answered, worker.settings.hot_window_ms / 1000)
+            value = await asyncio.wait_for(woken, worker.settings.hot_window_ms / 1000)
         except TimeoutError:
             raise Parked from None
         finally:
@@ -193,7 +212,7 @@ class Run:
         await worker.slots.take()
         worker.running_by_tool[self.journal.tool] += 1
         self.holding_slot = True
-        return response
+        return value
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.execute(), name=f"task {self.journal.task_id}")
@@ -213,7 +232,10 @@ class Run:
             outcome = await self._call()
             if outcome is None and not self.stopped:
                 self.finished = "parked"
-            if outcome is not None and not self.stopped:
+            if isinstance(outcome, AttemptFailed) and not self.stopped:
+                await self.append(outcome)
+                self.finished = "retrying"
+            elif outcome is not None and not self.stopped:
                 await self.end(outcome)
                 self.finished = "completed" if isinstance(outcome, TaskCompleted) else "failed"
         except (Parked, asyncio.CancelledError):
@@ -234,7 +256,8 @@ class Run:
         self.worker.run_ended(self)
 
     async def _call(self) -> TaskEvent | None:
-        """The event that ends the task, or None when the run parked or was stopped."""
+        """The event that ends the task, or the failed attempt its retry policy runs again after, or None when
+        the run parked or was stopped."""
         journal, worker = self.journal, self.worker
         try:
             tool = worker.app.get(journal.tool)
@@ -254,8 +277,19 @@ class Run:
         except Exception as exc:
             if self.stopped:
                 return None
+            message = str(exc) or type(exc).__name__
+            attempt = journal.failures + 1
+            delay_ms = tool.retry.delay_ms(attempt) if tool.retry is not None and tool.retry.retries(exc) else None
+            if delay_ms is not None:
+                log.warning("task %s: attempt %d of tool %s raised %s: %s; retrying in %.1f s", journal.task_id,
+                            attempt, journal.tool, type(exc).__name__, message, delay_ms / 1000)
+                return self._event(AttemptFailed, derived_id(journal.task_id, worker.actor, "attempt failed", attempt),
+                                   attempt=attempt, error_type=type(exc).__name__, message=message,
+                                   retry_delay_ms=delay_ms)
             log.exception("task %s: tool %s raised", journal.task_id, journal.tool)
-            return self._ending(TaskFailed, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+            if tool.retry is not None and attempt > 1:
+                message = f"attempt {attempt} of {tool.retry.max_attempts}: {message}"
+            return self._ending(TaskFailed, error_type=type(exc).__name__, message=message)
         result = tool_result(value)
         return self._ending(TaskCompleted, result_json=json.dumps(result, separators=(",", ":")),
                            is_error=bool(result.get("isError")))
@@ -310,13 +344,16 @@ class Worker:
                               self._consumer.position, RETRY_AFTER_S)
         self._catching_up = self._claims.catching_up
         self._cancelling: dict[str, asyncio.Task[None]] = {}  # by task id
+        self._recording_due: dict[str, asyncio.Task[None]] = {}  # timeouts and timers being written, by task id
         self._runs: dict[str, Run] = {}
         self.running_by_tool: Counter[str] = Counter()  # runs holding a slot, by tool (max_concurrency)
         self._ready: deque[Journal] = deque()
         self._queued: set[Journal] = set()
         self._retrying: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
-        self._expiries: list[tuple[int, str, int]] = []  # a heap of (expires_at, task id, partition)
+        # A heap of (when, task id, partition): ttls, question deadlines, sleeps, retries' delays, and
+        # multi round-trip tasks abandoned on a question.
+        self._expiries: list[tuple[int, str, int]] = []
         self._committing: asyncio.Future[None] | None = None
         self._committed: dict[int, int] = {}
         self._last_commit = 0.0
@@ -328,7 +365,8 @@ class Worker:
         self.metrics.registry.register(self._log.series())
         self.metrics.watch(WorkerGauges(
             hot=lambda: self.hot, parked=self.parked, queued=self.queued,
-            free_slots=lambda: self.slots.limit - self.slots.used, lag=self.consumer_lag, holes_waited=self.holes_waited))
+            free_slots=lambda: self.slots.limit - self.slots.used, lag=self.consumer_lag, holes_waited=self.holes_waited,
+            timers=self.timers))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Consume and run until cancelled; on the way out stop runs and commit what is safe.
@@ -348,11 +386,11 @@ class Worker:
             await self._consumer.start()
             try:
                 while True:
-                    await self._handle(await self._consumer.fetch())
+                    await self._handle(await self._consumer.fetch(self._until_due()))
             finally:
                 self._closing = True
                 self._claims.stop()
-                for pending in self._cancelling.values():
+                for pending in (*self._cancelling.values(), *self._recording_due.values()):
                     pending.cancel()
                 for run in list(self._runs.values()):
                     run.stop()
@@ -373,6 +411,13 @@ class Worker:
 
     def queued(self) -> int:
         return len(self._ready)
+
+    def timers(self) -> tuple[int, float]:
+        """How many open tasks wait on a time (a sleep, a retry's delay, a question's deadline), and how many
+        seconds the most overdue of them is past it."""
+        dues = [due for journals in self._journals.values() for journal in journals.values()
+                if (due := journal.due()) is not None]
+        return len(dues), max(0, now_ms() - min(dues)) / 1000 if dues else 0.0
 
     def consumer_lag(self) -> dict[int, int]:
         return self._consumer.lag_by_partition()
@@ -434,6 +479,43 @@ class Worker:
         finally:
             del self._cancelling[journal.task_id]
 
+    def _until_due(self) -> int | None:
+        """How long a fetch may wait before the next time in the heap comes (ms); None when none comes before
+        the longest wait anyway."""
+        if not self._expiries:
+            return None
+        until = self._expiries[0][0] - now_ms()
+        return max(0, until) if until < self.settings.idle_fetch_wait_ms else None
+
+    def _record_due(self, journal: Journal, due: Asked | int) -> None:
+        if journal.task_id not in self._recording_due:
+            self._recording_due[journal.task_id] = asyncio.create_task(self._write_due(journal, due),
+                                                                       name=f"due {journal.task_id}")
+
+    async def _write_due(self, journal: Journal, due: Asked | int) -> None:
+        """Write that the task's question timed out (``due`` the question) or its timer fired (``due`` its
+        sequence). It is folded when read back, not now: an answer may be on the log ahead of a timeout,
+        and then that answer is the one the question got."""
+        event: TaskEvent
+        if isinstance(due, Asked):
+            event = ElicitationExpired(
+                event_id=derived_id(journal.task_id, self.actor, "timed out", due.elicitation_id),
+                task_id=journal.task_id, principal=journal.principal, actor=self.actor,
+                elicitation_id=due.elicitation_id, timeout_ms=due.deadline - due.asked_at)  # type: ignore[operator]
+        else:
+            event = TimerFired(event_id=derived_id(journal.task_id, self.actor, "fired", due),
+                               task_id=journal.task_id, principal=journal.principal, actor=self.actor, sequence=due)
+        try:
+            if self._journals.get(journal.partition, {}).get(journal.task_id) is journal:
+                await self._log.append(event)
+        except Exception as exc:
+            log.error("task %s: could not record that what it waits on is due (%s); retrying in %.0fs",
+                      journal.task_id, exc, RETRY_AFTER_S)
+            self._retrying.add(journal.task_id)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self._retry, journal)
+        finally:
+            del self._recording_due[journal.task_id]
+
     async def _handle(self, records: list[LogRecord]) -> None:
         touched: dict[str, Journal] = {}
         for record in records:
@@ -448,7 +530,9 @@ class Worker:
 
     def _expire_due(self) -> None:
         """Mark the open tasks whose ttl ran out, and the multi round-trip tasks abandoned on a question;
-        ``reconcile`` ends each with its one terminal event (``TaskExpired``, ``TaskCancelled``)."""
+        ``reconcile`` ends each with its one terminal event (``TaskExpired``, ``TaskCancelled``), records that a
+        question whose deadline passed timed out or a sleep's time came, and starts an attempt whose delay
+        passed."""
         if not self._expiries:
             return
         now = int(time.time() * 1000)
@@ -461,7 +545,7 @@ class Worker:
                 journal.expired = True
             elif (abandoned_at := self._abandoned_at(journal)) is not None and abandoned_at <= now:
                 journal.cancel_reason = journal.cancel_reason or abandoned(self.settings.request_state_ttl_ms)
-            else:
+            elif (due := journal.due()) is None or due > now:
                 continue
             self.reconcile(journal)
         if len(self._expiries) > EXPIRIES_KEPT and len(self._expiries) > 2 * sum(map(len, self._journals.values())):
@@ -469,13 +553,14 @@ class Worker:
             self._expiries = [(at, journal.task_id, journal.partition)
                               for journals in self._journals.values() for journal in journals.values()
                               if not journal.ended
-                              for at in (journal.expires_at, self._abandoned_at(journal)) if at is not None]
+                              for at in (journal.expires_at, self._abandoned_at(journal), journal.due())
+                              if at is not None]
             heapq.heapify(self._expiries)
 
     def _abandoned_at(self, journal: Journal) -> int | None:
         """When a multi round-trip task waiting on a question is abandoned: its client's requestState
         runs out, and no client but that request's can answer it (Unix ms; None for other tasks)."""
-        asked_at = journal.last_asked_at() if journal.rounds and journal.waiting else None
+        asked_at = journal.last_asked_at() if journal.rounds and journal.asking else None
         return None if asked_at is None else asked_at + self.settings.request_state_ttl_ms
 
     def _fold(self, record: LogRecord, *, restoring: bool = False) -> Journal | None:
@@ -500,8 +585,10 @@ class Worker:
             return journal
         changed = journal.apply(event)
         # Read back too: the worker applied its own question when it appended it.
-        if isinstance(event, ElicitationRequested) and (at := self._abandoned_at(journal)) is not None:
-            heapq.heappush(self._expiries, (at, journal.task_id, journal.partition))
+        if isinstance(event, ElicitationRequested | TimerSet | AttemptFailed):
+            for at in (self._abandoned_at(journal), journal.due()):
+                if at is not None:
+                    heapq.heappush(self._expiries, (at, journal.task_id, journal.partition))
         if changed and isinstance(event, ResponseSubmitted) and record.partition not in self._catching_up:
             asked_at = journal.asked_at(event.elicitation_id)
             if asked_at is not None:
@@ -565,7 +652,12 @@ class Worker:
                 del self._journals[journal.partition][journal.task_id]
                 self._remember_ended(journal.task_id)
             return
+        now = now_ms()
+        if journal.retry_at is not None and journal.retry_at <= now:
+            journal.retry_at = None  # the next attempt may run; its TaskStarted records that it did
         if journal.waiting:
+            if (due := journal.overdue(now)) is not None:
+                self._record_due(journal, due)
             return
         if run is None:
             if journal not in self._queued:
@@ -573,10 +665,10 @@ class Worker:
                 self._ready.append(journal)
             self._start_ready()
         elif run.waiting is not None:
-            elicitation_id, answered = run.waiting
-            response = journal.response(elicitation_id)
-            if response is not None and not answered.done():
-                answered.set_result(response)
+            resolved, woken = run.waiting
+            value = resolved()
+            if value is not None and not woken.done():
+                woken.set_result(value)
 
     def _start_ready(self) -> None:
         held_back: list[Journal] = []  # tools at their max_concurrency; they keep their place in the queue

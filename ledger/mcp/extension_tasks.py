@@ -31,6 +31,7 @@ from ledger.mcp.wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     create_task,
+    deadline_meta,
     principal_of,
     service_errors,
     task_fields,
@@ -67,6 +68,7 @@ def elicit_request(pending: PendingElicitation) -> dict[str, Any]:
             "mode": pending.mode,
             "message": pending.message,
             "requestedSchema": json.loads(pending.requested_schema_json),
+            **({"_meta": meta} if (meta := deadline_meta(pending)) else {}),
         },
     }
 

@@ -43,6 +43,7 @@ from ledger.mcp.wire import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
     create_task,
+    deadline_meta,
     principal_of,
     service_errors,
     task_fields,
@@ -100,6 +101,7 @@ def pending_json(pending: PendingElicitation) -> dict[str, Any]:
         "mode": pending.mode,
         "message": pending.message,
         "requestedSchema": json.loads(pending.requested_schema_json),
+        **({"_meta": meta} if (meta := deadline_meta(pending)) else {}),
     }
 
 
@@ -369,17 +371,28 @@ class Adapter:
 
     async def _relay(self, ctx: ServerRequestContext[Any, Any], row: TaskRow, pending: PendingElicitation,
                      related: bool) -> None:
-        meta = {RELATED_TASK: {"taskId": row.task_id}} if related else None
+        meta = {**({RELATED_TASK: {"taskId": row.task_id}} if related else {}), **deadline_meta(pending)}
         request = types.ElicitRequest(params=types.ElicitRequestFormParams(
-            message=pending.message, requested_schema=json.loads(pending.requested_schema_json), _meta=meta,
+            message=pending.message, requested_schema=json.loads(pending.requested_schema_json), _meta=meta or None,
         ))
+        asking = asyncio.ensure_future(ctx.session.send_request(
+            request, types.ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+        ))
+        # The question may be resolved without this client (its deadline passed, another client answered):
+        # the relay then moves on to what the task does next instead of waiting on a stale question.
+        resolved = asyncio.ensure_future(self.service.view.wait(
+            row.task_id, lambda r: r is None or r.pending_elicitation(pending.elicitation_id) is None, None))
         try:
-            answer = await ctx.session.send_request(
-                request, types.ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
-            )
-        except Exception as exc:  # the client went away or refused; the task stays answerable
-            log.info("task %s: relaying elicitation %s failed: %s", row.task_id, pending.elicitation_id, exc)
+            await asyncio.wait({asking, resolved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            resolved.cancel()
+            asking.cancel()
+        if not asking.done() or asking.cancelled():
             return
+        if (failed := asking.exception()) is not None:  # the client went away or refused; the task stays answerable
+            log.info("task %s: relaying elicitation %s failed: %s", row.task_id, pending.elicitation_id, failed)
+            return
+        answer = asking.result()
         try:
             await self.service.answer(row.task_id, row.principal, pending.elicitation_id, answer.action,
                                       answer.content, protocol=PROTOCOL + "/relay")

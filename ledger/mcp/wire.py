@@ -15,6 +15,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
+from ledger.contract.elicitation import ANSWER_BY
 from ledger.contract.events import iso
 from ledger.engine.app import InvalidArguments, UnknownTool, error_result
 from ledger.kafka.appender import AppendTimeout
@@ -22,10 +23,11 @@ from ledger.service.budget import OverBudget
 from ledger.service.errors import CancelPending, InvalidCursor, Refused, TaskNotFound
 from ledger.service.live_view import ReadTimeout
 from ledger.service.tasks import TaskService
-from projections.status import TaskRow
+from projections.status import PendingElicitation, TaskRow
 
 log = logging.getLogger(__name__)
 
+IDEMPOTENCY_KEY = "ledger/idempotency-key"  # in a tools/call's _meta: repeats of the call name one task
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -82,11 +84,15 @@ def tool_call_result(row: TaskRow) -> dict[str, Any]:
 
 async def create_task(service: TaskService, params: types.CallToolRequestParams, ctx: ServerRequestContext[Any, Any],
                       ttl: int | None, protocol: str) -> TaskRow:
-    """The task for a tools/call, once every server can read it."""
+    """The task for a tools/call, once every server can read it: a new one, or, for a call whose ``_meta``
+    carries ``"ledger/idempotency-key"``, the one the principal's first call with that key created."""
+    key = (params.meta or {}).get(IDEMPOTENCY_KEY)
+    if key is not None and not isinstance(key, str):
+        raise MCPError(INVALID_PARAMS, f"_meta[{IDEMPOTENCY_KEY!r}] must be a string, got {type(key).__name__}")
     with service_errors():
         try:
             return await service.create(params.name, params.arguments, principal=principal_of(ctx),
-                                        ttl_ms=ttl, protocol=protocol)
+                                        ttl_ms=ttl, protocol=protocol, idempotency_key=key)
         except InvalidArguments as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from None
         except UnknownTool as exc:
@@ -113,3 +119,8 @@ def service_errors() -> Iterator[None]:
         log.error("the log refused a change: %r", exc)
         raise MCPError(INTERNAL_ERROR, f"The log refused the change ({type(exc).__name__}); nothing was recorded") \
             from None
+
+
+def deadline_meta(pending: PendingElicitation) -> dict[str, Any]:
+    """The ``_meta`` entry saying until when a question waits for its answer (none when it waits for ever)."""
+    return {} if pending.deadline is None else {ANSWER_BY: iso(pending.deadline)}

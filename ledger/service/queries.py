@@ -29,6 +29,8 @@ def row_json(row: TaskRow) -> dict[str, Any]:
         "lastUpdatedAt": iso(row.last_updated_at),
         "pendingElicitations": [pending_json(p) for p in row.pending],
     }
+    if row.due is not None:
+        shown["due"] = iso(row.due)
     if row.result_json is not None:
         shown["result"] = json.loads(row.result_json)
     if row.error is not None:
@@ -37,8 +39,11 @@ def row_json(row: TaskRow) -> dict[str, Any]:
 
 
 def pending_json(pending: PendingElicitation) -> dict[str, Any]:
-    return {"elicitationId": pending.elicitation_id, "message": pending.message,
-            "requestedSchema": json.loads(pending.requested_schema_json), "requestedAt": iso(pending.requested_at)}
+    shown = {"elicitationId": pending.elicitation_id, "message": pending.message,
+             "requestedSchema": json.loads(pending.requested_schema_json), "requestedAt": iso(pending.requested_at)}
+    if pending.deadline is not None:
+        shown["answerBy"] = iso(pending.deadline)
+    return shown
 
 
 class ReadSide:

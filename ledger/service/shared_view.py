@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import psycopg
 
-from ledger.contract.events import TaskCreated
+from ledger.contract.events import starts_new_task
 from ledger.kafka.records import LogRecord
 from ledger.metrics import Metrics
 from ledger.service.live_view import LiveView
@@ -108,7 +108,7 @@ class SharedView(LiveView):
         wanted: dict[str, tuple[int, int]] = {}
         for record in records:
             task_id = record.event.task_id
-            if task_id not in held and task_id not in wanted and type(record.event) is not TaskCreated:
+            if task_id not in held and task_id not in wanted and not starts_new_task(record.event):
                 wanted[task_id] = (record.partition, record.offset)
         self._before.clear()
         while wanted:

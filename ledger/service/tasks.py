@@ -29,7 +29,7 @@ from ledger.service.cursors import decode_cursor, encode_cursor
 from ledger.service.errors import CancelPending, Refused, TaskNotFound
 from ledger.service.live_view import LiveView
 from ledger.settings import MIN_TTL_MS, Settings
-from projections.status import TaskRow
+from projections.status import TIMED_OUT, TaskRow
 
 ACTIONS = ("accept", "decline", "cancel")
 PAGE_SIZE = 50
@@ -57,9 +57,14 @@ class TaskService:
 
     async def create(
         self, tool_name: str, arguments: dict[str, Any] | None, *, principal: str | None,
-        ttl_ms: int | None, protocol: str,
+        ttl_ms: int | None, protocol: str, idempotency_key: str | None = None,
     ) -> TaskRow:
-        """Append the created event and return the task as every server will now show it."""
+        """Append the created event and return the task as every server will now show it.
+
+        With ``idempotency_key``, the principal's call with that key within ``LEDGER_IDEMPOTENCY_WINDOW_MS``
+        returns the task the first such call created, whichever server took it: the key names the task id,
+        so repeats that reach the log at once name one task, and the first created event there is its.
+        """
         tool = self.app.get(tool_name)
         tool.parse_arguments(arguments, strict=True)
         if ttl_ms is not None and not 0 <= ttl_ms <= MAX_TTL_MS:
@@ -69,13 +74,35 @@ class TaskService:
         if len(arguments_json) > self.settings.max_input_bytes:
             raise InvalidArguments(f"arguments are {len(arguments_json):,} bytes of JSON; the limit is "
                                    f"{self.settings.max_input_bytes:,} (LEDGER_MAX_INPUT_BYTES)")
+        task_id, digest = str(uuid.uuid4()), None
+        if idempotency_key is not None:
+            digest = request_digest(tool.name, arguments_json)
+            task_id, earlier = await self._keyed(principal, idempotency_key)
+            if earlier is not None:
+                return _same_call(earlier, digest, idempotency_key)
         created = TaskCreated(
-            task_id=str(uuid.uuid4()), principal=principal, actor=self.actor, tool=tool.name,
+            task_id=task_id, principal=principal, actor=self.actor, tool=tool.name,
             arguments_json=arguments_json, ttl_ms=ttl_ms,
             poll_interval_ms=self.settings.poll_interval_ms, protocol=protocol,
+            idempotency_key=idempotency_key, request_digest=digest,
         )
         self._budget.charge(principal, 1)
-        return await self._append(created)
+        row = await self._append(created)
+        return row if idempotency_key is None else _same_call(row, digest, idempotency_key)
+
+    async def _keyed(self, principal: str | None, key: str) -> tuple[str, TaskRow | None]:
+        """The task id a keyed call names now, and its task when one was created within the window.
+
+        A key's first task id is derived from the principal and the key; once that task is older than the
+        window, the next id is derived from it, and so on: every server walks the same chain."""
+        if (problem := problem_in(key, "the idempotency key")) is not None or not 1 <= len(key) <= MAX_KEY_LENGTH:
+            raise InvalidArguments(problem or f"the idempotency key must be 1 to {MAX_KEY_LENGTH} characters, "
+                                              f"got {len(key)}")
+        window_start = time.time_ns() // 1_000_000 - self.settings.idempotency_window_ms
+        task_id = keyed_task_id(principal, key, "")
+        while (row := await self.view.load(task_id)) is not None and row.created_at <= window_start:
+            task_id = keyed_task_id(principal, key, task_id)
+        return task_id, row
 
     def get(self, task_id: str, principal: str | None) -> TaskRow:
         """The principal's task; another principal's task is "not found", and the attempt is recorded."""
@@ -207,11 +234,16 @@ class TaskService:
             row = self.get(task_id, principal)
             if not ignore_stale:
                 # Another server may have taken another answer a moment before: the log decides.
-                taken_elsewhere = [answer.elicitation_id for answer in fresh
-                                   if getattr(row.answer(answer.elicitation_id), "event_id", None) != answer.event_id]
-                if taken_elsewhere:
-                    raise Refused(f"not taken: another answer to elicitation {printable(taken_elsewhere[0])!r} reached the log "
-                                  f"first (through this server or another); the task goes on with that one")
+                for answer in fresh:
+                    taken = row.answer(answer.elicitation_id)
+                    if taken is not None and taken.event_id == answer.event_id:
+                        continue
+                    if taken is not None and taken.action == TIMED_OUT:
+                        raise Refused(f"not taken: elicitation {printable(answer.elicitation_id)!r} timed out before "
+                                      f"this answer reached the log; the task goes on without an answer")
+                    raise Refused(f"not taken: another answer to elicitation {printable(answer.elicitation_id)!r} "
+                                  f"reached the log first (through this server or another); the task goes on with "
+                                  f"that one")
             return row
 
     def _ignored(self, row: TaskRow, keys: list[str], answers: Mapping[str, tuple[str, Any]],
@@ -314,8 +346,31 @@ def digest(payload_json: str | None) -> str | None:
     return canonical_json({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
 
 
+MAX_KEY_LENGTH = 256
+KEYED_TASKS = uuid.UUID("0f6f0b1e-6a41-4d8c-9a0f-4f3c2f6b7d15")  # fixed forever: keyed task ids on logs depend on it
+
+
+def keyed_task_id(principal: str | None, key: str, previous: str) -> str:
+    """The task id of a keyed call: the principal's own (another principal's key never names it), and after
+    ``previous`` (the task the key named before, once that one's window passed; "" for the first)."""
+    return str(uuid.uuid5(KEYED_TASKS, json.dumps([principal, key, previous])))
+
+
+def request_digest(tool: str, arguments_json: str) -> str:
+    """What a repeat of a keyed call must match: its tool and (canonical) arguments."""
+    return hashlib.sha256(f"{tool}\n{arguments_json}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same_call(row: TaskRow, digest: str | None, key: str) -> TaskRow:
+    if row.request_digest != digest:
+        raise InvalidArguments(f"the idempotency key {printable(key)!r} was used with another tool or other "
+                               f"arguments (task {row.task_id}); a new call needs a new key")
+    return row
+
+
 REASON_KINDS = (
-    ("duplicate", "duplicate"), ("ignored", "not outstanding"), ("action must be", "bad action"),
+    ("duplicate", "duplicate"), ("ignored", "not outstanding"), ("timed out", "timed out"),
+    ("action must be", "bad action"),
     ("content is", "oversize"),
     ("content does not match", "schema"), ("task has no pending", "unknown elicitation"),
     ("elicitation", "conflicting"), ("task is already", "task ended"), ("already", "task ended"),
@@ -343,6 +398,9 @@ def _why_not(row: TaskRow, elicitation_id: str, action: Any, content: Any, max_b
     if size > max_bytes:
         return f"content is {size:,} bytes of JSON; the limit is {max_bytes:,} (LEDGER_MAX_INPUT_BYTES)"
     previous = row.answer(elicitation_id)
+    if previous is not None and previous.action == TIMED_OUT:
+        return f"timed out: elicitation {printable(elicitation_id)} was not answered by its deadline, and the task " \
+               f"went on without an answer"
     if previous is not None:
         content_json = canonical_json(content) if action == "accept" else None
         if previous.action == action and previous.content_json == content_json:

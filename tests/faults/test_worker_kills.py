@@ -19,7 +19,7 @@ from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
 from tests.support.engine import all_events
 from tests.support.flows import FlowStats, approve_many
-from tests.support.spawn import LEDGER, drain, role_environment, spawned, wait_for_line
+from tests.support.spawn import spawned, worker_process
 
 pytestmark = pytest.mark.slow
 
@@ -29,26 +29,18 @@ KILL_EVERY_S = 2.0
 DEMO = "examples/demo.py"
 
 
-def start_worker(settings: Settings) -> subprocess.Popen[str]:
-    process = subprocess.Popen(LEDGER + ["worker", DEMO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=role_environment(settings))
-    wait_for_line(process, "ledger worker", timeout=90)
-    drain(process)
-    return process
-
-
 async def test_a_thousand_approvals_survive_workers_killed_every_two_seconds(settings: Settings, figures) -> None:
     settings = replace(settings, session_timeout_ms=3_000, hot_window_ms=2_000)
     await ensure_topics(settings)
     port = free_port()
-    workers = [await asyncio.to_thread(start_worker, settings) for _ in range(WORKERS)]
+    workers = [await asyncio.to_thread(worker_process, settings) for _ in range(WORKERS)]
     kills = 0
     stop_killing = asyncio.Event()
 
     restarting: set[asyncio.Task[None]] = set()
 
     async def replace_worker(victim: subprocess.Popen[str]) -> None:
-        workers.append(await asyncio.to_thread(start_worker, settings))
+        workers.append(await asyncio.to_thread(worker_process, settings))
         workers.remove(victim)
 
     async def killer() -> None:

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from ledger.contract.codec import Codec
 from ledger.contract.events import (
     EVENT_TYPES,
+    AttemptFailed,
     CancelRequested,
+    ElicitationExpired,
     ElicitationRequested,
     PartitionClaimed,
     ProgressReported,
@@ -25,6 +27,8 @@ from ledger.contract.events import (
     TaskExpired,
     TaskFailed,
     TaskStarted,
+    TimerFired,
+    TimerSet,
 )
 from ledger.kafka.records import LogRecord
 
@@ -44,11 +48,13 @@ envelope = {
 
 payloads: dict[type[TaskEvent], dict[str, st.SearchStrategy[Any]]] = {
     TaskCreated: {"tool": text, "arguments_json": json_text, "ttl_ms": st.none() | longs,
-                  "poll_interval_ms": st.none() | longs, "protocol": optional_text},
+                  "poll_interval_ms": st.none() | longs, "protocol": optional_text,
+                  "idempotency_key": optional_text, "request_digest": optional_text},
     TaskStarted: {"attempt": st.integers(min_value=1, max_value=2**31 - 1)},
     ElicitationRequested: {"elicitation_id": text, "sequence": st.integers(min_value=0, max_value=2**31 - 1),
                            "mode": st.sampled_from(["form", "url"]), "message": text,
-                           "requested_schema_json": json_text, "url": optional_text},
+                           "requested_schema_json": json_text, "url": optional_text,
+                           "timeout_ms": st.none() | st.integers(min_value=0, max_value=2**62)},
     ResponseSubmitted: {"elicitation_id": text, "action": st.sampled_from(["accept", "decline", "cancel"]),
                         "content_json": st.none() | json_text, "protocol": optional_text},
     ProgressReported: {"progress": finite, "total": st.none() | finite, "message": optional_text},
@@ -61,6 +67,12 @@ payloads: dict[type[TaskEvent], dict[str, st.SearchStrategy[Any]]] = {
     RequestRejected: {"operation": text, "elicitation_id": optional_text, "reason": text,
                       "payload_json": st.none() | json_text, "protocol": optional_text},
     PartitionClaimed: {"partition": st.integers(min_value=0, max_value=2**31 - 1)},
+    ElicitationExpired: {"elicitation_id": text, "timeout_ms": st.integers(min_value=0, max_value=2**62)},
+    TimerSet: {"sequence": st.integers(min_value=0, max_value=2**31 - 1),
+               "duration_ms": st.integers(min_value=0, max_value=2**62)},
+    TimerFired: {"sequence": st.integers(min_value=0, max_value=2**31 - 1)},
+    AttemptFailed: {"attempt": st.integers(min_value=1, max_value=2**31 - 1), "error_type": text, "message": text,
+                    "retry_delay_ms": st.integers(min_value=0, max_value=2**62)},
 }
 assert set(payloads) == set(EVENT_TYPES.values()), "every event type needs a strategy"
 
@@ -89,6 +101,10 @@ def sample(cls: type[TaskEvent], task_id: str, **fields: Any) -> TaskEvent:
         TaskExpired: {"ttl_ms": 1000},
         RequestRejected: {"operation": "respond", "reason": "unknown elicitation"},
         PartitionClaimed: {"partition": 0},
+        ElicitationExpired: {"elicitation_id": "e1", "timeout_ms": 60_000},
+        TimerSet: {"sequence": 0, "duration_ms": 60_000},
+        TimerFired: {"sequence": 0},
+        AttemptFailed: {"attempt": 1, "error_type": "ConnectionError", "message": "refused", "retry_delay_ms": 1000},
     }
     return cls(task_id=task_id, **{"actor": "test:pytest", "event_id": str(uuid.uuid4()), **defaults[cls], **fields})
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +18,7 @@ from tests.support.stack import until
 RAW = TypeAdapter(dict[str, Any])
 PENDING = "io.modelcontextprotocol/pending-elicitations"
 RESPONSE = "io.modelcontextprotocol/elicitation-response"
-Answer = Callable[[types.ElicitRequestFormParams], types.ElicitResult]
+Answer = Callable[[types.ElicitRequestFormParams], types.ElicitResult | Awaitable[types.ElicitResult]]
 
 
 def answers(params: types.ElicitRequestFormParams) -> types.ElicitResult:
@@ -33,12 +34,13 @@ def answers(params: types.ElicitRequestFormParams) -> types.ElicitResult:
 @asynccontextmanager
 async def connect(url: str, answer: Answer | None = None, seen: list | None = None,
                   http: httpx.AsyncClient | None = None) -> AsyncIterator[Client]:
-    """A client; with ``answer`` it declares elicitation support and answers relayed elicitations; with
-    ``http`` it speaks through that HTTP client (one that signs in, say)."""
+    """A client; with ``answer`` (a function or a coroutine function) it declares elicitation support and
+    answers relayed elicitations; with ``http`` it speaks through that HTTP client (one that signs in, say)."""
     async def elicited(ctx: Any, params: types.ElicitRequestFormParams) -> types.ElicitResult:
         if seen is not None:
             seen.append(params)
-        return answer(params)
+        answered = answer(params)
+        return await answered if inspect.isawaitable(answered) else answered
 
     callback = elicited if answer is not None else None
     target = streamable_http_client(url, http_client=http) if http is not None else url

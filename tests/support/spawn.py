@@ -36,6 +36,16 @@ def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 
     raise AssertionError(f"{needle!r} not printed in {timeout} s; got {lines}")
 
 
+def worker_process(settings: Settings, app: str = DEMO) -> subprocess.Popen[str]:
+    """``ledger worker APP`` in its own process, once it started; its output is drained. The caller kills it
+    (SIGKILL, as a crash) and waits for it."""
+    process = subprocess.Popen(LEDGER + ["worker", app], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=role_environment(settings))
+    wait_for_line(process, "ledger worker", timeout=90)
+    drain(process)
+    return process
+
+
 def role_environment(settings: Settings) -> dict[str, str]:
     """This process's environment with every setting of ``settings`` as its LEDGER_* variable."""
     environment = dict(os.environ)

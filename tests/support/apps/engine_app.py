@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from ledger import App, Context
+from ledger import App, Context, Retry
 
 app = App("engine-tests")
 
@@ -35,6 +35,28 @@ async def bulky(parts: int, ctx: Context) -> str:
         await ctx.step(f"part {part}", lambda: "x" * 100_000)
     await ctx.elicit("All parts made; ship?", YES)
     return f"shipped {parts}"
+
+
+@app.tool
+async def napping(seconds: float, ledger_file: str, ctx: Context) -> str:
+    """A step, a sleep, a question that names the journal's clock: a re-run must see the same time."""
+    created = ctx.now().isoformat()
+    await ctx.step("note", lambda: _append(Path(ledger_file), "note"))
+    await ctx.sleep(seconds)
+    woke = ctx.now().isoformat()
+    await ctx.elicit(f"Woke at {woke}; go on?", YES)
+    return f"{created} {woke} {ctx.now().isoformat()}"
+
+
+@app.tool(retry=Retry(max_attempts=3, initial_delay=0.2, backoff=2.0, non_retryable=(ValueError,)))
+async def flaky(ledger_file: str, fail_attempts: int, ctx: Context) -> str:
+    """A journaled step, then an error on each attempt up to ``fail_attempts``; a negative one is a ValueError."""
+    charged = await ctx.step("charge", lambda: _append(Path(ledger_file), "charge"))
+    if fail_attempts < 0:
+        raise ValueError("the amount is not a number")
+    if ctx.attempt <= fail_attempts:
+        raise ConnectionError(f"the bank hung up on attempt {ctx.attempt}")
+    return f"charged {charged} on attempt {ctx.attempt}"
 
 
 @app.tool
