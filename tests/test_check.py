@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 
 from examples.demo import app as demo
+from ledger.contract.events import ElicitationRequested, PartitionClaimed, StepRecorded, TaskCreated, TaskStarted
+from ledger.engine.check import open_journals
 from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
 from tests.support.engine import running_engine
+from tests.support.factories import sample, written
 from tests.support.spawn import DEMO, LEDGER, role_environment
 
 DEMO_SOURCE = Path(DEMO).read_text()
@@ -78,3 +81,19 @@ async def test_check_names_each_task_the_changed_code_would_fail_and_passes_the_
     changed = ledger_check(settings, str(reasked))
     assert changed.returncode == 1 and expense.task_id in changed.stdout, changed.stdout + changed.stderr
     assert trip.task_id not in changed.stdout and "1 differs" in changed.stdout, changed.stdout
+
+
+async def test_the_journals_checked_are_the_workers_own_a_fenced_write_left_out() -> None:
+    claimed, taken_over = PartitionClaimed.of(0, "worker:w1"), PartitionClaimed.of(0, "worker:w2")
+    records = [written(0, offset, event) for offset, event in enumerate([
+        claimed, sample(TaskCreated, "t", actor="server:s1"), sample(TaskStarted, "t", actor="worker:w1"),
+        sample(StepRecorded, "t", actor="worker:w1", sequence=0), taken_over,
+        sample(StepRecorded, "t", actor="worker:w1", sequence=1, name="written after losing the partition"),
+        sample(ElicitationRequested, "t", actor="worker:w2", sequence=0)])]
+
+    async def batches():
+        yield records
+
+    [journal] = await open_journals(batches())
+    assert journal.step(0) is not None and journal.step(1) is None, "w1's write after w2's claim is fenced off"
+    assert journal.elicitation(0) is not None

@@ -84,6 +84,30 @@ async def test_one_ctrl_c_at_the_prompt_stops(stack: tuple[str, Settings]) -> No
     assert "stopped; the task goes on" in (await call.stderr.read()).decode()
 
 
+async def test_the_prompt_says_until_when_a_question_waits_and_that_it_timed_out_before_the_answer(
+        stack: tuple[str, Settings]) -> None:
+    url, _ = stack
+    async with ModernClient(url, token="ada-secret") as client:
+        task_id = (await client.result("tools/call", {"name": "approve_or_escalate", "arguments": {
+            "amount": 12, "description": "paper", "answer_within_minutes": 0.05}}))["taskId"]
+        await in_status(client, task_id, "input_required")
+    prompt = await asyncio.create_subprocess_exec(
+        *LEDGER, "answer", task_id, "--url", url, "--token", "ada-secret", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert prompt.stdout is not None
+    while not (await asyncio.wait_for(prompt.stdout.readline(), 60)).startswith(b"? Approve expense"):
+        pass
+    told = (await asyncio.wait_for(prompt.stdout.readline(), 10)).decode()
+    assert told.startswith("  answer by 20") and told.rstrip().endswith(
+        "UTC, or the task goes on without an answer"), told
+    await asyncio.sleep(4)  # the person is away past the 3 s deadline, then approves the first question, and the next
+    out, err = await asyncio.wait_for(prompt.communicate(b"a\ny\n\n" + b"a\ny\n\n"), 60)
+    said = out.decode()
+    assert "your answer was not sent: the question timed out at " in said, (said, err)
+    assert "? Escalated to you: nobody answered within 0.05 min." in said, said
+    assert said.rstrip().endswith("approved 12"), said
+
+
 async def test_a_question_answered_elsewhere_meanwhile_is_said_and_the_prompts_answer_not_sent(
         stack: tuple[str, Settings]) -> None:
     url, _ = stack

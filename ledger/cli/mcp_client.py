@@ -296,8 +296,9 @@ async def answer(client: TaskClient, task_id: str | None, ask: Ask = input, say:
             say("no questions are waiting")
             return 0
         for number, question in enumerate(waiting, 1):
+            due = f", answer by {_when(question['answerBy'])}" if question.get("answerBy") else ""
             say(f"{number}. {question['taskId']}  {question['tool']}  {question['message']}  "
-                f"(asked {question.get('requestedAt', '?')})")
+                f"(asked {question.get('requestedAt', '?')}{due})")
         chosen = ask(f"answer which? [1-{len(waiting)}, Enter: 1] ").strip() or "1"
         if not chosen.isdigit() or not 1 <= int(chosen) <= len(waiting):
             raise ClientError(f"{chosen!r} is not one of 1-{len(waiting)}")

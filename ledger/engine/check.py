@@ -62,7 +62,7 @@ async def open_journals(batches: AsyncIterable[list[LogRecord]]) -> list[Journal
     async for batch in batches:
         for record in batch:
             event = record.event
-            if isinstance(event, PartitionClaimed) or not fence.admits(record):
+            if not fence.admits(record) or isinstance(event, PartitionClaimed):
                 continue
             journal = journals.get(event.task_id)
             if journal is None:

@@ -365,8 +365,8 @@ class Worker:
         self.metrics.registry.register(self._log.series())
         self.metrics.watch(WorkerGauges(
             hot=lambda: self.hot, parked=self.parked, queued=self.queued,
-            free_slots=lambda: self.slots.limit - self.slots.used, lag=self.consumer_lag, holes_waited=self.holes_waited,
-            timers=self.timers))
+            free_slots=lambda: self.slots.limit - self.slots.used, lag=self.consumer_lag,
+            holes_waited=self.holes_waited, timers=self.timers))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Consume and run until cancelled; on the way out stop runs and commit what is safe.
