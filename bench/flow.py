@@ -5,6 +5,7 @@ side by side on this machine, in one run, driven by the peer's own load generato
     python bench/flow.py --flows 200 --runs 1     # quick check
     python bench/flow.py --broker kafka --impls peer,ledger-tasks,ledger-meta --json /tmp/flow.json
     python bench/flow.py --impls ledger-tasks,ledger-meta --push --concurrency 1,64   # push beside poll
+    python bench/flow.py --concurrency 1 --flows 300 --runs 1 --trace                # where a flow's time goes
 
 Implementations/paths, interleaved run by run so that machine load hits them alike:
 
@@ -31,6 +32,12 @@ seconds of each process come from /proc/PID/stat over the measured run (the load
 its own getrusage); idle CPU over 3 s between warm-up and run; peak RSS is VmHWM from
 /proc/PID/status, reset (clear_refs) after the warm-up. The table holds medians over the runs,
 like the peer's results.md; "×peer" is ours / peer's at the same C.
+
+``--trace`` lays out where the time of each request of a flow goes, at C=1 on the tasks path: the load
+client marks when it sends each request and reads its answer, ledger's server and worker mark each hop
+(request received, appended, fetched, applied, run started or woken, settled, response sent; ledger/hops.py)
+in one file, on the clock all processes share. Each hop is shown at its median time after the request
+was sent, over the measured flows (the peer: its requests only).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -269,23 +277,26 @@ def broker(kind: str, kafka: KafkaForRuns | None) -> Iterator[tuple[str, dict[st
 
 
 @contextmanager
-def ledger_stack(bootstrap: str, broker_pids: dict[str, int]) -> Iterator[tuple[str, dict[str, int]]]:
-    """Fresh topics, then ``ledger worker`` and ``ledger server`` on examples/demo.py."""
+def ledger_stack(bootstrap: str, broker_pids: dict[str, int],
+                 trace: Path | None = None) -> Iterator[tuple[str, dict[str, int]]]:
+    """Fresh topics, then ``ledger worker`` and ``ledger server`` on examples/demo.py (marking their hops
+    in ``trace``)."""
     settings = Settings.from_env(bootstrap=bootstrap, topic_prefix=f"flow-{uuid.uuid4().hex[:8]}")
     asyncio.run(ensure_topics(settings))
     port = free_port()
-    with spawned(["worker", "examples/demo.py"], settings, "ledger worker") as worker, \
-            spawned(["server", "examples/demo.py", "--port", str(port)], settings, "serving") as server:
+    env = {"LEDGER_HOP_TRACE": str(trace)} if trace else None
+    with spawned(["worker", "examples/demo.py"], settings, "ledger worker", env=env) as worker, \
+            spawned(["server", "examples/demo.py", "--port", str(port)], settings, "serving", env=env) as server:
         yield f"http://127.0.0.1:{port}/mcp", {"server": server.pid, "worker": worker.pid, **broker_pids}
 
 
 # measuring
 
 
-def load(python: Path, impl: Impl, url: str, flows: int, concurrency: int) -> dict:
+def load(python: Path, impl: Impl, url: str, flows: int, concurrency: int, trace: Path | None = None) -> dict:
     """One run of bench/flow_load.py (the peer's loadgen) under the peer's venv."""
     cmd = [str(python), str(LOADER), "--path", impl.path, "--expect", impl.expect, "--url", url,
-           "-n", str(flows), "-c", str(concurrency)]
+           "-n", str(flows), "-c", str(concurrency), *(["--trace", str(trace)] if trace else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PEER_DIR": str(PEER_DIR)})
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -300,30 +311,87 @@ def idle_cpu_percent(pids: dict[str, int]) -> dict[str, float]:
     return {name: 100 * (cpu_seconds(pid) - before[name]) / IDLE_S for name, pid in pids.items()}
 
 
-def measure(python: Path, impl: Impl, url: str, pids: dict[str, int], flows: int, concurrency: int) -> dict:
+def measure(python: Path, impl: Impl, url: str, pids: dict[str, int], flows: int, concurrency: int,
+            trace: Path | None = None) -> dict:
     load(python, impl, url, WARMUP, min(concurrency, WARMUP))
     idle = idle_cpu_percent(pids)
     load1 = os.getloadavg()[0]
     for pid in pids.values():
         reset_peak_rss(pid)
+    if trace:
+        trace.write_text("")  # the warm-up's hops
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    result = load(python, impl, url, flows, concurrency)
+    result = load(python, impl, url, flows, concurrency, trace)
     ok = max(result["ok"], 1)
     result["cpu_s_per_task"] = {name: (cpu_seconds(pid) - cpu0[name]) / ok for name, pid in pids.items()}
     result["cpu_s_per_task"]["client"] = result["client_cpu_s"] / ok
     result["peak_rss_mb"] = {name: peak_rss_mb(pid) for name, pid in pids.items()}
     result["idle_cpu_percent"] = idle
     result["loadavg1_before"] = load1
+    if trace:
+        result["waterfall"] = waterfall(trace, {pid: name for name, pid in pids.items()})
     return result
 
 
 def one_run(python: Path, redis: tuple[int, int], kafka: KafkaForRuns | None, impl: Impl, flows: int,
-            concurrency: int) -> dict:
-    if impl is PEER:
-        with peer_stack(python, redis) as (url, pids):
-            return measure(python, impl, url, pids, flows, concurrency)
-    with broker(impl.broker, kafka) as (bootstrap, broker_pids), ledger_stack(bootstrap, broker_pids) as (url, pids):
-        return measure(python, impl, url, pids, flows, concurrency)
+            concurrency: int, trace: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="flow-trace-") as folder:
+        hops = Path(folder) / "hops" if trace and concurrency == 1 and impl.path == "tasks" else None
+        if impl is PEER:
+            with peer_stack(python, redis) as (url, pids):
+                return measure(python, impl, url, pids, flows, concurrency, hops)
+        with broker(impl.broker, kafka) as (bootstrap, broker_pids), \
+                ledger_stack(bootstrap, broker_pids, hops) as (url, pids):
+            return measure(python, impl, url, pids, flows, concurrency, hops)
+
+
+# the hop trace
+
+
+def waterfall(trace: Path, roles: dict[int, str]) -> dict[str, list[tuple[str, float, int]]]:
+    """Each request of a flow (``tools/call #1``, ``tasks/get #1``, ...) with the hops inside it: (who and
+    which hop, median ms after the request was sent, in how many of the flows), in time order. Flows run
+    one at a time (C=1), so every hop between a request's sending and its answer belongs to it."""
+    marks = sorted((int(ns), int(pid), hop) for ns, pid, hop, _ in (line.split(" ", 3)
+                                                                    for line in trace.read_text().splitlines()))
+    legs: dict[str, list[dict[str, float]]] = {}
+    sent: Counter[str] = Counter()
+    open_leg: tuple[str, int, dict[str, float], Counter[str]] | None = None
+    for ns, pid, hop in marks:
+        if hop.startswith("client.sent:"):
+            method = hop.removeprefix("client.sent:")
+            if method == "tools/call":
+                sent.clear()
+            sent[method] += 1
+            open_leg = (f"{method} #{sent[method]}", ns, {}, Counter())
+        elif open_leg is not None:
+            name, start, offsets, seen = open_leg
+            if hop.startswith("client.received:"):
+                offsets["client: answer read"] = (ns - start) / 1e6
+                legs.setdefault(name, []).append(offsets)
+                open_leg = None
+                continue
+            label = f"{roles.get(pid, 'client')}: {hop}"
+            seen[label] += 1
+            offsets[label if seen[label] == 1 else f"{label} ({seen[label]})"] = (ns - start) / 1e6
+    laid_out = {}
+    for name, flows in legs.items():
+        labels = Counter(label for offsets in flows for label in offsets)
+        hops = [(label, statistics.median(offsets[label] for offsets in flows if label in offsets), count)
+                for label, count in labels.items() if count * 2 >= len(flows)]
+        laid_out[f"{name} ({len(flows)} flows)"] = sorted(hops, key=lambda hop: hop[1])
+    return laid_out
+
+
+def waterfall_table(impl: Impl, runs: list[dict]) -> str:
+    lines = [f"### {impl.label}, C=1: where each request's time goes", "",
+             "| request | hop | ms after sending (median) | + ms | in flows |", "|---|---|---|---|---|"]
+    for leg, hops in runs[0]["waterfall"].items():
+        before = 0.0
+        for label, at, count in hops:
+            lines.append(f"| {leg} | {label} | {at:.2f} | {at - before:.2f} | {count} |")
+            before = at
+    return "\n".join(lines)
 
 
 # the table
@@ -382,7 +450,8 @@ def table(results: dict[tuple[str, int], list[dict]], impls: list[Impl], levels:
     return "\n".join(lines)
 
 
-def run_all(python: Path, impls: list[Impl], levels: list[int], runs: int, flows: int, kafka_warmup: int) -> dict:
+def run_all(python: Path, impls: list[Impl], levels: list[int], runs: int, flows: int, kafka_warmup: int,
+            trace: bool) -> dict:
     """Every (implementation, C, run), interleaved: C, then run, then implementation."""
     results: dict[tuple[str, int], list[dict]] = {}
     with redis_server() as redis, tempfile.TemporaryDirectory(prefix="flow-kafka-") as folder:
@@ -395,7 +464,7 @@ def run_all(python: Path, impls: list[Impl], levels: list[int], runs: int, flows
                     for impl in impls:
                         tag = f"[{impl.key} C={concurrency} run {run}/{runs}]"
                         say(f"{tag} starting a fresh stack, {WARMUP} warm-up flows, {IDLE_S:.0f} s idle, {flows} flows")
-                        result = one_run(python, redis, kafka, impl, flows, concurrency)
+                        result = one_run(python, redis, kafka, impl, flows, concurrency, trace)
                         results.setdefault((impl.key, concurrency), []).append(result)
                         say(f"{tag} load1 before {result['loadavg1_before']:.2f}: {result['throughput_tps']} "
                             f"flows/s, {result['ok']} ok, {result['errors']} errors {result['error_samples'][:1] or ''}")
@@ -423,6 +492,9 @@ def main() -> None:
                         help="also run ledger's paths that wait for the server to push instead of polling: "
                              "ledger-push (2026-07-28 subscriptions/listen) and ledger-relay (2025-11-25 "
                              "tasks/result relay), beside the polling paths")
+    parser.add_argument("--trace", action="store_true",
+                        help="at C=1 on the tasks path, also lay out where each request's time goes, hop by hop "
+                             "(the first run of each implementation)")
     parser.add_argument("--json", type=Path, help="also write every run's raw result here")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -439,7 +511,7 @@ def main() -> None:
         say("validation: loadgen's checks throughout; for ledger the question text expected is examples/demo.py's "
             "'Approve expense of {amount} for {description!r}?' instead of the peer's "
             "'Approve expense of {amount}: {description}?'")
-        results = run_all(python, impls, levels, args.runs, args.flows, args.kafka_warmup)
+        results = run_all(python, impls, levels, args.runs, args.flows, args.kafka_warmup, args.trace)
     except SetupFailed as failure:
         sys.exit(f"flow.py: {failure}")
     if args.json:
@@ -449,6 +521,11 @@ def main() -> None:
     say("\n×peer: ours ÷ the peer's at the same C (flows/s: above 1 is more; latency: below 1 is faster). "
         "Medians over runs; peak RSS is the largest over runs; CPU s per task is over the measured run, "
         "idle burn included.")
+    for impl in impls:
+        runs = results.get((impl.key, 1), [])
+        if runs and "waterfall" in runs[0]:
+            say("")
+            say(waterfall_table(impl, runs))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ the ledger venv has neither), so every path is driven by the same code and HTTP 
   ``tasks/result`` for the result text. Polling is loadgen's own ``McpHttp.poll_until``.
 
 ``--park FILE`` and ``--answer FILE`` run loadgen's ``run_park`` and ``run_answer`` instead (bench/park.py).
+``--trace FILE`` appends a line to FILE when each request is sent and when its answer is read, in the
+format of ledger's hop trace (ledger/hops.py), so that bench/flow.py can lay the server's and worker's
+hops out inside each request.
 Prints one JSON object: loadgen's summary plus ``client_cpu_s``.
 """
 
@@ -276,6 +279,23 @@ async def run_flows(m, flow, n: int, conc: int, poll: str, max_s: float) -> dict
     }
 
 
+def trace_requests(path: str) -> None:
+    """Mark every request of loadgen's client in ``path`` (the hop trace's format) as it is sent and answered."""
+    fd, pid, rpc = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), os.getpid(), loadgen.McpHttp.rpc
+
+    def mark(hop: str) -> None:
+        os.write(fd, f"{time.monotonic_ns()} {pid} {hop} -\n".encode())
+
+    async def traced(self, method: str, params: dict, name: str | None = None) -> dict:
+        mark(f"client.sent:{method}")
+        try:
+            return await rpc(self, method, params, name)
+        finally:
+            mark(f"client.received:{method}")
+
+    loadgen.McpHttp.rpc = traced
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -293,7 +313,11 @@ def main() -> None:
     ap.add_argument("--park", metavar="FILE", help="tasks path: loadgen.run_park, create -n tasks and leave them "
                     "input_required, their ids written to FILE")
     ap.add_argument("--answer", metavar="FILE", help="tasks path: loadgen.run_answer, answer the tasks FILE holds")
+    ap.add_argument("--trace", metavar="FILE", help="mark each request's sending and answer in FILE (ledger's hop "
+                    "trace format)")
     a = ap.parse_args()
+    if a.trace:
+        trace_requests(a.trace)
     if a.path == "tasks" and a.expect == "ledger":
         loadgen.check_ir = check_ir_ledger
     cpu0 = cpu_seconds()

@@ -29,7 +29,7 @@ class Settings:
     topic_prefix: str = _setting("ledger", "LEDGER_TOPIC_PREFIX", "Prefix of every topic name.")
     partitions: int | None = _setting(
         None, "LEDGER_PARTITIONS", "Partitions of the task-events topic (the unit of worker parallelism); default: "
-        "8 on Kafka, 32 on the embedded broker. A topic that exists keeps its own."
+        "3 on Kafka, 8 on the embedded broker. A topic that exists keeps its own."
     )
     replication_factor: int | None = _setting(
         None, "LEDGER_REPLICATION_FACTOR", "Replication factor of created topics; default: the brokers' "
@@ -56,7 +56,7 @@ class Settings:
     )
     idle_fetch_wait_ms: int = _setting(
         250, "LEDGER_IDLE_FETCH_WAIT_MS", "Longest a consumer fetch waits on a quiet topic: the wait grows by "
-        "10 ms per second without events up to this (bounds idle CPU; the first event after a long quiet "
+        "50 ms per second without events up to this (bounds idle CPU; the first event after a long quiet "
         "spell may take this long to be read)."
     )
     session_timeout_ms: int = _setting(

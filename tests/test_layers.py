@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ledger", "projections")
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    ("ledger.settings", "ledger.metrics", "ledger.pauses"),
+    ("ledger.settings", "ledger.metrics", "ledger.pauses", "ledger.hops"),
     ("ledger.contract",),
     ("ledger.kafka",),
     ("projections",),

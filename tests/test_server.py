@@ -14,9 +14,13 @@ from typing import Any
 import httpx2 as httpx
 import mcp_types as types
 import pytest
+from mcp.server._otel import OpenTelemetryMiddleware
+from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
+from opentelemetry import trace
 
 from ledger.contract.events import RequestRejected, ResponseSubmitted
+from ledger.mcp.server import without_idle_spans
 from ledger.settings import Settings
 from tests.support.engine import history
 from tests.support.mcp_client import (
@@ -390,3 +394,18 @@ async def test_metrics_show_what_the_server_did(stack: tuple[str, Settings]) -> 
                    'ledger_request_seconds_count{method="tasks/get"}', "ledger_elicitation_wait_seconds_count",
                    "ledger_consumer_lag"):
         assert series in text, series
+
+
+def test_the_sdks_request_spans_are_kept_only_under_a_tracer_provider() -> None:
+    class Recording(trace.TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            return trace.NoOpTracer()
+
+    def spans(middleware: list[Any]) -> bool:
+        return any(isinstance(m, OpenTelemetryMiddleware) for m in middleware)
+
+    default = Server("spans").middleware
+    assert spans(default)  # the SDK's default, so that what ledger drops is there to drop
+    assert not spans(without_idle_spans(default, trace.ProxyTracerProvider()))
+    assert not spans(without_idle_spans(default, trace.NoOpTracerProvider()))
+    assert without_idle_spans(default, Recording()) == default

@@ -27,7 +27,7 @@ async def test_refuses_a_partition_count_that_differs_from_the_topic(settings: S
 async def test_without_a_count_the_broker_decides_and_an_existing_topic_keeps_its_own(settings: Settings) -> None:
     unset = replace(settings, partitions=None)
     default = (await broker_profile(settings)).default_partitions
-    assert (await ensure_topics(unset))[settings.events_topic] == default == {"kafka": 8, "tansu": 32}[
+    assert (await ensure_topics(unset))[settings.events_topic] == default == {"kafka": 3, "tansu": 8}[
         (await broker_profile(settings)).name]
     other = replace(settings, topic_prefix=f"{settings.topic_prefix}-six", partitions=6)
     await ensure_topics(other)

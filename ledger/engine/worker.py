@@ -27,9 +27,10 @@ import os
 import socket
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ledger import hops
 from ledger.contract.events import (
     TERMINAL_EVENTS,
     AttemptFailed,
@@ -147,7 +148,9 @@ class Run:
         self.stopped_at = 0.0
         self.reported_stuck = False
         self.task: asyncio.Task[None] | None = None
-        self.progress = CoalescedProgress(lambda event: self.worker.append(self.journal, event), journal.task_id)
+        self.progress = CoalescedProgress(self._write, journal.task_id)
+        self._starting: TaskStarted | None = None  # the run's start, until it is written
+        self._start_written: asyncio.Future[None] | None = None  # its write, when it went on its own
 
     def stop(self) -> None:
         """Stop without recording anything: the task ended elsewhere or moved to another worker."""
@@ -174,16 +177,50 @@ class Run:
                 await self.progress.report(event)
                 return
             await self.progress.flush()
-            await self.worker.append(self.journal, event)
+            await self._write(event)
         except Exception as exc:
             raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def end(self, event: TaskEvent) -> None:
         try:
             await self.progress.flush()
-            await self.worker.end(self.journal, event)
+            await self.worker.end(self.journal, event, after=await self._unwritten_start())
         except Exception as exc:
             raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    def begin(self, started: TaskStarted) -> None:
+        """Write the run's start with its first event when the tool gets to one at once (one produce instead
+        of two in a row: a tool that asks straight away asks a log round trip sooner), else on its own as
+        soon as the run waits on anything else. The journal counts the attempt from now: the ids of the
+        run's events are numbered by it."""
+        self.journal.apply(started)
+        self._starting = started
+        asyncio.get_running_loop().call_soon(self._write_start_alone)
+
+    def _write_start_alone(self) -> None:
+        if self._starting is None or self.stopped:
+            return
+        starting, self._starting = self._starting, None
+        self._start_written = asyncio.ensure_future(self.worker.append(self.journal, starting))
+        self._start_written.add_done_callback(self._start_outcome)
+
+    def _start_outcome(self, written: asyncio.Future[None]) -> None:
+        if not written.cancelled() and (exc := written.exception()) is not None and not self.stopped:
+            log.warning("task %s: the start of its run was not written (%s); its next event fails the same way "
+                        "and the run is retried", self.journal.task_id, exc)
+
+    async def _unwritten_start(self) -> tuple[TaskEvent, ...]:
+        """The run's start when it is still to be written (taken: the caller writes it first); else nothing,
+        once its own write is done, so that no event of the run lands on the log ahead of its start."""
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            return (starting,)
+        if self._start_written is not None:
+            await asyncio.shield(self._start_written)
+        return ()
+
+    async def _write(self, event: TaskEvent) -> None:
+        await self.worker.append(self.journal, *await self._unwritten_start(), event)
 
     async def answer(self, elicitation_id: str) -> ResponseSubmitted | ElicitationExpired:
         return await self._wait(lambda: self.journal.response(elicitation_id))
@@ -209,6 +246,7 @@ class Run:
         finally:
             self.waiting = None
             worker.hot -= 1
+        hops.hop("run.woken", self.journal.task_id)
         await worker.slots.take()
         worker.running_by_tool[self.journal.tool] += 1
         self.holding_slot = True
@@ -223,12 +261,13 @@ class Run:
     async def execute(self) -> None:
         journal, worker = self.journal, self.worker
         worker.metrics.runs_started.inc()
+        hops.hop("run.started", journal.task_id)
         if journal.attempts:
             worker.metrics.replays.inc()
         try:
             attempt = journal.attempts + 1
-            started_id = derived_id(journal.task_id, self.worker.actor, "started", attempt)
-            await self.append(self._event(TaskStarted, started_id, attempt=attempt))
+            self.begin(self._event(TaskStarted, derived_id(journal.task_id, worker.actor, "started", attempt),
+                                   attempt=attempt))
             outcome = await self._call()
             if outcome is None and not self.stopped:
                 self.finished = "parked"
@@ -441,20 +480,25 @@ class Worker:
                 round(asyncio.get_running_loop().time() - self._last_commit, 1),
         }
 
-    async def append(self, journal: Journal, event: TaskEvent) -> None:
+    async def append(self, journal: Journal, *events: TaskEvent) -> None:
+        """Append the task's ``events`` (one produce) and fold them into its journal."""
         if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             raise PartitionLost(f"partition {journal.partition} is no longer this worker's")
-        await self._log.append(event)
-        journal.apply(event)
+        if len(events) == 1:
+            await self._log.append(events[0])
+        else:
+            await self._log.append_many(events)
+        for event in events:
+            journal.apply(event)
 
-    async def end(self, journal: Journal, event: TaskEvent) -> None:
-        """Append the task's terminal event, unless it ended or another terminal event is on its way:
-        this worker, the partition's one writer, gives each task exactly one."""
+    async def end(self, journal: Journal, event: TaskEvent, after: Sequence[TaskEvent] = ()) -> None:
+        """Append the task's terminal event (after ``after``), unless it ended or another terminal event is on
+        its way: this worker, the partition's one writer, gives each task exactly one."""
         if journal.ended or journal.ending:
             return
         journal.ending = True
         try:
-            await self.append(journal, event)
+            await self.append(journal, *after, event)
         finally:
             journal.ending = False
 

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from ledger import hops
 from ledger.engine.app import App
 from ledger.http.auth import RequireBearer, check_exposure, issuer_unavailable, protected_resource, token_verifier
 from ledger.http.hosts import HostCheck, transport_security
@@ -151,6 +152,8 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
               *(resource.routes() if resource else ()), Mount("/", app=mcp_app)]
     middleware = [Middleware(HostCheck, security=security), Middleware(CatchingUp, view=view),
                   Middleware(Intake, limit=max(MIN_BODY_LIMIT, 4 * settings.max_input_bytes))]
+    if hops.TRACE_FILE:
+        middleware.insert(0, Middleware(hops.HopsOfRequests))
     if verifier is not None and sessions is not None:
         middleware += [Middleware(AuthenticationMiddleware, backend=BearerOrSession(verifier, sessions),
                                   on_error=issuer_unavailable),

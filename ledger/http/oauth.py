@@ -39,8 +39,10 @@ LEEWAY_S = 30
 KEYS_TTL_S = 300
 COOLDOWN_S = 10
 HTTP_TIMEOUT_S = 5
-INTROSPECTION_TTL_S = 60
-INTROSPECTIONS_KEPT = 4096
+# A token's verdict is kept this long (never past its expiry): a client sends the same token with every
+# request, and checking a signature again costs more than the rest of a poll's work.
+VERDICT_TTL_S = 60
+VERDICTS_KEPT = 4096
 
 
 class IssuerUnavailable(Exception):
@@ -70,11 +72,18 @@ class OAuthVerifier:
         self._failed_at = float("-inf")
         self._failure: IssuerUnavailable | None = None
         self._lock = asyncio.Lock()
-        self._introspected: OrderedDict[bytes, tuple[AccessToken | None, float]] = OrderedDict()
+        self._verdicts: OrderedDict[bytes, tuple[AccessToken | None, float]] = OrderedDict()
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        if (kept := self._verdicts.get(digest)) is not None and kept[1] > time.monotonic():
+            return kept[0]
         if token.count(".") != 2:
-            return await self._introspect(token) if self._credentials else None
+            return self._keep(digest, await self._introspect(token)) if self._credentials else None
+        access = await self._checked_signature(token)
+        return self._keep(digest, access) if access is not None else None
+
+    async def _checked_signature(self, token: str) -> AccessToken | None:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -181,6 +190,7 @@ class OAuthVerifier:
                 self._fetched_at = now
                 return
             self._jwks, self._keys, self._fetched_at = jwks, {}, now
+            self._verdicts.clear()  # a token signed by a key the issuer dropped is good no longer
 
     async def _issuer_metadata(self) -> dict[str, Any]:
         if self._metadata is not None:
@@ -220,23 +230,23 @@ class OAuthVerifier:
         except httpx.HTTPError as exc:
             raise IssuerUnavailable(f"{url}: {exc or type(exc).__name__}") from None
 
-    async def _introspect(self, token: str) -> AccessToken | None:
-        digest = hashlib.sha256(token.encode()).digest()
+    def _keep(self, digest: bytes, access: AccessToken | None) -> AccessToken | None:
+        """Keep a verdict for ``VERDICT_TTL_S``, or until the token expires when that is sooner."""
         now = time.monotonic()
-        if (kept := self._introspected.get(digest)) is not None and kept[1] > now:
-            return kept[0]
+        until = now + VERDICT_TTL_S
+        if access is not None and access.expires_at is not None:
+            until = min(until, now + access.expires_at - time.time())
+        self._verdicts[digest] = (access, until)
+        self._verdicts.move_to_end(digest)
+        if len(self._verdicts) > VERDICTS_KEPT:
+            self._verdicts.popitem(last=False)
+        return access
+
+    async def _introspect(self, token: str) -> AccessToken | None:
         url = _required_url(await self._issuer_metadata(), "introspection_endpoint", self.issuer)
         response = await self._client_request("POST", url, auth=self._credentials,
                                               data={"token": token, "token_type_hint": "access_token"})
-        answer = _json_object(url, response)
-        access = self._introspected_token(token, answer)
-        until = now + INTROSPECTION_TTL_S
-        if access is not None and access.expires_at is not None:
-            until = min(until, now + access.expires_at - time.time())
-        self._introspected[digest] = (access, until)
-        if len(self._introspected) > INTROSPECTIONS_KEPT:
-            self._introspected.popitem(last=False)
-        return access
+        return self._introspected_token(token, _json_object(url, response))
 
     def _introspected_token(self, token: str, answer: dict[str, Any]) -> AccessToken | None:
         audience = answer.get("aud")

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import GroupAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
 
+from ledger import hops
 from ledger.contract.codec import Codec
 from ledger.kafka.profiles import BrokerProfile, broker_profile
 from ledger.kafka.records import DeadLetterSink, LogRecord, decode_records
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 GAP_PATIENCE_S = 10.0
 STARVED_WAIT_MS = 20
-QUIET_WAIT_GROWTH_MS_PER_S = 10  # per second with no event, up to LEDGER_IDLE_FETCH_WAIT_MS
+QUIET_WAIT_GROWTH_MS_PER_S = 50  # per second with no event, up to LEDGER_IDLE_FETCH_WAIT_MS
 METADATA_MAX_AGE_MS = 2_000  # how soon a consumer learns that a partition's leader moved (aiokafka: 5 min)
 
 
@@ -65,7 +66,7 @@ class DecodingConsumer:
         self._positions: dict[int, int] = {}  # next offset to hand out, once known
         self._holes: dict[int, tuple[int, float]] = {}  # partition -> (offset, first seen)
         self.holes_waited = 0
-        self._starved_wait = 0  # ms; above 0 while fetches come back empty below the high watermark
+        self._starved_fetches = 0  # fetches in a row that came back empty below the high watermark
         self._last_event = time.monotonic()
 
     async def start(self) -> None:
@@ -114,8 +115,11 @@ class DecodingConsumer:
             raise not_allowed(self.settings, refused) from None
         if fetched:
             self._last_event = time.monotonic()
+            self._starved_fetches = 0
+            if hops.TRACE_FILE:
+                hops.hop("fetched", ",".join(sorted({m.key.decode() for ms in fetched.values() for m in ms if m.key})))
         elif not self.profile.answers_fetch_early:
-            self._starved_wait = self._next_starved_wait() if self._behind() else 0
+            self._starved_fetches = self._starved_fetches + 1 if self._behind() else 0
         records: list[LogRecord] = []
         for tp, messages in fetched.items():
             if not self.reads(tp.partition):
@@ -157,19 +161,22 @@ class DecodingConsumer:
         """Whether the last fetches showed events past what was read in some partition."""
         return any(self.lag_by_partition().values())
 
-    def _next_starved_wait(self) -> int:
+    def _starved_wait(self) -> int:
         # The embedded broker returns nothing from a partition of many batches when the wait is
         # shorter than it takes to scan them (none at 2 ms from 20,000 one-event batches, so
-        # catch-up never ended): each empty fetch below the high watermark doubles the wait, from
-        # 20 ms, until records come.
-        return min(max(STARVED_WAIT_MS, 2 * self._starved_wait), self.settings.idle_fetch_wait_ms)
+        # catch-up never ended): from the second empty fetch in a row below the high watermark (the
+        # first is often an event appended while the fetch was answered), each doubles the wait,
+        # from 20 ms, until records come.
+        if self._starved_fetches < 2:
+            return 0
+        return min(STARVED_WAIT_MS << min(self._starved_fetches - 2, 16), self.settings.idle_fetch_wait_ms)
 
     def _pace(self) -> int:
         """The fetch wait for the fetches from now on."""
         if self.profile.answers_fetch_early:
             return self.settings.idle_fetch_wait_ms
         wait = max(fetch_wait_ms(time.monotonic() - self._last_event, self.settings.fetch_max_wait_ms,
-                                 self.settings.idle_fetch_wait_ms), self._starved_wait)
+                                 self.settings.idle_fetch_wait_ms), self._starved_wait())
         set_fetch_wait(self._consumer, wait)
         return wait
 

@@ -44,21 +44,24 @@ class BrokerProfile:
     answers_fetch_early: bool  # an empty fetch returns as soon as an event arrives (a long poll costs no latency)
     serves_batches_in_order: bool  # a partition's batches become readable in offset order
     exact_end_offsets: bool  # ListOffsets(latest) is the true end of a partition
-    # Partitions of a topic ledger creates unless LEDGER_PARTITIONS says: on Kafka each partition costs
-    # the brokers CPU for every batch and every fetch (bench/flow.py: 8 instead of 32 partitions is 38 %
-    # more flows/s at C=64); the embedded broker's fetch cost grows with the batches a partition holds.
+    # Partitions of a topic ledger creates unless LEDGER_PARTITIONS says. On Kafka every partition costs
+    # the brokers CPU for every produce and every fetch (aiokafka fetches without sessions, naming each one):
+    # on 3 brokers, one partition each instead of 8 in all is +50 % flows/s at C=1 and +44 % at C=16
+    # (bench/flow.py), and still lets 3 workers share the load. The embedded broker scans every partition on
+    # every fetch, and a partition's scan grows with the batches it holds: 8 rather than 32 is +15 % flows/s
+    # at C=1 and as fast at C=16 on a fresh broker; fewer would slow a long session down sooner.
     default_partitions: int
 
 
 KAFKA = BrokerProfile(
     "kafka", "Apache Kafka (or a broker that replicates like it)",
     idempotent_producer=True, answers_fetch_early=True, serves_batches_in_order=True, exact_end_offsets=True,
-    default_partitions=8,
+    default_partitions=3,
 )
 TANSU = BrokerProfile(
     "tansu", "Tansu, the embedded broker (no idempotent producer, paced fetches, holes waited for)",
     idempotent_producer=False, answers_fetch_early=False, serves_batches_in_order=False, exact_end_offsets=False,
-    default_partitions=32,
+    default_partitions=8,
 )
 
 _known: dict[tuple[str, KafkaClientConfig], BrokerProfile] = {}

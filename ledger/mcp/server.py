@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
+from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
@@ -15,7 +16,9 @@ from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
 
+from ledger import hops
 from ledger.engine.app import App
 from ledger.mcp import extension_tasks
 from ledger.mcp.listening import TaskListeners
@@ -27,7 +30,6 @@ from ledger.metrics import Metrics
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
-
 
 
 class _TaskServer(Server[Any]):
@@ -65,6 +67,7 @@ def build_mcp_server(app: App, adapter: Adapter, request_state_security: Request
     server.add_request_handler("subscriptions/listen", types.SubscriptionsListenRequestParams,
                                TaskListeners(adapter.service, adapter.view).listen)
     server.extensions[extension_tasks.TASKS_EXTENSION] = {}
+    server.middleware = without_idle_spans(server.middleware, trace.get_tracer_provider())
 
     async def task_augmented_calls(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         # The SDK validates tools/call results as CallToolResult; a CreateTaskResult is answered here.
@@ -76,6 +79,15 @@ def build_mcp_server(app: App, adapter: Adapter, request_state_security: Request
     server.middleware.append(task_augmented_calls)
     server.middleware.append(RequestStateBoundary(request_state_security, default_audience=app.name))
     return server
+
+
+def without_idle_spans(middleware: list[Any], provider: trace.TracerProvider) -> list[Any]:
+    """``middleware`` without the SDK's span per request when no tracer provider is set (by the process, or
+    by ``opentelemetry-instrument``): its spans would go nowhere, and cost CPU on every request
+    (docs/operations.md, "Tracing")."""
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return [m for m in middleware if not isinstance(m, OpenTelemetryMiddleware)]
+    return middleware
 
 
 def request_state_security(settings: Settings) -> RequestStateSecurity:
@@ -94,9 +106,11 @@ def timed(metrics: Metrics) -> Any:
     """Middleware timing every MCP request by method."""
     async def timing(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         started = time.perf_counter()
+        hops.hop(f"mcp.{ctx.method}")
         try:
             return await call_next(ctx)
         finally:
+            hops.hop("mcp.handled")
             metrics.request_seconds.labels(ctx.method).observe(time.perf_counter() - started)
     return timing
 

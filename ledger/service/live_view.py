@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
+from ledger import hops
 from ledger.contract.events import ResponseSubmitted, TaskEvent
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord, Position
@@ -309,6 +310,7 @@ class LiveView:
         if self.metrics is not None:
             self.metrics.events_consumed.inc(len(records))
 
+        hops.hop("view.applied", ",".join(sorted(touched)))
         for task_id in touched & self._watchers.keys():
             for changed in self._watchers.pop(task_id):
                 if not changed.done():

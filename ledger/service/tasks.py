@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ledger import hops
 from ledger.contract.elicitation import canonical_json, content_errors
 from ledger.contract.events import CancelRequested, RequestRejected, ResponseSubmitted, TaskCreated, TaskEvent
 from ledger.contract.values import printable, problem_in
@@ -168,6 +169,7 @@ class TaskService:
             return row
         settled = await self.view.wait(row.task_id, lambda r: r is None or awaits_client(r),
                                        self.settings.settle_ms / 1000)
+        hops.hop("settled", row.task_id)
         return settled or row
 
     async def answer(
