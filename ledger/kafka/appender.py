@@ -189,12 +189,13 @@ class EventLog:
         return (murmur2(task_id.encode()) & 0x7FFFFFFF) % len(partitions)
 
     async def _settled(self, events: Sequence[TaskEvent], partitions: Sequence[int | None]) -> list[Position]:
-        hops.hop("append.sent", events[0].task_id)
+        task_id = events[0].task_id if events else "-"
+        hops.hop("append.sent", task_id)
         append = asyncio.ensure_future(self._delivered(events, partitions))
         self._appends[append] = _Waiting(time.monotonic(), tuple(partitions), tuple(e.task_id for e in events[:1]))
         append.add_done_callback(self._settle)
         metadata = await asyncio.shield(append)
-        hops.hop("append.acked", events[0].task_id)
+        hops.hop("append.acked", task_id)
         return [Position(m.partition, m.offset) for m in metadata]
 
     def _settle(self, append: asyncio.Future) -> None:

@@ -310,7 +310,8 @@ class LiveView:
         if self.metrics is not None:
             self.metrics.events_consumed.inc(len(records))
 
-        hops.hop("view.applied", ",".join(sorted(touched)))
+        if hops.TRACE_FILE:
+            hops.hop("view.applied", ",".join(sorted(touched)))
         for task_id in touched & self._watchers.keys():
             for changed in self._watchers.pop(task_id):
                 if not changed.done():
