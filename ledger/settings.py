@@ -56,7 +56,7 @@ class Settings:
     )
     idle_fetch_wait_ms: int = _setting(
         250, "LEDGER_IDLE_FETCH_WAIT_MS", "Longest a consumer fetch waits on a quiet topic: the wait grows by "
-        "50 ms per second without events up to this (bounds idle CPU; the first event after a long quiet "
+        "25 ms per second without events up to this (bounds idle CPU; the first event after a long quiet "
         "spell may take this long to be read)."
     )
     session_timeout_ms: int = _setting(

@@ -14,6 +14,7 @@ import pytest
 
 from ledger.kafka.broker import free_port
 from ledger.kafka.cluster import LocalCluster
+from ledger.kafka.profiles import KAFKA
 from ledger.kafka.secured_cluster import (
     CLUSTER,
     CREATE,
@@ -60,7 +61,7 @@ async def test_the_roles_run_a_task_and_the_auditor_replays_it(secured: LocalClu
     server = as_role(secured, "server", prefix)
     port = free_port()
     with spawned(["server", DEMO, "--port", str(port)], server, "ledger server: serving"), \
-            spawned(["worker", DEMO], as_role(secured, "worker", prefix), "all 8 partitions read"):
+            spawned(["worker", DEMO], as_role(secured, "worker", prefix), f"all {KAFKA.default_partitions} partitions read"):
         async with ModernClient(f"http://127.0.0.1:{port}/mcp") as client:
             created = await client.result("tools/call", {"name": "approve_expense",
                                                          "arguments": {"amount": 12, "description": "keys"}})
@@ -184,7 +185,7 @@ async def test_roles_log_in_with_oauthbearer_tokens_of_the_client_credentials_gr
     settings, oauth = as_service(secured, issuer, prefix)
     port = free_port()
     with spawned(["server", DEMO, "--port", str(port)], settings, "ledger server: serving", env=oauth) as server, \
-            spawned(["worker", DEMO], settings, "all 8 partitions read", env=oauth):
+            spawned(["worker", DEMO], settings, f"all {KAFKA.default_partitions} partitions read", env=oauth):
         assert "SASL_SSL, OAUTHBEARER as ledger-service" in "".join(server.banner), server.banner
         async with ModernClient(f"http://127.0.0.1:{port}/mcp") as client:
             created = await client.result("tools/call", {"name": "approve_expense",

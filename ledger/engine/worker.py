@@ -189,10 +189,10 @@ class Run:
             raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def begin(self, started: TaskStarted) -> None:
-        """Write the run's start with its first event when the tool gets to one at once (one produce instead
-        of two in a row: a tool that asks straight away asks a log round trip sooner), else on its own as
-        soon as the run waits on anything else. The journal counts the attempt from now: the ids of the
-        run's events are numbered by it."""
+        """Write a task's first start with the run's first event when the tool gets to one at once (one
+        produce instead of two in a row: a tool that asks straight away asks a log round trip sooner), else
+        on its own as soon as the run waits on anything else. The journal counts the attempt from now: the
+        ids of the run's events are numbered by it."""
         self.journal.apply(started)
         self._starting = started
         asyncio.get_running_loop().call_soon(self._write_start_alone)
@@ -266,8 +266,14 @@ class Run:
             worker.metrics.replays.inc()
         try:
             attempt = journal.attempts + 1
-            self.begin(self._event(TaskStarted, derived_id(journal.task_id, worker.actor, "started", attempt),
-                                   attempt=attempt))
+            started = self._event(TaskStarted, derived_id(journal.task_id, worker.actor, "started", attempt),
+                                  attempt=attempt)
+            if attempt == 1:
+                self.begin(started)
+            else:
+                # A re-run may follow a run whose last append the log took without confirming it: writing
+                # the start first gives the journal a round trip to fold what that run left (its end, say).
+                await self.append(started)
             outcome = await self._call()
             if outcome is None and not self.stopped:
                 self.finished = "parked"

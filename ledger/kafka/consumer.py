@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 GAP_PATIENCE_S = 10.0
 STARVED_WAIT_MS = 20
-QUIET_WAIT_GROWTH_MS_PER_S = 50  # per second with no event, up to LEDGER_IDLE_FETCH_WAIT_MS
+QUIET_WAIT_GROWTH_MS_PER_S = 25  # per second with no event, up to LEDGER_IDLE_FETCH_WAIT_MS
 METADATA_MAX_AGE_MS = 2_000  # how soon a consumer learns that a partition's leader moved (aiokafka: 5 min)
 
 
