@@ -158,7 +158,10 @@ class PostgresStore(Store):
                 self._db.execute(f"DROP INDEX IF EXISTS {name}")
 
     def close(self) -> None:
-        self._db.close()
+        # under the lock: a write still running in a thread (its task cancelled) finishes first, for libpq
+        # frees a connection closed under a running query (a segfault, not an error)
+        with self._lock:
+            self._db.close()
 
     def take_place_of(self, schema: str = SCHEMA_NAME) -> None:
         """Put this store's tables where ``schema``'s are, in one transaction: readers of ``schema`` see

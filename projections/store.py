@@ -193,6 +193,7 @@ class ProjectionStore(Store):
         store._folder = folder
         return store
 
+    @_locked  # as PostgresStore.close: a write still running in a thread finishes first
     def close(self) -> None:
         self._db.close()
         if self._folder is not None:
