@@ -490,10 +490,7 @@ class Worker:
         """Append the task's ``events`` (one produce) and fold them into its journal."""
         if self._journals.get(journal.partition, {}).get(journal.task_id) is not journal:
             raise PartitionLost(f"partition {journal.partition} is no longer this worker's")
-        if len(events) == 1:
-            await self._log.append(events[0])
-        else:
-            await self._log.append_many(events)
+        await self._log.append_many(events)
         for event in events:
             journal.apply(event)
 

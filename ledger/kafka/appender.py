@@ -189,10 +189,11 @@ class EventLog:
         return (murmur2(task_id.encode()) & 0x7FFFFFFF) % len(partitions)
 
     async def _settled(self, events: Sequence[TaskEvent], partitions: Sequence[int | None]) -> list[Position]:
-        task_id = events[0].task_id if events else "-"
+        first = (events[0].task_id,) if events else ()
+        task_id = first[0] if first else "-"
         hops.hop("append.sent", task_id)
         append = asyncio.ensure_future(self._delivered(events, partitions))
-        self._appends[append] = _Waiting(time.monotonic(), tuple(partitions), tuple(e.task_id for e in events[:1]))
+        self._appends[append] = _Waiting(time.monotonic(), tuple(partitions), first)
         append.add_done_callback(self._settle)
         metadata = await asyncio.shield(append)
         hops.hop("append.acked", task_id)

@@ -106,7 +106,8 @@ def timed(metrics: Metrics) -> Any:
     """Middleware timing every MCP request by method."""
     async def timing(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         started = time.perf_counter()
-        hops.hop(f"mcp.{ctx.method}")
+        if hops.TRACE_FILE:
+            hops.hop(f"mcp.{ctx.method}")
         try:
             return await call_next(ctx)
         finally:
