@@ -38,7 +38,13 @@ from ledger.kafka.health import LogHealth
 from ledger.kafka.security import KafkaSecurityError
 from ledger.kafka.signouts import SignOuts
 from ledger.mcp.extension_tasks import ModernAdapter
-from ledger.mcp.server import build_mcp_server, request_state_security, sessions_per_principal, timed
+from ledger.mcp.server import (
+    build_mcp_server,
+    modern_answers_as_json,
+    request_state_security,
+    sessions_per_principal,
+    timed,
+)
 from ledger.mcp.session_tasks import Adapter
 from ledger.mcp.wire import (
     INTERNAL_ERROR,
@@ -97,6 +103,7 @@ def create_app(app: App, settings: Settings, instance: str | None = None, *, hos
         streamable_http_path="/mcp", host=host, transport_security=security,
     )
     sessions_per_principal(server.session_manager, settings.principal_streams)
+    modern_answers_as_json(server.session_manager)
     sign_outs = SignOuts(settings, client_id=f"{settings.client_id}-sign-outs-{instance}") if verifier else None
     sessions = WebSessions(settings.request_state_key, sign_outs) if sign_outs else None
     at_issuer = SignInAtIssuer(verifier, sessions, resource) if isinstance(verifier, OAuthVerifier) and \

@@ -9,14 +9,18 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server._otel import OpenTelemetryMiddleware
+from mcp.server._streamable_http_modern import handle_modern_request
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp.server.transport_security import RequestBodyLimitMiddleware
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
+from starlette.types import Receive, Scope, Send
 
 from ledger import hops
 from ledger.engine.app import App
@@ -114,6 +118,30 @@ def timed(metrics: Metrics) -> Any:
             hops.hop("mcp.handled")
             metrics.request_seconds.labels(ctx.method).observe(time.perf_counter() - started)
     return timing
+
+
+def modern_answers_as_json(manager: StreamableHTTPSessionManager) -> None:
+    """Answer each 2026-07-28 request with one JSON body (``subscriptions/listen`` stays a stream), while
+    2025-11-25 sessions keep their SSE streams, on which the relay sends its questions.
+
+    The SDK sends a request of that era as JSON too unless its handler emits a notification or runs
+    past 15 s, and ledger's handlers emit none and answer within ``LEDGER_ROUND_WAIT_MS`` (10 s): what
+    goes is the task group, stream and disconnect watch it sets up per request to decide that (a
+    third of the server's CPU per flow at C=16). A request whose client went away runs to its answer,
+    at most the round wait, instead of being cancelled; it holds nothing of the task's.
+    """
+    header = MCP_PROTOCOL_VERSION_HEADER.encode("ascii")
+    other_eras = manager._handle_request  # the SDK's dispatch; it takes the era from the header too
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        version = next((v.decode("latin-1") for k, v in scope["headers"] if k == header), None)
+        if version is None or version in HANDSHAKE_PROTOCOL_VERSIONS:
+            await other_eras(scope, receive, send)
+            return
+        await handle_modern_request(manager.app, manager.security_settings, True, manager._lifespan_state,
+                                    scope, receive, send)
+
+    manager.asgi_app = RequestBodyLimitMiddleware(dispatch, manager.max_request_body_size)
 
 
 def sessions_per_principal(manager: StreamableHTTPSessionManager, limit: int) -> None:
