@@ -18,6 +18,7 @@ from tests.support.engine import all_events, history
 from tests.support.mcp_client import answer_first_pending, call_as_task, connect, get_task, poll_until
 from tests.support.modern_client import modern_client
 from tests.support.raw_http import TASKS, ModernClient
+from tests.support.spawn import busy_cores
 from tests.support.stack import demo_stack, in_status, serving, until
 
 STATE_KEY = "k" * 40
@@ -245,6 +246,28 @@ async def test_an_answer_to_a_server_that_has_not_read_the_question_yet_is_appli
                 confirm: {"action": "accept", "content": {"confirm": True}}}})
             done = await in_status(behind, task_id, "completed")
             assert done["result"]["content"][0]["text"] == "booked Oslo for 3 nights from 2026-12-01"
+
+
+@pytest.mark.slow
+async def test_a_server_finds_and_takes_answers_for_what_another_server_wrote_a_moment_ago(bootstrap: str) -> None:
+    """Two servers, every core busy: each task is created through one, then looked up and answered
+    through the other the moment the first shows its question. The second server reads the log to its
+    end as it is now before it says "not found" or sets an answer aside as not outstanding (on the
+    embedded broker, two fetches were not always enough: CI lost an answer that way)."""
+    from examples.demo import app as demo
+
+    async with demo_stack(bootstrap) as (url, settings), serving(demo, settings, "second") as second_url, \
+            ModernClient(url) as first, ModernClient(second_url) as second:
+        with busy_cores():
+            for amount in range(60):
+                task_id = (await first.result("tools/call", {"name": "approve_expense", "arguments": {
+                    "amount": amount, "description": "at once"}}))["taskId"]
+                await second.result("tasks/get", {"taskId": task_id})
+                key, _ = only_request(await in_status(first, task_id, "input_required"))
+                await second.result("tasks/update", {"taskId": task_id, "inputResponses": {
+                    key: {"action": "accept", "content": {"approved": True}}}})
+                assert (await in_status(first, task_id, "completed", timeout=15))["result"]["content"][0][
+                    "text"] == f"approved {amount}"
 
 
 async def test_cancel_through_the_extension_stops_the_task(stack: tuple[str, Settings]) -> None:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ledger.contract.events import TaskStarted
 from ledger.engine.app import App
 from ledger.engine.check import check, open_journals
-from ledger.kafka.consumer import topic_partitions
+from ledger.kafka.consumer import end_offsets, topic_partitions
 from ledger.kafka.profiles import broker_profile, check_bootstrap
 from ledger.kafka.reader import LogReader
 from ledger.kafka.records import LogRecord
@@ -320,24 +320,12 @@ async def _open_tasks(settings: Settings, committed: dict[int, int]) -> dict[int
 
 
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """End offsets: as the broker lists them where they are exact, else from the high watermarks that
-    fetches report (the embedded broker's ListOffsets under-reports)."""
     consumer = AIOKafkaConsumer(**connection(settings), enable_auto_commit=False,
-                                client_id=f"{settings.client_id}-topics", max_partition_fetch_bytes=1024)
+                                client_id=f"{settings.client_id}-topics")
     await consumer.start()
     try:
-        assigned = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
-        if (await broker_profile(settings)).exact_end_offsets:
-            return {tp.partition: offset for tp, offset in (await consumer.end_offsets(assigned)).items()}
-        consumer.assign(assigned)
-        for tp in assigned:
-            consumer.seek(tp, 0)
-        deadline = asyncio.get_running_loop().time() + 5
-        while asyncio.get_running_loop().time() < deadline:
-            await consumer.getmany(timeout_ms=100, max_records=1)
-            if all(consumer.highwater(tp) is not None for tp in assigned):
-                break
-        return {tp.partition: consumer.highwater(tp) or 0 for tp in assigned}
+        partitions = await topic_partitions(consumer, topic)
+        return await end_offsets(consumer, await broker_profile(settings), topic, dict.fromkeys(partitions, 0))
     finally:
         await consumer.stop()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import GroupAuthorizationFailedError
+from aiokafka.errors import GroupAuthorizationFailedError, LeaderNotAvailableError, for_code
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import ConsumerRecord
 
 from ledger import hops
@@ -207,6 +208,37 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """
     cluster = await consumer._client.fetch_all_metadata()
     return cluster.partitions_for_topic(topic) or set()
+
+
+async def end_offsets(consumer: AIOKafkaConsumer, profile: BrokerProfile, topic: str,
+                      starts: Mapping[int, int]) -> dict[int, int]:
+    """The end of each partition of ``topic`` in ``starts`` as it is now. Where ListOffsets is exact
+    (Kafka), as the broker lists it; elsewhere (the embedded broker's under-reports) from the high
+    watermarks of a fetch sent now from the offsets in ``starts``, which waits 1 ms at most and takes
+    next to nothing (asked not to wait at all, the embedded broker answers with no partitions)."""
+    partitions = [TopicPartition(topic, partition) for partition in starts]
+    if profile.exact_end_offsets:
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+    client = consumer._client
+    by_leader: dict[int, list[tuple[int, int, int]]] = {}
+    for tp in partitions:
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader < 0:
+            await client.force_metadata_update()
+            leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader < 0:
+            raise LeaderNotAvailableError(f"no leader known for {topic} partition {tp.partition}")
+        by_leader.setdefault(leader, []).append((tp.partition, starts[tp.partition], 1))
+    responses = await asyncio.gather(*(client.send(leader, FetchRequest(1, 0, 1, 0, [(topic, fetched)]))
+                                       for leader, fetched in by_leader.items()))
+    ends: dict[int, int] = {}
+    for response in responses:
+        for _, answered in response.topics:
+            for partition, error_code, highwater, *_ in answered:
+                if error_code:
+                    raise for_code(error_code)(f"{topic} partition {partition}: its end could not be fetched")
+                ends[partition] = highwater
+    return ends
 
 
 def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from aiokafka import TopicPartition
 
 from ledger.contract.codec import Codec
-from ledger.kafka.consumer import DecodingConsumer, topic_partitions
+from ledger.kafka.consumer import DecodingConsumer, end_offsets, topic_partitions
 from ledger.kafka.records import DeadLetterSink, LogRecord, log_dead_letter
 from ledger.kafka.topics import TopicError
 from ledger.settings import Settings
@@ -17,8 +17,7 @@ class LogReader(DecodingConsumer):
     """Reads every partition (or the ``partitions`` given) from a checkpoint (next offset per
     partition) or from the start.
 
-    Catch-up is judged against the high watermark each fetch reports, never against
-    ``end_offsets()``, which the embedded broker under-reports (docs/operations.md).
+    Catch-up is judged against the high watermark each fetch reports.
     """
 
     def __init__(
@@ -71,9 +70,8 @@ class LogReader(DecodingConsumer):
         return dict(self._positions)
 
     async def end_offsets(self) -> dict[int, int]:
-        """The end of each partition read, as the broker lists it (exact on Kafka only: see profiles)."""
-        ends = await self._consumer.end_offsets(self._partitions)
-        return {tp.partition: offset for tp, offset in ends.items()}
+        """The end of each partition read, as it is now."""
+        return await end_offsets(self._consumer, self.profile, self.topic, self._positions)
 
     def caught_up(self) -> bool:
         """True when every partition has been read up to the high watermark of its last fetch."""

@@ -79,8 +79,7 @@ class LiveView:
         self._indexing = False
         self._catch_up_started: float | None = None
         self._catch_up_reported = 0.0
-        self._rounds = 0  # fetches completed, so a reader can wait for the log as it is now
-        self._round_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._rounds = 0  # fetches completed
 
     def listen(self, listener: Callable[[TaskRow | None, TaskRow | None], None]) -> None:
         """Call ``listener(before, after)`` for every row an event changes (live events only)."""
@@ -236,7 +235,6 @@ class LiveView:
                         await self.flush()
             self._release_offset_waiters()
             self._rounds += 1
-            self._release_round_waiters()
             if not self.caught_up.is_set():
                 await self._catching_up(len(records))
 
@@ -375,38 +373,19 @@ class LiveView:
                 self._projector.written(batch)
 
     async def settle(self, timeout: float) -> None:
-        """Return once this view has applied what was on the log when it was called.
-
-        Where the broker reports exact end offsets (Kafka), until the view reaches them. Elsewhere,
-        two fetches: the first may have been sent before the caller's event was written; the second
-        is sent after. A task another server just created is then visible here.
-        """
+        """Return once this view has applied what was on the log when it was called (a task another
+        server just created, or the question it just asked, is then visible here)."""
         if self._follower is None or self._follower.done():
             return
         try:
             async with asyncio.timeout(timeout):
-                if self._reader.profile.exact_end_offsets:
-                    ends = await self._reader.end_offsets()
-                    await asyncio.gather(*(self.reached(Position(partition, end - 1), timeout)
-                                           for partition, end in ends.items() if end > 0))
-                    return
-                waiter = asyncio.get_running_loop().create_future()
-                self._round_waiters.append((self._rounds + 2, waiter))
-                await waiter
+                ends = await self._reader.end_offsets()
+                await asyncio.gather(*(self.reached(Position(partition, end - 1), timeout)
+                                       for partition, end in ends.items() if end > 0))
         except (TimeoutError, KafkaError) as exc:
             # The brokers are away (or slow): the view answers from what it has read.
             if isinstance(exc, KafkaError):
                 log.info("could not learn the log's end offsets (%s); answering from what was read", exc)
-
-    def _release_round_waiters(self) -> None:
-        waiting = []
-        for target, waiter in self._round_waiters:
-            if target <= self._rounds:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                waiting.append((target, waiter))
-        self._round_waiters = waiting
 
     def _release_offset_waiters(self) -> None:
         for partition, waiters in self._offset_waiters.items():

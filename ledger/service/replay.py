@@ -166,14 +166,9 @@ async def build_store(settings: Settings, target: Target, *, processes: int | No
 
 
 async def log_size(settings: Settings) -> tuple[list[int], int]:
-    """The topic's partitions and about how many events they hold, from one small fetch."""
+    """The topic's partitions and how many events they hold."""
     async with LogReader(settings, client_id=f"{settings.client_id}-replay", max_records=1) as reader:
-        await reader.fetch(timeout_ms=1_000)  # learns the high watermarks of the partitions it reached
-        # The listed ends are exact on Kafka, where one fetch may reach one broker's partitions only;
-        # on Tansu the fetch's watermarks are (see profiles).
-        positions, ends = reader.positions(), await reader.end_offsets()
-        listed = sum(max(0, end - positions[partition]) for partition, end in ends.items())
-        return reader.partitions(), max(reader.lag(), listed)
+        return reader.partitions(), sum((await reader.end_offsets()).values())
 
 
 async def _replay_in_processes(settings: Settings, target: Target, partitions: list[int], processes: int,

@@ -110,3 +110,16 @@ def ledger_roles(settings: Settings) -> Iterator[tuple[str, list[subprocess.Pope
         server = roles.enter_context(spawned(["server", DEMO, "--port", str(port)], settings, "serving",
                                              stop=signal.SIGTERM))
         yield f"http://127.0.0.1:{port}/mcp", [server, worker]
+
+
+@contextmanager
+def busy_cores() -> Iterator[None]:
+    """Every core of the machine kept busy by a spinning process while the block runs: the timing of
+    a slow or shared CI machine, where fetches and requests interleave in ways an idle one never shows."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
