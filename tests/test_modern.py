@@ -19,7 +19,7 @@ from tests.support.mcp_client import answer_first_pending, call_as_task, connect
 from tests.support.modern_client import modern_client
 from tests.support.raw_http import TASKS, ModernClient
 from tests.support.spawn import busy_cores
-from tests.support.stack import demo_stack, in_status, serving, until
+from tests.support.stack import demo_stack, in_status, served_view, serving, until
 
 STATE_KEY = "k" * 40
 
@@ -268,6 +268,38 @@ async def test_a_server_finds_and_takes_answers_for_what_another_server_wrote_a_
                     key: {"action": "accept", "content": {"approved": True}}}})
                 assert (await in_status(first, task_id, "completed", timeout=15))["result"]["content"][0][
                     "text"] == f"approved {amount}"
+
+
+async def test_an_answer_a_server_cannot_place_while_it_cannot_read_the_log_is_refused_not_set_aside(
+        bootstrap: str) -> None:
+    """A server whose view has stopped reading is sent the answer to a question it has not read: it
+    cannot tell an outstanding question from a stale one, so it records nothing and says so, where it
+    used to ignore the answer as not outstanding (and the task waited for ever). Sent again once it
+    reads, the answer is taken."""
+    from examples.demo import app as demo
+
+    async with demo_stack(bootstrap) as (url, settings), \
+            serving(demo, replace(settings, read_timeout_ms=500), "stalled") as stalled_url, \
+            ModernClient(url) as reading, ModernClient(stalled_url) as stalled:
+        task_id = (await reading.result("tools/call", {"name": "plan_trip", "arguments": {"destination": "Rome"}}))[
+            "taskId"]
+        dates, _ = only_request(await in_status(stalled, task_id, "input_required"))
+        reader = served_view(stalled_url)._reader
+        for partition in reader.partitions():
+            reader.hold(partition, True)
+        await reading.result("tasks/update", {"taskId": task_id, "inputResponses": {
+            dates: {"action": "accept", "content": {"start_date": "2026-12-01", "nights": 2}}}})
+        confirm, _ = only_request(await in_status(reading, task_id, "input_required"))
+        answer = {"taskId": task_id, "inputResponses": {confirm: {"action": "accept", "content": {"confirm": True}}}}
+        refused = await stalled.call("tasks/update", answer)
+        assert refused["error"]["code"] == -32603 and refused["error"]["message"].startswith("Nothing was recorded")
+        assert not [e for e in await all_events(settings) if isinstance(e, (ResponseSubmitted, RequestRejected))
+                    and e.elicitation_id == confirm]
+        for partition in reader.partitions():
+            reader.hold(partition, False)
+        await stalled.result("tasks/update", answer)
+        done = await in_status(reading, task_id, "completed")
+        assert done["result"]["content"][0]["text"] == "booked Rome for 2 nights from 2026-12-01"
 
 
 async def test_cancel_through_the_extension_stops_the_task(stack: tuple[str, Settings]) -> None:

@@ -20,7 +20,7 @@ from ledger.contract.events import iso
 from ledger.engine.app import InvalidArguments, UnknownTool, error_result
 from ledger.kafka.appender import AppendTimeout
 from ledger.service.budget import OverBudget
-from ledger.service.errors import CancelPending, InvalidCursor, Refused, TaskNotFound
+from ledger.service.errors import CancelPending, InvalidCursor, LogBehind, Refused, TaskNotFound
 from ledger.service.live_view import ReadTimeout
 from ledger.service.tasks import TaskService
 from projections.status import PendingElicitation, TaskRow
@@ -112,6 +112,8 @@ def service_errors() -> Iterator[None]:
         raise MCPError(RATE_LIMITED, str(exc), {"retryAfterMs": exc.retry_after_ms}) from None
     except CancelPending as exc:
         raise MCPError(INTERNAL_ERROR, f"Not cancelled yet: {exc}", {"taskId": exc.task_id}) from None
+    except LogBehind as exc:
+        raise MCPError(INTERNAL_ERROR, f"Nothing was recorded: {exc}; send it again") from None
     except AppendTimeout as exc:
         raise MCPError(INTERNAL_ERROR, f"The change is not confirmed: {exc}; read the task before trying again",
                        {"taskId": exc.task_id}) from None

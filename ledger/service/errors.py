@@ -16,6 +16,10 @@ class InvalidCursor(ValueError):
     pass
 
 
+class LogBehind(RuntimeError):
+    """The server could not read the log far enough to act on a request safely; nothing was recorded."""
+
+
 class CancelPending(RuntimeError):
     """A cancel request is on the log, but no worker has ended the task in time."""
 

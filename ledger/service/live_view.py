@@ -172,7 +172,7 @@ class LiveView:
         done, _ = await asyncio.wait({waiter}, timeout=timeout)
         if not done and not await settles_on_waking(waiter):
             waiter.cancel()
-            raise ReadTimeout(f"event at {position.partition}@{position.offset} not visible after {timeout:.0f}s")
+            raise ReadTimeout(f"event at {position.partition}@{position.offset} not visible after {timeout:g} s")
 
     async def wait(self, task_id: str, done: Callable[[TaskRow | None], bool], timeout: float | None) -> TaskRow | None:
         """The task's row once ``done(row)`` holds, or its row as it is when ``timeout`` runs out."""
@@ -372,20 +372,23 @@ class LiveView:
             finally:
                 self._projector.written(batch)
 
-    async def settle(self, timeout: float) -> None:
+    async def settle(self, timeout: float) -> bool:
         """Return once this view has applied what was on the log when it was called (a task another
-        server just created, or the question it just asked, is then visible here)."""
+        server just created, or the question it just asked, is then visible here): True; False when
+        that took longer than ``timeout`` seconds or the brokers could not say where the log ends."""
         if self._follower is None or self._follower.done():
-            return
+            return True
         try:
             async with asyncio.timeout(timeout):
                 ends = await self._reader.end_offsets()
                 await asyncio.gather(*(self.reached(Position(partition, end - 1), timeout)
                                        for partition, end in ends.items() if end > 0))
+            return True
         except (TimeoutError, KafkaError) as exc:
             # The brokers are away (or slow): the view answers from what it has read.
             if isinstance(exc, KafkaError):
                 log.info("could not learn the log's end offsets (%s); answering from what was read", exc)
+            return False
 
     def _release_offset_waiters(self) -> None:
         for partition, waiters in self._offset_waiters.items():

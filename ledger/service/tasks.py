@@ -27,7 +27,7 @@ from ledger.kafka.appender import EventLog
 from ledger.metrics import Metrics
 from ledger.service.budget import WriteBudget
 from ledger.service.cursors import decode_cursor, encode_cursor
-from ledger.service.errors import CancelPending, Refused, TaskNotFound
+from ledger.service.errors import CancelPending, LogBehind, Refused, TaskNotFound
 from ledger.service.live_view import LiveView
 from ledger.settings import MIN_TTL_MS, Settings
 from projections.status import TIMED_OUT, TaskRow
@@ -133,13 +133,18 @@ class TaskService:
             self._record_in_background(probe)
 
     async def find(self, task_id: str, principal: str | None,
-                   knows: Callable[[TaskRow], bool] = lambda row: True) -> TaskRow:
+                   knows: Callable[[TaskRow], bool] = lambda row: True, *, surely: bool = False) -> TaskRow:
         """``get``, except that a task this server has not seen yet, or whose row does not yet show
         what ``knows`` asks for, is looked for once more after the view has read the log as it is
-        now (another server may have written it a moment ago)."""
+        now (another server may have written it a moment ago). When the view could not read that
+        far in time, the row is the one it has; or, ``surely``, ``LogBehind`` unless that row knows."""
         row = await self.view.load(task_id)
         if row is None or not knows(row):
-            await self.view.settle(self.settings.read_timeout_ms / 1000)
+            read = await self.view.settle(self.settings.read_timeout_ms / 1000)
+            row = self.view.get(task_id)
+            if not read and surely and (row is None or not knows(row)):
+                raise LogBehind(f"this server could not read the log far enough within "
+                                f"{self.settings.read_timeout_ms} ms to know what the request names")
         return self.get(task_id, principal)
 
     def _record_in_background(self, event: TaskEvent) -> None:
@@ -195,8 +200,11 @@ class TaskService:
         """
         async with self._locks.hold(task_id):
             # The client may have a question from another server that read the log further.
+            # Answers this server cannot place are set aside as not outstanding only once it has read the
+            # whole log as it was: else they might answer a question it has not read yet.
             row = await self.find(task_id, principal, lambda row: row.terminal or all(
-                row.pending_elicitation(e) is not None or row.answer(e) is not None for e in answers))
+                row.pending_elicitation(e) is not None or row.answer(e) is not None for e in answers),
+                surely=ignore_stale)
             refusals: list[RequestRejected] = []
             recorded: list[TaskEvent] = []
             fresh: list[ResponseSubmitted] = []

@@ -19,6 +19,7 @@ from ledger.http.app import create_app
 from ledger.http.connections import uvicorn_options
 from ledger.kafka.broker import free_port
 from ledger.kafka.topics import ensure_topics
+from ledger.service.live_view import LiveView
 from ledger.settings import Settings
 
 
@@ -35,12 +36,23 @@ async def serving(app: App, settings: Settings, instance: str = "test", port: in
             task.result()  # it stopped before it served: its error
         return server.started and server.config.app.state.caught_up.is_set()
 
+    url = f"http://127.0.0.1:{port}/mcp"
     try:
         await until(serving_caught_up, 60)
-        yield f"http://127.0.0.1:{port}/mcp"
+        _served[url] = server.config.app
+        yield url
     finally:
+        _served.pop(url, None)
         server.should_exit = True
         await task
+
+
+_served: dict[str, Any] = {}  # the apps ``serving`` serves, by URL
+
+
+def served_view(url: str) -> LiveView:
+    """The live view of the server ``serving`` runs at ``url``."""
+    return _served[url].state.view
 
 
 @asynccontextmanager
