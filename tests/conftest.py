@@ -229,6 +229,15 @@ def figures(request: pytest.FixtureRequest, broker_kind: str):
     return record
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report, kept on the test (``item.report_call``): a fixture can tell that its test
+    failed and leave what explains it in the report."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if FIGURES:
         terminalreporter.section("figures")

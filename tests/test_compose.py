@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
@@ -108,9 +109,10 @@ def local(service: dict[str, Any], bootstrap: str, prefix: str, scratch: Path, s
 
 
 def start_services(names: list[str], spec: dict[str, Any], running: ExitStack, tmp_path: Path,
-                   **where: Any) -> list[str]:
+                   outputs: dict[str, tuple[list[str], deque[str]]] | None = None, **where: Any) -> list[str]:
     """``topics`` run to its end, then the services ``names`` running as local processes (``where``:
-    local's arguments); the servers' URLs."""
+    local's arguments; ``outputs`` gets what each printed until ready and its last lines since); the
+    servers' URLs."""
     services = spec["services"]
     command, environment = local(services["topics"], scratch=tmp_path, secrets=spec["secrets"], **where)
     created = subprocess.run(LEDGER + command[1:], env={**os.environ, **environment}, capture_output=True,
@@ -124,21 +126,28 @@ def start_services(names: list[str], spec: dict[str, Any], running: ExitStack, t
         process = subprocess.Popen(LEDGER + command[1:], env={**os.environ, **environment},
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         running.callback(lambda p=process: (p.kill(), p.wait(30)))
-        wait_for_line(process, {"server": "serving", "worker": "ledger worker", "projector": "ledger projector"}[
-            name.split("-")[0]], timeout=90)
-        drain(process)
+        banner = wait_for_line(process, {"server": "serving", "worker": "ledger worker",
+                                         "projector": "ledger projector"}[name.split("-")[0]], timeout=90)
+        tail = drain(process)
+        if outputs is not None:
+            outputs[name] = (banner, tail)
         if name.startswith("server"):
             urls.append(f"http://127.0.0.1:{command[command.index('--port') + 1]}")
     return urls
 
 
 @pytest.fixture
-def cluster(bootstrap: str, tmp_path: Path, database_url: str) -> Iterator[list[str]]:
-    """Every ledger service of the file running as a local process; yields the servers' URLs."""
+def cluster(bootstrap: str, tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Every ledger service of the file running as a local process; yields the servers' URLs. When the
+    test fails, what each service printed last is printed for the report."""
+    outputs: dict[str, tuple[list[str], deque[str]]] = {}
     with ExitStack() as running:
         yield start_services(["projector-1", "projector-2", "worker-1", "worker-2", "server-1", "server-2"], compose(),
-                             running, tmp_path, bootstrap=bootstrap, prefix=f"compose-{uuid.uuid4().hex[:8]}",
+                             running, tmp_path, outputs, bootstrap=bootstrap, prefix=f"compose-{uuid.uuid4().hex[:8]}",
                              database_url=database_url)
+        if getattr(request.node, "report_call", None) is None or request.node.report_call.failed:
+            for name, (banner, tail) in outputs.items():
+                print(f"--- output of {name} ---\n", *banner, *tail, sep="", file=sys.stderr)
 
 
 def token() -> str:
