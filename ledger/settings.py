@@ -92,7 +92,8 @@ class Settings:
     read_timeout_ms: int = _setting(
         10_000,
         "LEDGER_READ_TIMEOUT_MS",
-        "Longest a server waits for its projection to show an event it just appended (read-your-writes).",
+        "Longest a server waits for its projection to show an event it just appended (read-your-writes), or "
+        "to read the log to its end before it says a task is unknown or sets an answer aside.",
     )
     store: str | None = _setting(
         None,
