@@ -348,10 +348,12 @@ def one_run(python: Path, redis: tuple[int, int], kafka: KafkaForRuns | None, im
 # the hop trace
 
 
-def waterfall(trace: Path, roles: dict[int, str]) -> dict[str, list[tuple[str, float, int]]]:
+def waterfall(trace: Path, roles: dict[int, str]) -> dict[str, list[tuple[str, float, float, int]]]:
     """Each request of a flow (``tools/call #1``, ``tasks/get #1``, ...) with the hops inside it: (who and
-    which hop, median ms after the request was sent, in how many of the flows), in time order. Flows run
-    one at a time (C=1), so every hop between a request's sending and its answer belongs to it."""
+    which hop, median ms after the request was sent, median ms after the latest of the hops listed before it
+    in the same flow, in how many of the flows), in time order. Flows run one at a time (C=1), so every hop
+    between a request's sending and its answer belongs to it. The second figure is each flow's own gap,
+    which the difference of two medians is not where some flows lack a hop or order two hops the other way."""
     marks = sorted((int(ns), int(pid), hop) for ns, pid, hop, _ in (line.split(" ", 3)
                                                                     for line in trace.read_text().splitlines()))
     legs: dict[str, list[dict[str, float]]] = {}
@@ -377,20 +379,25 @@ def waterfall(trace: Path, roles: dict[int, str]) -> dict[str, list[tuple[str, f
     laid_out = {}
     for name, flows in legs.items():
         labels = Counter(label for offsets in flows for label in offsets)
-        hops = [(label, statistics.median(offsets[label] for offsets in flows if label in offsets), count)
-                for label, count in labels.items() if count * 2 >= len(flows)]
-        laid_out[f"{name} ({len(flows)} flows)"] = sorted(hops, key=lambda hop: hop[1])
+        order = sorted((label for label, count in labels.items() if count * 2 >= len(flows)),
+                       key=lambda label: statistics.median(o[label] for o in flows if label in o))
+        hops = []
+        for index, label in enumerate(order):
+            at = statistics.median(o[label] for o in flows if label in o)
+            gaps = [o[label] - max((o[before] for before in order[:index] if before in o), default=0.0)
+                    for o in flows if label in o]
+            hops.append((label, at, statistics.median(gaps), labels[label]))
+        laid_out[f"{name} ({len(flows)} flows)"] = hops
     return laid_out
 
 
 def waterfall_table(impl: Impl, runs: list[dict]) -> str:
     lines = [f"### {impl.label}, C=1: where each request's time goes", "",
-             "| request | hop | ms after sending (median) | + ms | in flows |", "|---|---|---|---|---|"]
+             "| request | hop | ms after sending (median) | + ms in the flow (median) | in flows |",
+             "|---|---|---|---|---|"]
     for leg, hops in runs[0]["waterfall"].items():
-        before = 0.0
-        for label, at, count in hops:
-            lines.append(f"| {leg} | {label} | {at:.2f} | {at - before:.2f} | {count} |")
-            before = at
+        for label, at, gap, count in hops:
+            lines.append(f"| {leg} | {label} | {at:.2f} | {gap:.2f} | {count} |")
     return "\n".join(lines)
 
 
